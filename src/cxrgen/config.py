@@ -1,0 +1,93 @@
+"""Configuration: JSON-schema validation with defaults and error messages that name the key and the allowed values.
+
+The schema ships inside the package (``cxrgen/schemas/config.schema.yaml``); the Snakefile validates with the same
+function so a wrong key or value fails before any job runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SOURCE_NAMES = ("mimic", "chexpert", "nih", "padchest", "brax", "vindr", "iuxray")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(resources.files("cxrgen").joinpath("schemas/config.schema.yaml").read_text())
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def _explain(error: jsonschema.ValidationError) -> str:
+    key = _key_path(error)
+    if error.validator == "enum":
+        return f"config key '{key}' = {error.instance!r} is not allowed; allowed values: {error.validator_value}"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        where = f"under '{key}'" if error.absolute_path else "at the top level"
+        return f"unknown config key(s) {extra} {where}; allowed keys: {allowed}"
+    if error.validator == "propertyNames":
+        allowed = error.schema["propertyNames"].get("enum")
+        return f"config key '{key}' has an unknown entry {error.instance!r}; allowed: {allowed}"
+    return f"config key '{key}': {error.message}"
+
+
+def _fill_defaults(instance: Any, schema: dict, root: dict) -> Any:
+    if "$ref" in schema:
+        ref = schema["$ref"].removeprefix("#/").split("/")
+        target = root
+        for part in ref:
+            target = target[part]
+        return _fill_defaults(instance, target, root)
+    if isinstance(instance, dict):
+        for name, sub in schema.get("properties", {}).items():
+            if name not in instance and "default" in sub:
+                instance[name] = copy.deepcopy(sub["default"])
+            if name in instance:
+                instance[name] = _fill_defaults(instance[name], sub, root)
+    return instance
+
+
+def validate_config(config: dict) -> dict:
+    """Validate and return a copy with defaults filled in. Raises ConfigError naming the key and allowed values."""
+    schema = load_schema()
+    filled = _fill_defaults(copy.deepcopy(config), schema, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(filled), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_explain(e) for e in errors))
+    return filled
+
+
+def load_config(*paths: str | Path) -> dict:
+    """Merge YAML files (later ones win, recursively, like snakemake's --configfile a b) and validate."""
+    merged: dict = {}
+    for path in paths:
+        merged = deep_merge(merged, yaml.safe_load(Path(path).read_text()) or {})
+    return validate_config(merged)
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def enabled_sources(config: dict) -> list[str]:
+    return [name for name in SOURCE_NAMES if name in config["sources"] and config["sources"][name]["enabled"]]

@@ -1,0 +1,28 @@
+"""Build the embedded demo corpus of one source in its native layout (rule ``build_demo_sources``)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from pathlib import Path
+
+from cxrgen.demo.common import DemoContext
+
+
+def build_demo_source(source: str, out_root: Path, meta_path: Path, *, n_images: int, seed: int, downscale: float,
+                      bad_fraction: float) -> dict:
+    """Write ``n_images`` phantoms of ``source`` under ``out_root`` in the dataset's native layout and record the
+    build parameters plus the fake-PHI canary strings (for the no-PHI-leak test) in ``meta_path``."""
+    started = time.perf_counter()
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    ctx = DemoContext(seed=seed, downscale=downscale, bad_fraction=bad_fraction)
+    importlib.import_module(f"cxrgen.demo.layouts.{source}").write(out_root, n_images, ctx)
+    files = sum(1 for p in out_root.rglob("*") if p.is_file())
+    meta = {"source": source, "n_images": n_images, "seed": seed, "downscale": downscale,
+            "bad_fraction": bad_fraction, "files_written": files, "seconds": round(time.perf_counter() - started, 1),
+            "phi_canaries": sorted(ctx.phi.canaries)}
+    Path(meta_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(meta_path).write_text(json.dumps(meta, indent=1))
+    return meta

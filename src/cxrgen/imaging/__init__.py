@@ -1,0 +1,1 @@
+"""Image decoding (DICOM/PNG/JPEG) and geometry (spacing resampling, pad/crop, resize)."""

@@ -1,0 +1,124 @@
+"""Shard container: concatenated PNG blobs with offsets kept in the index (see package docstring)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+
+def shard_path(store_root: Path | str, resolution: int, source: str, shard: int) -> Path:
+    return Path(store_root) / f"{resolution}px" / source / f"shard-{shard:04d}.bin"
+
+
+def encode_png16(image: np.ndarray) -> bytes:
+    """Lossless 16-bit grayscale PNG of a uint16 array."""
+    if image.dtype != np.uint16 or image.ndim != 2:
+        raise ValueError(f"expected a 2-D uint16 array, got {image.dtype} {image.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def decode_png16(blob: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(blob)) as img:
+        return np.asarray(img, dtype=np.uint16).copy() if img.mode in ("I;16", "I;16B") else \
+            np.asarray(img).astype(np.uint16)
+
+
+class ShardWriter:
+    """Appends blobs to one shard file. Writes to ``<path>.partial`` and renames on close, so a killed job never
+    leaves a truncated shard that looks complete."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._partial = self.path.with_name(self.path.name + ".partial")
+        self._file = open(self._partial, "wb")  # noqa: SIM115 (closed in close())
+        self._offset = 0
+
+    def append(self, image: np.ndarray) -> tuple[int, int, str]:
+        blob = encode_png16(image)
+        offset = self._offset
+        self._file.write(blob)
+        self._offset += len(blob)
+        return offset, len(blob), hashlib.sha256(blob).hexdigest()
+
+    def close(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._partial, self.path)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._file.close()
+            self._partial.unlink(missing_ok=True)
+
+
+class ShardStore:
+    """Random access to images by position in an index frame (or by image id).
+
+    >>> store = ShardStore("results/store", pd.read_parquet("results/store/index.parquet"))
+    >>> img = store.read(0, resolution=128)          # uint16 (128, 128)
+    """
+
+    def __init__(self, store_root: Path | str, index: pd.DataFrame, verify: bool = False):
+        self.root = Path(store_root)
+        self.index = index.reset_index(drop=True)
+        self.verify = verify
+        self._fds: dict[Path, int] = {}
+        self._position = {image_id: i for i, image_id in enumerate(self.index["image_id"])}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        return fd
+
+    def read_blob(self, position: int, resolution: int) -> bytes:
+        row = self.index.iloc[position]
+        path = shard_path(self.root, resolution, row["source"], int(row["shard"]))
+        blob = os.pread(self._fd(path), int(row[f"nbytes_{resolution}"]), int(row[f"offset_{resolution}"]))
+        if self.verify and hashlib.sha256(blob).hexdigest() != row[f"sha256_{resolution}"]:
+            raise OSError(f"checksum mismatch for image {row['image_id']} at {resolution}px in {path}")
+        return blob
+
+    def read(self, position: int, resolution: int) -> np.ndarray:
+        return decode_png16(self.read_blob(position, resolution))
+
+    def read_id(self, image_id: str, resolution: int) -> np.ndarray:
+        return self.read(self._position[image_id], resolution)
+
+    def read_float(self, position: int, resolution: int) -> np.ndarray:
+        """float32 in [0, 1]."""
+        return self.read(position, resolution).astype(np.float32) / 65535.0
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __getstate__(self):  # DataLoader workers reopen their own descriptors
+        state = self.__dict__.copy()
+        state["_fds"] = {}
+        return state
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

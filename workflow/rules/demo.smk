@@ -1,0 +1,17 @@
+# Embedded demo corpus: each source written in its native on-disk layout from real shipped metadata.
+
+
+rule build_demo_sources:
+    output:
+        meta="results/sources/_meta/{source}.json",
+    params:
+        out_root=demo_out_root,
+        n_images=demo_image_count,
+        seed=config["seed"],
+        downscale=config["demo"]["downscale"],
+        bad_fraction=config["demo"]["bad_fraction"],
+    log:
+        "results/logs/build_demo_sources/{source}.log",
+    threads: 1
+    script:
+        "../scripts/demo/build_demo_sources.py"

@@ -1,0 +1,41 @@
+# Ingestion: adapter manifest per source (no pixels), then a fixed number of shards per source.
+
+
+rule index_source:
+    input:
+        demo_marker,
+    output:
+        manifest="results/ingest/{source}/manifest.parquet",
+    params:
+        root=source_root_param,
+        shards=shard_count_param,
+        options=adapter_options_param,
+        salt_env=config["privacy"]["salt_env"],
+        demo_only=is_demo_param,
+    log:
+        "results/logs/index_source/{source}.log",
+    threads: 1
+    script:
+        "../scripts/ingest/index_source.py"
+
+
+rule ingest_shard:
+    input:
+        manifest="results/ingest/{source}/manifest.parquet",
+    output:
+        index="results/ingest/{source}/shard-{shard}.index.parquet",
+        rejections="results/ingest/{source}/shard-{shard}.rejections.parquet",
+        stats="results/ingest/{source}/shard-{shard}.stats.json",
+        blobs=expand("results/store/{res}px/{{source}}/shard-{{shard}}.bin", res=RESOLUTIONS),
+    params:
+        root=source_root_param,
+        store_root="results/store",
+        resolutions=RESOLUTIONS,
+        geometry=config["ingest"]["geometry"],
+        intensity=config["ingest"]["intensity"],
+        target_spacing_mm=target_spacing_param,
+    log:
+        "results/logs/ingest_shard/{source}-{shard}.log",
+    threads: 1
+    script:
+        "../scripts/ingest/ingest_shard.py"

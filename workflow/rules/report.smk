@@ -1,0 +1,28 @@
+# Data report: counts, rejections, label prevalence per split, view mix, sample grids per source.
+
+
+rule report_data:
+    input:
+        index="results/store/index.parquet",
+        rejections="results/store/rejections.parquet",
+        summary="results/store/summary.json",
+    output:
+        html=report(
+            "results/reports/data/data_report.html",
+            caption="../report/data_report.rst",
+            category="1. Data",
+        ),
+        grid=report(
+            "results/reports/data/sample_grid.png",
+            caption="../report/sample_grid.rst",
+            category="1. Data",
+        ),
+        markdown="results/reports/data/data_report.md",
+    params:
+        store_root="results/store",
+        resolution=max(RESOLUTIONS),
+    log:
+        "results/logs/report_data/report_data.log",
+    threads: 1
+    script:
+        "../scripts/report/report_data.py"

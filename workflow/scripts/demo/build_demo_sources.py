@@ -1,0 +1,21 @@
+"""Adapter for rule build_demo_sources: calls cxrgen.demo.build.build_demo_source."""
+
+from typing import TYPE_CHECKING
+
+from cxrgen.demo.build import build_demo_source
+from cxrgen.logutil import setup_logging
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+
+def main(smk) -> None:
+    setup_logging(smk.log[0])
+    meta = build_demo_source(
+        smk.wildcards.source, smk.params.out_root, smk.output.meta, n_images=smk.params.n_images,
+        seed=smk.params.seed, downscale=smk.params.downscale, bad_fraction=smk.params.bad_fraction)
+    print(f"{meta['source']}: {meta['files_written']} files in {meta['seconds']} s")
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
