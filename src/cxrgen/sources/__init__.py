@@ -1,6 +1,2 @@
-"""Source adapters: one module per dataset, each reading the dataset's native layout into a manifest."""
-
-from cxrgen.sources import base  # noqa: F401
-
-# Adapter modules register themselves on import.
-from cxrgen.sources import brax, chexpert, iuxray, mimic, nih, padchest, vindr  # noqa: F401,E402
+"""Source adapters: one module per dataset (``cxrgen.sources.<name>``), each reading the dataset's native layout into
+a manifest; ``cxrgen.sources.base.get_adapter(name)`` imports and returns it."""

@@ -10,6 +10,7 @@ before anything is written under ``results/``.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,8 +90,11 @@ def register_adapter(name: str):
 
 
 def get_adapter(name: str) -> Adapter:
-    import cxrgen.sources  # noqa: F401  (registers the adapters)
-
+    if name not in _ADAPTERS:
+        try:
+            importlib.import_module(f"cxrgen.sources.{name}")  # registers the adapter
+        except ModuleNotFoundError:
+            pass
     if name not in _ADAPTERS:
         raise KeyError(f"unknown source {name!r}; known: {', '.join(sorted(_ADAPTERS))}")
     return _ADAPTERS[name]
