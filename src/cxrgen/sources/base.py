@@ -11,6 +11,7 @@ before anything is written under ``results/``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,11 +91,8 @@ def register_adapter(name: str):
 
 
 def get_adapter(name: str) -> Adapter:
-    if name not in _ADAPTERS:
-        try:
-            importlib.import_module(f"cxrgen.sources.{name}")  # registers the adapter
-        except ModuleNotFoundError:
-            pass
+    if name not in _ADAPTERS and name.isidentifier() and importlib.util.find_spec(f"cxrgen.sources.{name}"):
+        importlib.import_module(f"cxrgen.sources.{name}")  # registers the adapter
     if name not in _ADAPTERS:
         raise KeyError(f"unknown source {name!r}; known: {', '.join(sorted(_ADAPTERS))}")
     return _ADAPTERS[name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -118,7 +119,5 @@ class ShardStore:
         return state
 
     def __del__(self):
-        try:
+        with contextlib.suppress(OSError):
             self.close()
-        except Exception:
-            pass

@@ -1,0 +1,201 @@
+"""MIMIC-CXR demo corpus in the DICOM release layout plus the JPG release's CSVs (gzipped, as shipped).
+
+No MIMIC metadata ships offline, so studies are built from real IU-Xray reports: the text is rewritten in the MIMIC
+report format (``FINAL REPORT``, EXAMINATION/INDICATION/COMPARISON/FINDINGS/IMPRESSION, ``___`` de-identification) and
+labelled with :func:`cxrgen.sources.iuxray.mesh_to_chexpert` plus simple negation/uncertainty cues so the CheXpert CSV
+holds 1/0/-1/blank. Each subject has 1-4 studies; PA studies usually add a lateral, portable AP studies rarely do.
+Film sizes, spacings and the DICOM encoding mix are plausible choices, not measured MIMIC statistics (none offline).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrgen.demo.common import DemoContext
+from cxrgen.demo.layouts.iuxray import (
+    FilmStyle,
+    demo_size,
+    plan_bad_items,
+    read_reports,
+    remove_missing,
+    render,
+    write_film,
+)
+from cxrgen.labels import CHEXPERT_LABELS
+from cxrgen.sources.iuxray import mesh_laterality, mesh_to_chexpert, parse_report_xml
+from cxrgen.sources.mimic import CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV
+
+# demo-enriched split shares (the real release is 98.0 / 0.8 / 1.4 % train / validate / test) so small corpora
+# still contain every split
+_SPLIT_SHARES = {"train": 0.7, "validate": 0.15, "test": 0.15}
+_VIEW_CODE_MEANING = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral", "LL": "left lateral"}
+# (rows, cols, spacing mm) of plausible DX/CR films: portrait PA/lateral cassettes, landscape portable AP detectors
+_FILMS = {"PA": [(3056, 2544, 0.139), (2544, 3056, 0.139)], "AP": [(2539, 3050, 0.139), (2022, 2022, 0.168)],
+          "LATERAL": [(3056, 2544, 0.139), (2846, 2330, 0.150)]}
+# label -> (keyword regex) for the negation/uncertainty cues written into the CheXpert CSV
+_CUES = {"Pneumothorax": r"pneumothora", "Pleural Effusion": r"effusion", "Consolidation": r"consolidation",
+         "Edema": r"edema", "Pneumonia": r"pneumonia", "Cardiomegaly": r"cardiomegaly"}
+_NEGATION = re.compile(r"\b(no|without|negative for|free of)\b")
+_UNCERTAIN = re.compile(r"\b(possible|possibly|may|might|cannot be excluded|questionable|suspect\w*|likely)\b")
+
+
+def dicom_id(rng: np.random.Generator) -> str:
+    """MIMIC dicom_id format: five dash-separated groups of 8 hex digits."""
+    return "-".join(f"{int(v):08x}" for v in rng.integers(0, 2**32, size=5))
+
+
+def report_labels(terms: list[str], text: str) -> dict[str, float]:
+    """MeSH labels, plus 0 for a negated mention and -1 for a hedged positive mention (per sentence)."""
+    labels = mesh_to_chexpert(terms)
+    for sentence in re.split(r"(?<=[.;])\s+", text.lower()):
+        for label, keyword in _CUES.items():
+            if not re.search(keyword, sentence):
+                continue
+            if labels[label] == 1.0 and _UNCERTAIN.search(sentence):
+                labels[label] = -1.0
+            elif np.isnan(labels[label]) and _NEGATION.search(sentence):
+                labels[label] = 0.0
+    return labels
+
+
+def _deid(text: str | None) -> str | None:
+    return None if text is None else re.sub(r"X{2,}", "___", text)
+
+
+def _wrap(text: str) -> str:
+    return "\n".join(" " + line for line in textwrap.wrap(text, 76))
+
+
+def mimic_report(examination: str, rep: dict) -> str:
+    """An IU report rewritten in the MIMIC-CXR free-text layout; absent sections are left out."""
+    lines = [" " * 33 + "FINAL REPORT", f" EXAMINATION:  {examination}", " "]
+    if rep["indication"]:
+        lines += [f" INDICATION:  {_deid(rep['indication'])}", " "]
+    lines += [f" COMPARISON:  {_deid(rep['comparison']) or 'None.'}", " "]
+    for header, key in (("FINDINGS", "findings"), ("IMPRESSION", "impression")):
+        if rep[key]:
+            lines += [f" {header}:", " ", _wrap(_deid(rep[key])), " "]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _film_style(rng: np.random.Generator) -> FilmStyle:
+    """A mix of DX/CR encodings: 12-bit native, 16-bit with a non-identity rescale, compressed variants."""
+    kind = int(rng.integers(4))
+    if kind == 0:
+        return FilmStyle(bits_stored=12, transfer_syntax="explicit_le", window=(2048.0, 4096.0), modality="DX",
+                         spacing_tags=("PixelSpacing", "ImagerPixelSpacing"))
+    if kind == 1:
+        return FilmStyle(bits_stored=16, transfer_syntax="jpeg_lossless", rescale_slope=0.5, rescale_intercept=-1024.0,
+                         window=(14000.0, 30000.0), modality="DX", spacing_tags=("ImagerPixelSpacing",))
+    if kind == 2:
+        return FilmStyle(bits_stored=12, transfer_syntax="rle", photometric="MONOCHROME1", voi_lut_sequence=True,
+                         modality="CR", spacing_tags=("PixelSpacing",))
+    return FilmStyle(bits_stored=14, transfer_syntax="jpeg2000_lossless", rescale_slope=1.0, rescale_intercept=0.0,
+                     modality="DX", spacing_tags=("ImagerPixelSpacing",))
+
+
+def _gz_csv(path: Path, frame: pd.DataFrame) -> None:
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:  # mtime 0: byte-identical reruns
+        gz.write(frame.to_csv(index=False).encode())
+    path.write_bytes(buf.getvalue())
+
+
+def write(root: Path, n_images: int, ctx: DemoContext) -> None:
+    root = Path(root)
+    rng = ctx.rng("mimic", "layout")
+    xmls = read_reports()
+    reps = [parse_report_xml(b) for b in xmls.values()]
+    reps = [r for r in reps if r["findings"] or r["impression"]]
+    rep_order = rng.permutation(len(reps))
+
+    # subjects -> studies -> images, until n_images images are planned
+    images, studies, used_subjects, used_studies = [], [], set(), set()
+    rep_i = 0
+    while len(images) < n_images:
+        subject = int(rng.integers(10_000_000, 20_000_000))
+        if subject in used_subjects:
+            continue
+        used_subjects.add(subject)
+        split = str(rng.choice(list(_SPLIT_SHARES), p=list(_SPLIT_SHARES.values())))
+        date = pd.Timestamp(int(rng.integers(2110, 2200)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
+        for _ in range(int(rng.choice([1, 2, 3, 4], p=[0.45, 0.3, 0.15, 0.1]))):
+            if len(images) >= n_images:
+                break
+            study = int(rng.integers(50_000_000, 60_000_000))
+            if study in used_studies:
+                continue
+            used_studies.add(study)
+            rep = reps[rep_order[rep_i % len(reps)]]
+            rep_i += 1
+            portable = rng.random() < 0.35
+            views = ["AP"] if portable else ["PA"]
+            if rng.random() < (0.15 if portable else 0.8):
+                views.append(str(rng.choice(["LL", "LATERAL"], p=[0.6, 0.4])))
+            date = date + pd.Timedelta(days=int(rng.integers(1, 400)))
+            studies.append({"subject": subject, "study": study, "rep": rep, "split": split,
+                            "exam": "CHEST (PORTABLE AP)" if portable else "CHEST (PA AND LAT)",
+                            "date": date.strftime("%Y%m%d"), "time": f"{rng.integers(0, 24):02d}{rng.integers(0, 60):02d}"
+                            f"{rng.integers(0, 60):02d}.{rng.integers(0, 1000):03d}", "portable": portable})
+            for view in views:
+                images.append({"study_index": len(studies) - 1, "view": view, "dicom_id": dicom_id(rng)})
+    images = images[:n_images]
+
+    bad = plan_bad_items(len(images), ctx, "mimic")
+    meta_rows, split_rows, label_rows = [], [], {}
+    for i, image in enumerate(images):
+        st = studies[image["study_index"]]
+        rep, view = st["rep"], image["view"]
+        study_dir = root / "files" / f"p{str(st['subject'])[:2]}" / f"p{st['subject']}"
+        text = " ".join(filter(None, [rep["findings"], rep["impression"]]))
+        labels = report_labels(rep["mesh_major"], text)
+        label_rows[(st["subject"], st["study"])] = labels
+        report_path = study_dir / f"s{st['study']}.txt"
+        if not report_path.exists():
+            report_path.parent.mkdir(parents=True, exist_ok=True)
+            report_path.write_text(mimic_report(st["exam"], rep))
+
+        item_rng = ctx.rng("mimic", "image", image["dicom_id"])
+        base_view = "LATERAL" if view in ("LL", "LATERAL") else view
+        rows, cols, spacing = _FILMS[base_view][int(item_rng.integers(len(_FILMS[base_view])))]
+        h, w, demo_spacing = demo_size(rows, cols, spacing, ctx)
+        sides = mesh_laterality(rep["mesh_major"])
+        findings = {k: sides.get(k, "") for k, v in labels.items() if v == 1.0 and k != "No Finding"}
+        pixels = render(base_view, h, w, demo_spacing, findings, seed=int(item_rng.integers(2**31)))
+        path = study_dir / f"s{st['study']}" / f"{image['dicom_id']}.dcm"
+        kind = bad.get(i)
+        write_film(path, pixels, _film_style(item_rng), demo_spacing, view_position=view,
+                   patient_id=str(st["subject"]), phi=ctx.phi.fake_person(item_rng),
+                   uid_seed=("mimic", ctx.seed, image["dicom_id"]), bad_kind=kind,
+                   study_instance_uid=None,
+                   extra={"StudyDate": st["date"], "StudyTime": st["time"].split(".")[0],
+                          "AccessionNumber": str(st["study"])})
+        if kind == "missing_file":
+            remove_missing(path)
+        if kind == "orphan_file":
+            continue  # on disk, but in no CSV
+        meta_rows.append({
+            "dicom_id": image["dicom_id"], "subject_id": st["subject"], "study_id": st["study"],
+            "PerformedProcedureStepDescription": st["exam"], "ViewPosition": view, "Rows": h, "Columns": w,
+            "StudyDate": st["date"], "StudyTime": st["time"], "ProcedureCodeSequence_CodeMeaning": st["exam"],
+            "ViewCodeSequence_CodeMeaning": _VIEW_CODE_MEANING[view],
+            "PatientOrientationCodeSequence_CodeMeaning": "Recumbent" if st["portable"] else "Erect",
+        })
+        split_rows.append({"dicom_id": image["dicom_id"], "study_id": st["study"], "subject_id": st["subject"],
+                           "split": st["split"]})
+
+    root.mkdir(parents=True, exist_ok=True)
+    _gz_csv(root / (METADATA_CSV + ".gz"), pd.DataFrame(meta_rows))
+    _gz_csv(root / (SPLIT_CSV + ".gz"), pd.DataFrame(split_rows))
+    # the real CheXpert CSV lists the 14 labels alphabetically after subject_id, study_id
+    label_frame = pd.DataFrame([{"subject_id": s, "study_id": t, **labels} for (s, t), labels in
+                                sorted(label_rows.items())], columns=["subject_id", "study_id",
+                                                                      *sorted(CHEXPERT_LABELS)])
+    _gz_csv(root / (CHEXPERT_CSV + ".gz"), label_frame)

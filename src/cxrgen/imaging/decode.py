@@ -1,0 +1,399 @@
+"""Decode one source image (DICOM, PNG or JPEG) to a float32 [0, 1] array in MONOCHROME2 display sense.
+
+DICOM pipeline (MedCoDi-M §3.1, Cheff §4; see /work/shared/notes/seed-implementations.md for what their public code
+skips): validity checks -> stored values -> Modality LUT (rescale or LUT sequence) -> VOI (LUT sequence or the first
+window, honouring VOILUTFunction) or a bit-depth / min-max mapping -> inversion for MONOCHROME1 / INVERSE.
+Every problem with the file itself raises :class:`RejectedImage`; nothing else escapes for a bad file.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrgen.imaging.errors import RejectedImage, RejectReason
+
+INTENSITY_MODES = ("voi", "bit_depth", "minmax")
+RADIOGRAPH_MODALITIES = ("CR", "DX", "DR")
+MIN_SIDE_PX = 32
+MAX_ASPECT_RATIO = 3.0
+# Words in BodyPartExamined that mean a chest film ("TORAX": Spanish/Portuguese sites, e.g. PadChest, BRAX).
+_CHEST_WORDS = frozenset({"CHEST", "THORAX", "TORAX", "LUNG", "LUNGS", "PULMONARY", "PULMON", "TX"})
+# Words that clearly name another body part (DICOM PS3.16 CID 4031 terms and common vendor spellings).
+_NON_CHEST_WORDS = frozenset({
+    "EXTREMITY", "HAND", "FINGER", "THUMB", "WRIST", "FOREARM", "ELBOW", "ARM", "HUMERUS", "SHOULDER", "CLAVICLE",
+    "KNEE", "LEG", "FEMUR", "TIBIA", "FIBULA", "ANKLE", "FOOT", "TOE", "HEEL", "CALCANEUS", "HIP", "PELVIS",
+    "SKULL", "HEAD", "BRAIN", "FACE", "SINUS", "JAW", "MANDIBLE", "NECK", "CSPINE", "TSPINE", "LSPINE", "SPINE",
+    "SACRUM", "COCCYX", "ABDOMEN", "ABD", "KUB", "BREAST", "DENTAL", "TEETH",
+})
+_SPACING_SOURCES = ("PixelSpacing", "ImagerPixelSpacing", "hint")
+
+
+@dataclass
+class DecodedImage:
+    pixels: np.ndarray  # float32 (H, W) in [0, 1], MONOCHROME2 display sense (bone bright)
+    spacing_mm: tuple[float, float] | None  # (row, col)
+    spacing_source: str | None  # one of _SPACING_SOURCES or None
+    meta: dict[str, Any] = field(default_factory=dict)  # whitelisted technical fields only, never PHI
+
+
+def decode_image(
+    path: Path,
+    *,
+    file_format: str | None = None,
+    bits_stored_hint: float | None = None,
+    spacing_hint_mm: float | None = None,
+    intensity: str = "voi",
+    check_body_part: bool = True,
+) -> DecodedImage:
+    """Decode ``path``; ``file_format`` is 'dicom', 'png' or 'jpg' (sniffed from the bytes when None).
+
+    Raises RejectedImage for any file that cannot or must not be used, ValueError for bad arguments and
+    FileNotFoundError when ``path`` does not exist (an ingestion bug, not a bad file)."""
+    if intensity not in INTENSITY_MODES:
+        raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    bits_hint = _finite_or_none(bits_stored_hint)
+    spacing_hint = _finite_or_none(spacing_hint_mm)
+    fmt = _normalise_format(file_format) if file_format is not None else _sniff_format(path)
+    try:
+        if fmt == "dicom":
+            return _decode_dicom(path, intensity, spacing_hint, check_body_part)
+        return _decode_raster(path, bits_hint, spacing_hint)
+    except (RejectedImage, MemoryError):
+        raise
+    except Exception as exc:  # any decoder failure on a bad file is a rejection, never a crash
+        raise RejectedImage(RejectReason.UNREADABLE, f"{type(exc).__name__}: {exc}"[:300]) from exc
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _normalise_format(file_format: str) -> str:
+    fmt = file_format.lower().lstrip(".")
+    aliases = {"dcm": "dicom", "dicom": "dicom", "png": "png", "jpg": "jpg", "jpeg": "jpg"}
+    if fmt not in aliases:
+        raise ValueError(f"file_format must be 'dicom', 'png' or 'jpg', got {file_format!r}")
+    return aliases[fmt]
+
+
+def _sniff_format(path: Path) -> str:
+    with path.open("rb") as fh:
+        head = fh.read(132)
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8"):
+        return "jpg"
+    # unknown bytes: let the decoder named by the suffix reject it as UNREADABLE
+    return {".png": "png", ".jpg": "jpg", ".jpeg": "jpg"}.get(path.suffix.lower(), "dicom")
+
+
+def _check_geometry(rows: int, cols: int) -> None:
+    if min(rows, cols) < MIN_SIDE_PX:
+        raise RejectedImage(RejectReason.DEGENERATE_IMAGE, f"{rows}x{cols} px is smaller than {MIN_SIDE_PX} px")
+    if max(rows, cols) / min(rows, cols) > MAX_ASPECT_RATIO:
+        raise RejectedImage(RejectReason.DEGENERATE_IMAGE, f"aspect ratio of {rows}x{cols} exceeds {MAX_ASPECT_RATIO}")
+
+
+def _check_not_constant(arr: np.ndarray, what: str) -> None:
+    if not np.isfinite(arr).all():
+        raise RejectedImage(RejectReason.UNREADABLE, f"{what} contains NaN or infinity")
+    if arr.max() <= arr.min():
+        raise RejectedImage(RejectReason.DEGENERATE_IMAGE, f"{what} is constant ({float(arr.min())})")
+
+
+def _to_unit(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map [lo, hi] linearly to [0, 1] (hi < lo flips), clip, float32."""
+    out = (np.asarray(arr, dtype=np.float64) - lo) / (hi - lo)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def body_part_is_chest(value: str) -> bool:
+    """False only when BodyPartExamined clearly names a non-chest part; empty or unknown values are accepted."""
+    words = set(re.split(r"[^A-Z]+", value.upper())) - {""}
+    if not words or words & _CHEST_WORDS:
+        return True
+    return not words & _NON_CHEST_WORDS
+
+
+# --------------------------------------------------------------------------------------------------- DICOM
+
+
+def _decode_dicom(path: Path, intensity: str, spacing_hint: float | None, check_body_part: bool) -> DecodedImage:
+    import pydicom
+    from pydicom.pixels.decoders.base import get_decoder
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = pydicom.dcmread(path, force=False)
+    _check_complete(ds, path, [str(w.message) for w in caught])
+    ts_uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts_uid is None or len(ds) == 0:
+        raise RejectedImage(RejectReason.UNREADABLE, "no Transfer Syntax UID in the file meta or an empty data set")
+    if "PixelData" not in ds:
+        raise RejectedImage(RejectReason.NO_PIXEL_DATA, "no (7FE0,0010) Pixel Data element")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise RejectedImage(RejectReason.MULTI_FRAME, f"NumberOfFrames={frames}")
+    modality = str(ds.get("Modality") or "").strip().upper()
+    if modality and modality not in RADIOGRAPH_MODALITIES:
+        raise RejectedImage(RejectReason.WRONG_MODALITY, f"Modality={modality}")
+    body_part = str(ds.get("BodyPartExamined") or "").strip()
+    if check_body_part and not body_part_is_chest(body_part):
+        raise RejectedImage(RejectReason.WRONG_BODY_PART, f"BodyPartExamined={body_part}")
+    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") or samples != 1:
+        raise RejectedImage(RejectReason.UNSUPPORTED_PHOTOMETRIC, f"{photometric or 'missing'}, {samples} samples")
+
+    try:
+        decoder_ok = get_decoder(ts_uid).is_available
+    except NotImplementedError:
+        decoder_ok = False
+    if not decoder_ok:
+        raise RejectedImage(RejectReason.UNSUPPORTED_TRANSFER_SYNTAX, f"{ts_uid.name} ({ts_uid})")
+
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    _check_geometry(rows, cols)
+    stored = ds.pixel_array  # sign-extended by pydicom when PixelRepresentation == 1
+    if stored.shape != (rows, cols):
+        raise RejectedImage(RejectReason.UNREADABLE, f"decoded shape {stored.shape} != header {rows}x{cols}")
+    _check_not_constant(stored, "stored pixel data")
+
+    pixels, voi_meta = _dicom_intensity(stored, ds, intensity)
+    # DX requires PresentationLUTShape INVERSE together with MONOCHROME1 (PS3.3 C.8.11.3.1.1), i.e. both describe the
+    # SAME inversion: invert exactly once when either is present. (IU-Xray: all 572 INVERSE files are MONOCHROME1.)
+    lut_shape = str(ds.get("PresentationLUTShape") or "").strip().upper()
+    inverted = photometric == "MONOCHROME1" or lut_shape == "INVERSE"
+    if inverted:
+        pixels = 1.0 - pixels
+
+    spacing, spacing_source = _dicom_spacing(ds, spacing_hint)
+    meta = {
+        "file_format": "dicom",
+        "modality": modality or None,
+        "photometric": photometric,
+        "bits_stored": int(ds.get("BitsStored") or 0) or None,
+        "bits_allocated": int(ds.get("BitsAllocated") or 0) or None,
+        "pixel_representation": int(ds.get("PixelRepresentation") or 0),
+        "transfer_syntax": ts_uid.name,
+        "rows": rows,
+        "cols": cols,
+        "view_position": str(ds.get("ViewPosition") or "").strip().upper() or None,
+        "body_part": body_part.upper() or None,
+        "manufacturer": str(ds.get("Manufacturer") or "").strip() or None,
+        "presentation_lut_shape": lut_shape or None,
+        "inverted": inverted,
+        **voi_meta,
+    }
+    return DecodedImage(pixels=pixels, spacing_mm=spacing, spacing_source=spacing_source, meta=meta)
+
+
+def _check_complete(ds, path: Path, warning_messages: list[str]) -> None:
+    """pydicom silently keeps short element values and drops cut-off trailing elements; a truncated file must be
+    UNREADABLE rather than e.g. NO_PIXEL_DATA."""
+    if any("End of file" in m or "truncat" in m.lower() for m in warning_messages):
+        raise RejectedImage(RejectReason.UNREADABLE, "truncated file (end of file inside an element)")
+    end = 0
+    tags = list(ds.keys())  # tags, not `for elem in ds`, which would convert every raw element
+    for tag in tags:
+        raw = ds.get_item(tag)
+        if not getattr(raw, "is_raw", False) or raw.length == 0xFFFFFFFF:
+            continue
+        if raw.value is not None and len(raw.value) < raw.length:
+            raise RejectedImage(RejectReason.UNREADABLE, f"truncated file: {tag} has {len(raw.value)} of "
+                                                         f"{raw.length} bytes")
+        end = max(end, raw.value_tell + raw.length)
+    size = path.stat().st_size
+    if 0 < size - end < 8:  # pydicom ignores a cut-off element header (< 8 bytes) at the end of the file
+        with path.open("rb") as fh:
+            fh.seek(end)
+            if fh.read().strip(b"\0"):
+                raise RejectedImage(RejectReason.UNREADABLE, "truncated file (partial element header at the end)")
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _first(value: Any) -> Any:
+    """First item of a multi-valued DICOM element, or the value itself."""
+    if isinstance(value, str | bytes) or not hasattr(value, "__getitem__"):
+        return value
+    return value[0] if len(value) else None
+
+
+def _stored_range(ds) -> tuple[int, int]:
+    bits = int(ds.BitsStored)
+    if int(ds.get("PixelRepresentation") or 0) == 1:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def _dicom_intensity(stored: np.ndarray, ds, intensity: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Modality LUT then the requested VOI / normalisation; returns ([0, 1] float32 before inversion, meta)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    has_modality_lut = bool(ds.get("ModalityLUTSequence"))
+    slope = _float_or_none(ds.get("RescaleSlope"))
+    intercept = _float_or_none(ds.get("RescaleIntercept"))
+    if not has_modality_lut and (slope is None or intercept is None or slope == 0):
+        # an incomplete or zero rescale is treated as identity (pydicom would otherwise produce garbage)
+        for keyword in ("RescaleSlope", "RescaleIntercept"):
+            if keyword in ds:
+                del ds[keyword]
+        slope, intercept = None, None
+    values = apply_modality_lut(stored, ds)
+    lo, hi = _stored_range(ds)
+    if has_modality_lut:
+        possible = apply_modality_lut(np.arange(lo, hi + 1, dtype=np.int64), ds)
+    else:
+        possible = apply_modality_lut(np.array([lo, hi], dtype=np.int64), ds)
+    out_lo, out_hi = float(np.min(possible)), float(np.max(possible))
+
+    meta: dict[str, Any] = {
+        "rescale_slope": slope,
+        "rescale_intercept": intercept,
+        "modality_lut_sequence": has_modality_lut,
+        "window": None,
+        "voi_lut_function": None,
+        "voi_source": None,
+    }
+    mode = intensity
+    if mode == "voi":
+        pixels = _apply_voi(values, ds, meta, apply_voi_lut)
+        if pixels is None:
+            mode = "bit_depth"  # the file carries no usable VOI
+    if mode == "bit_depth":
+        pixels = _to_unit(values, out_lo, out_hi)
+    elif mode == "minmax":  # Cheff/MaCheX `machex.py`: per-image min-max of the stored values
+        pixels = _to_unit(values, float(values.min()), float(values.max()))
+    meta["intensity_mode_used"] = mode
+    return pixels, meta
+
+
+def _apply_voi(values: np.ndarray, ds, meta: dict[str, Any], apply_voi_lut) -> np.ndarray | None:
+    """VOI LUT Sequence, else the first WindowCenter/Width; output range mapped to [0, 1]. None when unusable."""
+    if ds.get("VOILUTSequence"):
+        n_entries, first_mapped = (int(v) for v in ds.VOILUTSequence[0].LUTDescriptor[:2])
+        # the LUT's own value range is its output range (LUTDescriptor bit counts are often wrong in practice)
+        lut = apply_voi_lut(np.arange(first_mapped, first_mapped + (n_entries or 2**16)), ds, index=0)
+        if lut.max() > lut.min():
+            voi = apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0)
+            out = _to_unit(voi, float(lut.min()), float(lut.max()))
+            if out.max() > out.min():
+                meta["voi_source"] = "lut_sequence"
+                return out
+    center = _float_or_none(_first(ds.get("WindowCenter")))
+    width = _float_or_none(_first(ds.get("WindowWidth")))
+    if center is None or width is None or width <= 0:
+        return None
+    if ds.get("VOILUTSequence"):
+        del ds["VOILUTSequence"]  # the sequence was unusable: make pydicom fall through to the window
+    function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        function = "LINEAR"
+    ds.VOILUTFunction = function
+    ds.WindowCenter, ds.WindowWidth = center, width
+    if function == "LINEAR" and width < 1:
+        return None
+    # pydicom scales the window output to a bit-depth-dependent range; probing it with extreme inputs yields exactly
+    # that range (LINEAR clips, SIGMOID saturates), whatever the rescale/LUT configuration.
+    with np.errstate(over="ignore"):
+        y_lo, y_hi = apply_voi_lut(np.array([-1e300, 1e300]), ds, index=0)
+    windowed = apply_voi_lut(np.asarray(values, dtype=np.float64), ds, index=0)
+    out = _to_unit(windowed, float(y_lo), float(y_hi))
+    if out.max() <= out.min():
+        return None  # the window misses the data entirely: fall back rather than emit a blank image
+    meta.update(window=[center, width], voi_lut_function=function, voi_source="window")
+    return out
+
+
+def _positive_pair(value: Any) -> tuple[float, float] | None:
+    try:
+        pair = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    if len(pair) != 2 or not all(math.isfinite(v) and v > 0 for v in pair):
+        return None
+    return pair  # type: ignore[return-value]
+
+
+def _dicom_spacing(ds, hint: float | None) -> tuple[tuple[float, float] | None, str | None]:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        pair = _positive_pair(ds.get(keyword))
+        if pair is not None:
+            return pair, keyword
+    if hint is not None:
+        return (hint, hint), "hint"
+    return None, None
+
+
+# --------------------------------------------------------------------------------------------------- PNG / JPEG
+
+
+def _decode_raster(path: Path, bits_hint: float | None, spacing_hint: float | None) -> DecodedImage:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()  # raises OSError on truncated data
+        mode, fmt = img.mode, (img.format or "").upper()
+        _check_geometry(img.height, img.width)
+        if mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(img).astype(np.float64)
+            # PadChest stores 10/12-bit data in 16-bit PNGs: divide by the TRUE maximum, not 65535
+            bits = int(bits_hint) if bits_hint is not None else 16
+            pixels = np.clip(arr / (2**bits - 1), 0.0, 1.0).astype(np.float32)
+        elif mode in ("L", "LA", "1", "P", "RGB", "RGBA"):
+            if mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+                mode = img.mode
+            if mode == "1":
+                img, mode = img.convert("L"), "L"
+            arr = np.asarray(img)
+            if mode in ("RGB", "RGBA"):
+                rgb = arr[..., :3].astype(np.int16)
+                # exact for PNG; JPEG chroma rounding may leave a grey image off by a level or two
+                if np.abs(rgb - rgb[..., :1]).max() > 2:
+                    raise RejectedImage(RejectReason.UNSUPPORTED_PHOTOMETRIC, f"{fmt} {mode} with colour content")
+                arr = rgb.mean(axis=-1)
+            elif mode == "LA":
+                arr = arr[..., 0]
+            bits = 8
+            pixels = (arr.astype(np.float64) / 255.0).astype(np.float32)
+        else:
+            raise RejectedImage(RejectReason.UNSUPPORTED_PHOTOMETRIC, f"{fmt} mode {mode}")
+    _check_not_constant(pixels, "image")
+    spacing = (spacing_hint, spacing_hint) if spacing_hint is not None else None
+    meta = {
+        "file_format": "png" if fmt == "PNG" else "jpg" if fmt == "JPEG" else fmt.lower(),
+        "pil_mode": mode,
+        "bits_stored": bits,
+        "rows": int(pixels.shape[0]),
+        "cols": int(pixels.shape[1]),
+        "photometric": "MONOCHROME2",
+        "intensity_mode_used": "bit_depth",
+        "inverted": False,
+    }
+    return DecodedImage(pixels=pixels, spacing_mm=spacing, spacing_source="hint" if spacing else None, meta=meta)
