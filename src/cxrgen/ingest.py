@@ -59,7 +59,7 @@ def _rejection(row: pd.Series, reason: str, detail: str = "") -> dict:
 
 def ingest_shard(manifest: pd.DataFrame, *, source: str, source_root: Path, shard: int, store_root: Path,
                  resolutions: list[int], geometry: str, intensity: str, target_spacing_mm: float | None,
-                 progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+                 canvas_mm: float | None = None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Decode and preprocess the manifest rows of one shard; write one container per resolution.
 
     Returns (index part, rejections, stats). The caller writes the parquet files.
@@ -84,7 +84,7 @@ def ingest_shard(manifest: pd.DataFrame, *, source: str, source_root: Path, shar
                     bits_stored_hint=_none_if_nan(row["bits_stored_hint"]),
                     spacing_hint_mm=_none_if_nan(row["spacing_hint_mm"]), intensity=intensity)
                 images = preprocess(decoded, target_spacing_mm=target_spacing_mm, policy=geometry,
-                                    resolutions=resolutions)
+                                    resolutions=resolutions, canvas_mm=canvas_mm)
             except RejectedImage as exc:
                 rejections.append(_rejection(row, exc.reason.value, exc.detail))
                 continue

@@ -101,3 +101,22 @@ def test_preprocess_matches_the_step_by_step_pipeline(synthetic_radiograph, poli
     # compare away from content edges, where pad placement may differ by one output pixel
     inner = (slice(8, -8), slice(40, -40)) if policy == "pad" else (slice(4, -4), slice(4, -4))
     assert np.abs(fused[inner] - stepwise[inner]).mean() < 0.01
+
+
+def test_fixed_canvas_gives_the_same_physical_pixel_size():
+    from cxrgen.imaging.geometry import fixed_canvas
+
+    # a 100 mm bright disc on two films of different spacing and size must cover the same output pixels
+    def film(pixels, spacing):
+        yy, xx = (np.mgrid[0:pixels[0], 0:pixels[1]] + 0.5) * spacing
+        cy, cx = pixels[0] * spacing / 2, pixels[1] * spacing / 2
+        return (((yy - cy) ** 2 + (xx - cx) ** 2) < 50**2).astype(np.float32)
+
+    a = fixed_canvas(film((400, 300), 1.0), (1.0, 1.0), 430.0, 86)  # film smaller than the canvas: padded
+    b = fixed_canvas(film((900, 1000), 0.5), (0.5, 0.5), 430.0, 86)  # film larger than the canvas: cropped
+    assert a.shape == b.shape == (86, 86)
+    disc_px = np.pi * (50 / 5.0) ** 2  # 5 mm output pixels
+    assert abs(a.sum() - disc_px) / disc_px < 0.05 and abs(b.sum() - disc_px) / disc_px < 0.05
+    assert a[0].max() == 0 and a[:, 0].max() == 0  # padding outside the 400x300 mm film
+    np.testing.assert_allclose(a, b, atol=0.35)
+    assert np.abs(a - b).mean() < 0.02

@@ -69,3 +69,21 @@ def test_shard_assignment_is_stable_and_balanced():
     assert shards.tolist() == [shard_of(k, 8) for k in keys]
     counts = np.bincount(shards, minlength=8)
     assert counts.min() > 400 and counts.max() < 600
+
+
+def test_ingest_is_deterministic(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(4):
+        write_dicom(src / f"{i}.dcm", rng.random((70, 60)).astype(np.float32), bits_stored=12,
+                    transfer_syntax="rle", pixel_spacing=(0.7, 0.7), uid_seed=i)
+        rows.append({"image_id": f"mimic-{i}", "rel_path": f"{i}.dcm"})
+    outputs = []
+    for run in ("a", "b"):
+        index, _, _ = ingest_shard(_manifest(rows), source="mimic", source_root=src, shard=0,
+                                   store_root=tmp_path / run, resolutions=[32], geometry="crop", intensity="voi",
+                                   target_spacing_mm=0.5, canvas_mm=40.0, progress=False)
+        outputs.append((index.to_json(), (tmp_path / run / "32px/mimic/shard-0000.bin").read_bytes()))
+    assert outputs[0] == outputs[1]

@@ -32,6 +32,7 @@ rule ingest_shard:
         store_root="results/store",
         resolutions=RESOLUTIONS,
         geometry=config["ingest"]["geometry"],
+        canvas_mm=config["ingest"]["canvas_mm"],
         intensity=config["ingest"]["intensity"],
         target_spacing_mm=target_spacing_param,
     log:

@@ -77,15 +77,39 @@ def to_uint16(img: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(img, 0.0, 1.0) * 65535.0).astype(np.uint16)
 
 
+def fixed_canvas(img: np.ndarray, spacing_mm: tuple[float, float], canvas_mm: float, size: int) -> np.ndarray:
+    """Centre a square field of view of ``canvas_mm`` on the film and sample it at ``size`` pixels: every output pixel
+    is exactly ``canvas_mm / size`` mm whatever the film's spacing and size (the film is cropped where it is larger
+    than the canvas and zero-padded where it is smaller)."""
+    h, w = img.shape
+    out_mm = canvas_mm / size
+    out = np.zeros((size, size), dtype=np.float32)
+    region = []
+    for extent, pitch in ((h, spacing_mm[0]), (w, spacing_mm[1])):
+        start = extent / 2 - canvas_mm / 2 / pitch  # canvas edge in source pixels (may be negative)
+        lo, hi = max(0.0, start), min(float(extent), extent / 2 + canvas_mm / 2 / pitch)
+        out_lo = round((lo - start) * pitch / out_mm)
+        out_len = max(1, min(size - out_lo, round((hi - lo) * pitch / out_mm)))
+        region.append((lo, hi, out_lo, out_len))
+    (top, bottom, out_top, out_h), (left, right, out_left, out_w) = region
+    out[out_top : out_top + out_h, out_left : out_left + out_w] = _resize(img, out_h, out_w,
+                                                                          box=(left, top, right, bottom))
+    return out
+
+
 def preprocess(decoded: DecodedImage, *, target_spacing_mm: float | None, policy: str,
-               resolutions: list[int]) -> dict[int, np.ndarray]:
+               resolutions: list[int], canvas_mm: float | None = None) -> dict[int, np.ndarray]:
     """Spacing resampling -> square (pad/crop) -> resize, as uint16 (0..65535) arrays keyed by resolution.
 
     Equivalent to ``resize_square(to_square(resample_to_spacing(...)))`` but with a single interpolation per
     resolution straight from the decoded pixels (faster and sharper). Note that isotropic resampling does not change
-    the square output; it matters only for anisotropic spacing."""
+    the square output; it matters only for anisotropic spacing. With ``canvas_mm`` (and a known spacing) the output
+    is a fixed physical field of view instead (:func:`fixed_canvas`), which makes pixel size identical across films;
+    films without spacing fall back to ``policy``."""
     _check_policy(policy)
     img = decoded.pixels
+    if canvas_mm is not None and decoded.spacing_mm is not None:
+        return {size: to_uint16(fixed_canvas(img, decoded.spacing_mm, canvas_mm, size)) for size in resolutions}
     h, w = img.shape
     if decoded.spacing_mm is not None and target_spacing_mm is not None:
         rh, rw = _resampled_shape(img.shape, decoded.spacing_mm, target_spacing_mm)

@@ -18,6 +18,7 @@ def main(smk) -> None:
         pd.read_parquet(smk.input.manifest), source=smk.wildcards.source, source_root=Path(smk.params.root),
         shard=int(smk.wildcards.shard), store_root=Path(smk.params.store_root),
         resolutions=list(smk.params.resolutions), geometry=smk.params.geometry, intensity=smk.params.intensity,
+        canvas_mm=smk.params.canvas_mm,
         target_spacing_mm=smk.params.target_spacing_mm)
     write_shard_outputs(index_part, rejections, stats, smk.output.index, smk.output.rejections, smk.output.stats)
     print(stats)
