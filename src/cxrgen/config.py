@@ -22,7 +22,16 @@ class ConfigError(ValueError):
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(resources.files("cxrgen").joinpath("schemas/config.schema.yaml").read_text())
+    """The main schema plus one fragment per pipeline stage (``schemas/stages/<key>.yaml`` = schema of config key
+    ``<key>``), so each stage documents and validates its own section."""
+    folder = resources.files("cxrgen").joinpath("schemas")
+    schema = yaml.safe_load(folder.joinpath("config.schema.yaml").read_text())
+    stages = folder.joinpath("stages")
+    if stages.is_dir():
+        for fragment in sorted(stages.iterdir(), key=lambda f: f.name):
+            if fragment.name.endswith(".yaml"):
+                schema["properties"][fragment.name.removesuffix(".yaml")] = yaml.safe_load(fragment.read_text())
+    return schema
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:

@@ -1,0 +1,1 @@
+"""One public function per pipeline stage (called by the thin workflow adapters)."""
