@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
+from sources_helpers import demo_corpus_fixture, file_digests, files_listed_once, image_modes
 
 from cxrgen.demo.common import DemoContext
 from cxrgen.demo.layouts import chexpert as demo
+from cxrgen.demo.sampling import read_shipped
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
 from cxrgen.sources.base import get_adapter
 from cxrgen.sources.chexpert import scan_chexpert
@@ -26,15 +27,7 @@ def _ctx(seed: int = SEED) -> DemoContext:
     return DemoContext(seed=seed, downscale=DOWNSCALE, bad_fraction=BAD)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
-    root = tmp_path_factory.mktemp("chexpert")
-    demo.write(root, N, _ctx())
-    return root, scan_chexpert(root, {})
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+corpus = demo_corpus_fixture("chexpert", N, _ctx())
 
 
 def _csv(root: Path, name: str) -> pd.DataFrame:
@@ -42,13 +35,13 @@ def _csv(root: Path, name: str) -> pd.DataFrame:
 
 
 def test_layout_and_real_rows(corpus):
-    root, _ = corpus
+    root, _, _ = corpus
     assert sorted(p.name for p in (root / RELEASE).iterdir()) == ["train", "train.csv", "valid", "valid.csv"]
     for name in ("train.csv", "valid.csv"):
         assert (root / RELEASE / name).read_text().splitlines()[0] == HEADER
     train = _csv(root, "train.csv")
     assert train["Path"].str.match(rf"{RELEASE}/train/patient\d{{5}}/study\d+/view\d_(frontal|lateral)\.jpg$").all()
-    shipped = set(demo.read_shipped("chexpert_train.csv.gz").to_csv(index=False).splitlines()[1:])
+    shipped = set(read_shipped("chexpert_train.csv.gz").to_csv(index=False).splitlines()[1:])
     assert set(train.to_csv(index=False).splitlines()[1:]) <= shipped  # train rows are real rows, unchanged
     valid = _csv(root, "valid.csv")
     assert len(valid) >= 1 and valid["Path"].str.match(rf"{RELEASE}/valid/patient6454\d/study\d+/view\d_").all()
@@ -58,24 +51,16 @@ def test_layout_and_real_rows(corpus):
 
 
 def test_every_file_once_and_bad_files(corpus):
-    root, manifest = corpus
-    on_disk = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
-    assert sorted(manifest.loc[manifest["reject_reason"] != "missing_file", "rel_path"]) == on_disk
-    assert not manifest["rel_path"].duplicated().any() and len(manifest) == N
+    root, _, manifest = corpus
+    files_listed_once(root, manifest, "*.jpg")
+    assert len(manifest) == N
     assert manifest["reject_reason"].value_counts().to_dict() == {"missing_file": 1, "missing_metadata": 1}
-    modes, broken = [], 0
-    for rel in manifest.loc[manifest["reject_reason"].isna(), "rel_path"]:
-        try:
-            with Image.open(root / rel) as im:
-                im.load()
-                modes.append(im.mode)
-        except OSError:
-            broken += 1
+    modes, broken = image_modes(root, manifest.loc[manifest["reject_reason"].isna(), "rel_path"])
     assert broken == 1 and modes.count("RGB") == 1 and set(modes) == {"L", "RGB"}
 
 
 def test_labels_ids_views_and_splits(corpus):
-    root, manifest = corpus
+    root, _, manifest = corpus
     rows = pd.concat([_csv(root, "train.csv").assign(split="train"), _csv(root, "valid.csv").assign(split="test")])
     kept = manifest[manifest["reject_reason"] != "missing_metadata"].set_index("source_key")
     assert set(kept.index) == set(rows["Path"])
@@ -97,7 +82,7 @@ def test_labels_ids_views_and_splits(corpus):
 
 
 def test_root_may_be_the_release_folder(corpus):
-    root, manifest = corpus
+    root, _, manifest = corpus
     inner = scan_chexpert(root / RELEASE, {})
     assert sorted(inner["rel_path"]) == sorted(p.removeprefix(f"{RELEASE}/") for p in manifest["rel_path"])
     matched = inner["reject_reason"].isna()
@@ -105,9 +90,9 @@ def test_root_may_be_the_release_folder(corpus):
 
 
 def test_writer_is_deterministic(corpus, tmp_path):
-    root, _ = corpus
+    root, _, _ = corpus
     demo.write(tmp_path / "again", N, _ctx())
-    assert _files(tmp_path / "again") == _files(root)
+    assert file_digests(tmp_path / "again") == file_digests(root)
 
 
 def test_minimal_hand_made_release(tmp_path):

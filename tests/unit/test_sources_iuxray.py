@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import zlib
 from collections import Counter
@@ -11,19 +10,15 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from sources_helpers import demo_corpus_fixture, write_twice
 
+from cxrgen.demo.badfiles import bad_kind_of
 from cxrgen.demo.common import DemoContext, txrv_data_dir
 from cxrgen.demo.layouts import iuxray as layout
 from cxrgen.sources.base import get_adapter
 from cxrgen.sources.iuxray import mesh_laterality, mesh_to_chexpert, parse_report_xml
 
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("iuxray")
-    ctx = DemoContext(seed=3, downscale=10, bad_fraction=0.3)
-    layout.write(root, 20, ctx)
-    return root, ctx, get_adapter("iuxray")(root, {})
+demo = demo_corpus_fixture("iuxray", 20, DemoContext(seed=3, downscale=10, bad_fraction=0.3))
 
 
 def test_every_image_file_appears_once_and_bad_files_are_flagged(demo):
@@ -35,7 +30,7 @@ def test_every_image_file_appears_once_and_bad_files_are_flagged(demo):
     assert (df["reject_reason"] == "missing_file").sum() >= 1
     assert (df["reject_reason"] == "missing_metadata").sum() >= 1
     assert not any((root / p).exists() for p in df.loc[df["reject_reason"] == "missing_file", "rel_path"])
-    kinds = Counter(layout.bad_kind_of(root / p) for p in on_disk)
+    kinds = Counter(bad_kind_of(root / p) for p in on_disk)
     assert {"truncated", "no_pixels", "multi_frame", "non_chest"} <= set(kinds)
 
 
@@ -68,7 +63,7 @@ def test_headers_follow_the_real_iu_table_and_carry_phi(demo):
     root, ctx, df = demo
     header = pd.read_csv(txrv_data_dir() / "nlmcxr_dicom_metadata.csv.gz", low_memory=False).set_index("imageid")
     ok = df[df["reject_reason"].isna()]
-    ok = ok[[layout.bad_kind_of(root / p) is None for p in ok["rel_path"]]]
+    ok = ok[[bad_kind_of(root / p) is None for p in ok["rel_path"]]]
     assert len(ok) >= 10
     for row in ok.itertuples():
         ds = pydicom.dcmread(root / row.rel_path, stop_before_pixels=True)
@@ -80,12 +75,8 @@ def test_headers_follow_the_real_iu_table_and_carry_phi(demo):
 
 
 def test_same_seed_writes_identical_files(tmp_path):
-    digests = []
-    for name in ("a", "b"):
-        layout.write(tmp_path / name, 3, DemoContext(seed=5, downscale=16, bad_fraction=0.0))
-        digests.append({p.relative_to(tmp_path / name).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                        for p in (tmp_path / name).rglob("*") if p.is_file()})
-    assert digests[0] == digests[1] and len(digests[0]) >= 4
+    first, second = write_twice("iuxray", tmp_path, 3, seed=5)
+    assert first == second and len(first) >= 4
 
 
 def test_mesh_mapping_and_laterality():

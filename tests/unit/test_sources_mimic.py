@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pydicom
-import pytest
+from sources_helpers import demo_corpus_fixture, write_twice
 
+from cxrgen.demo.badfiles import bad_kind_of
 from cxrgen.demo.common import DemoContext
-from cxrgen.demo.layouts import mimic as layout
-from cxrgen.demo.layouts.iuxray import bad_kind_of
 from cxrgen.sources.base import get_adapter
 from cxrgen.sources.mimic import parse_report_sections
 
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mimic")
-    ctx = DemoContext(seed=3, downscale=10, bad_fraction=0.3)
-    layout.write(root, 20, ctx)
-    return root, ctx, get_adapter("mimic")(root, {})
+demo = demo_corpus_fixture("mimic", 20, DemoContext(seed=3, downscale=10, bad_fraction=0.3))
 
 
 def test_every_image_file_appears_once_and_bad_files_are_flagged(demo):
@@ -79,12 +71,8 @@ def test_phi_is_in_the_written_headers(demo):
 
 
 def test_same_seed_writes_identical_files(tmp_path):
-    digests = []
-    for name in ("a", "b"):
-        layout.write(tmp_path / name, 4, DemoContext(seed=11, downscale=16, bad_fraction=0.0))
-        digests.append({p.relative_to(tmp_path / name).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                        for p in (tmp_path / name).rglob("*") if p.is_file()})
-    assert digests[0] == digests[1] and len(digests[0]) >= 4 + 3
+    first, second = write_twice("mimic", tmp_path, 4, seed=11)
+    assert first == second and len(first) >= 4 + 3
 
 
 def test_report_sections_tolerate_missing_and_merged_headers():

@@ -9,11 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from sources_helpers import demo_corpus_fixture, file_digests, files_listed_once, image_modes
 
 from cxrgen.demo.common import DemoContext
 from cxrgen.demo.layouts import nih as demo
+from cxrgen.demo.sampling import read_shipped
 from cxrgen.labels import LABEL_COLUMNS, label_column
 from cxrgen.sources.base import get_adapter
+from cxrgen.sources.files import join_files
 from cxrgen.sources.nih import nih_metadata, scan_nih
 
 N, SEED, DOWNSCALE, BAD = 25, 7, 8.0, 0.16  # BAD * N = 4 bad files: one of each kind
@@ -23,19 +26,11 @@ def _ctx(seed: int = SEED) -> DemoContext:
     return DemoContext(seed=seed, downscale=DOWNSCALE, bad_fraction=BAD)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
-    root = tmp_path_factory.mktemp("nih")
-    demo.write(root, N, _ctx())
-    return root, scan_nih(root, {})
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+corpus = demo_corpus_fixture("nih", N, _ctx())
 
 
 def test_layout_is_the_release_layout(corpus):
-    root, _ = corpus
+    root, _, _ = corpus
     assert sorted(p.name for p in root.iterdir()) == ["BBox_List_2017.csv", "Data_Entry_2017_v2020.csv", "images",
                                                       "test_list.txt", "train_val_list.txt"]
     header = (root / "Data_Entry_2017_v2020.csv").read_text().splitlines()[0]
@@ -43,41 +38,31 @@ def test_layout_is_the_release_layout(corpus):
                       "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
     assert (root / "BBox_List_2017.csv").read_text().startswith("Image Index,Finding Label,Bbox [x,y,w,h],,,\n")
     # CSV lines are real rows of the shipped table, byte for byte
-    shipped = set(demo.read_shipped("Data_Entry_2017_v2020.csv.gz").to_csv(index=False).splitlines()[1:])
+    shipped = set(read_shipped("Data_Entry_2017_v2020.csv.gz").to_csv(index=False).splitlines()[1:])
     lines = (root / "Data_Entry_2017_v2020.csv").read_text().splitlines()[1:]
     assert len(lines) == N - 1 and set(lines) <= shipped  # the orphan's row is left out
 
 
 def test_every_file_on_disk_appears_exactly_once(corpus):
-    root, manifest = corpus
-    on_disk = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
-    present = manifest.loc[manifest["reject_reason"] != "missing_file", "rel_path"]
-    assert sorted(present) == on_disk
-    assert not manifest["rel_path"].duplicated().any()
+    root, _, manifest = corpus
+    files_listed_once(root, manifest, "*.png")
     assert len(manifest) == N  # N-1 metadata rows (one without file) + one orphan file
 
 
 def test_bad_files_are_flagged_or_left_for_the_decoder(corpus):
-    root, manifest = corpus
+    root, _, manifest = corpus
     reasons = manifest["reject_reason"].value_counts(dropna=False).to_dict()
     assert reasons == {None: N - 2, "missing_file": 1, "missing_metadata": 1}
     orphan = manifest.loc[manifest["reject_reason"] == "missing_metadata"].iloc[0]
     assert (root / orphan["rel_path"]).is_file() and np.isnan(orphan[list(LABEL_COLUMNS)].astype(float)).all()
     assert not (root / manifest.loc[manifest["reject_reason"] == "missing_file", "rel_path"].iloc[0]).exists()
-    modes, broken = [], 0
-    for rel in manifest.loc[manifest["reject_reason"].isna(), "rel_path"]:
-        try:
-            with Image.open(root / rel) as im:
-                im.load()
-                modes.append(im.mode)
-        except OSError:
-            broken += 1
+    modes, broken = image_modes(root, manifest.loc[manifest["reject_reason"].isna(), "rel_path"])
     assert broken == 1  # the truncated PNG: ingestion rejects it as unreadable
     assert modes.count("RGB") == 1 and set(modes) == {"L", "RGB"}
 
 
 def test_labels_ids_views_and_spacing_follow_the_csv(corpus):
-    root, manifest = corpus
+    root, _, manifest = corpus
     table = pd.read_csv(root / "Data_Entry_2017_v2020.csv").set_index("Image Index")
     kept = manifest[manifest["reject_reason"] != "missing_metadata"].set_index("source_key")
     assert set(kept.index) == set(table.index)
@@ -103,7 +88,7 @@ def test_labels_ids_views_and_spacing_follow_the_csv(corpus):
 
 
 def test_official_split_is_patient_wise_and_matches_the_lists(corpus):
-    root, manifest = corpus
+    root, _, manifest = corpus
     test = set((root / "test_list.txt").read_text().split())
     train_val = set((root / "train_val_list.txt").read_text().split())
     kept = manifest[manifest["reject_reason"] != "missing_metadata"]
@@ -114,9 +99,9 @@ def test_official_split_is_patient_wise_and_matches_the_lists(corpus):
 
 
 def test_writer_is_deterministic(corpus, tmp_path):
-    root, _ = corpus
+    root, _, _ = corpus
     demo.write(tmp_path / "again", N, _ctx())
-    assert _files(tmp_path / "again") == _files(root)
+    assert file_digests(tmp_path / "again") == file_digests(root)
     demo.write(tmp_path / "other", N, _ctx(SEED + 1))
     assert (tmp_path / "other" / "Data_Entry_2017_v2020.csv").read_bytes() != (
         root / "Data_Entry_2017_v2020.csv").read_bytes()
@@ -166,9 +151,7 @@ def test_minimal_hand_made_release(tmp_path):
 
 def test_full_scale_table_maps_labels_and_is_fast():
     """The real 112,120-row table through the adapter's metadata/join code, with a simulated listing."""
-    from cxrgen.sources.nih import join_files
-
-    table = demo.read_shipped("Data_Entry_2017_v2020.csv.gz")
+    table = read_shipped("Data_Entry_2017_v2020.csv.gz")
     names = table["Image Index"]
     start = time.perf_counter()
     meta = nih_metadata(table, set(names[::4]), set(names) - set(names[::4]), 1024)

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 
 import numpy as np
 import pandas as pd
 import pydicom
-import pytest
+from sources_helpers import demo_corpus_fixture, write_twice
 
+from cxrgen.demo.badfiles import bad_kind_of
 from cxrgen.demo.common import DemoContext, txrv_data_dir
-from cxrgen.demo.layouts import vindr as layout
-from cxrgen.demo.layouts.iuxray import bad_kind_of
 from cxrgen.sources.base import get_adapter
 
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vindr")
-    ctx = DemoContext(seed=3, downscale=10, bad_fraction=0.3)
-    layout.write(root, 20, ctx)
-    return root, ctx, get_adapter("vindr")(root, {})
+demo = demo_corpus_fixture("vindr", 20, DemoContext(seed=3, downscale=10, bad_fraction=0.3))
 
 
 def test_every_image_file_appears_once_and_bad_files_are_flagged(demo):
@@ -83,9 +75,5 @@ def test_labels_use_the_reader_threshold(tmp_path):
 
 
 def test_same_seed_writes_identical_files(tmp_path):
-    digests = []
-    for name in ("a", "b"):
-        layout.write(tmp_path / name, 3, DemoContext(seed=5, downscale=16, bad_fraction=0.0))
-        digests.append({p.relative_to(tmp_path / name).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                        for p in (tmp_path / name).rglob("*") if p.is_file()})
-    assert digests[0] == digests[1] and len(digests[0]) == 4
+    first, second = write_twice("vindr", tmp_path, 3, seed=5)
+    assert first == second and len(first) == 4

@@ -17,7 +17,6 @@ official split and there are no reports.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -25,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
-from cxrgen.sources.base import empty_manifest, register_adapter, validate_manifest
+from cxrgen.sources.base import register_adapter
+from cxrgen.sources.files import finish_manifest, list_files, merge_on_key
 
 SPREADSHEETS = ("master_spreadsheet_update.csv", "master_spreadsheet.csv")
 _KEY_RE = re.compile(r"(id_[^/\\]+[/\\]Study_[^/\\]+[/\\]Series_[^/\\]+[/\\]image-[^./\\]+)")
@@ -55,14 +55,6 @@ def normalise_view(value: object) -> str:
     return _VIEWS.get(value.strip().upper(), "UNKNOWN") if isinstance(value, str) else "UNKNOWN"
 
 
-def _list_images(root: Path, suffix: str) -> list[str]:
-    out = []
-    for dirpath, _, filenames in os.walk(root):
-        rel_dir = Path(os.path.relpath(dirpath, root)).as_posix()
-        out += [name if rel_dir == "." else f"{rel_dir}/{name}" for name in filenames if name.lower().endswith(suffix)]
-    return sorted(out)
-
-
 @register_adapter("brax")
 def scan_brax(root: Path, options: dict) -> pd.DataFrame:
     """Manifest of a BRAX copy. options: ``brax_images`` "auto" (DICOM when any .dcm exists) | "dcm" | "png"."""
@@ -70,12 +62,12 @@ def scan_brax(root: Path, options: dict) -> pd.DataFrame:
     sheet_path = next((root / n for n in SPREADSHEETS if (root / n).is_file()), None)
     image_format = options.get("brax_images", "auto")
     if image_format == "auto":
-        image_format = "dcm" if _list_images(root, ".dcm") else "png"
+        image_format = "dcm" if len(list_files(root, (".dcm",))) else "png"
     if image_format not in ("dcm", "png"):
         raise ValueError(f"brax_images={image_format!r}; allowed: auto, dcm, png")
     path_col = "DicomPath" if image_format == "dcm" else "PngPath"
 
-    disk = pd.DataFrame({"rel_path": _list_images(root, "." + image_format)})
+    disk = pd.DataFrame({"rel_path": list_files(root, ("." + image_format,))["rel_path"].tolist()})
     disk["source_key"] = disk["rel_path"].map(image_key)
     if sheet_path is not None:
         sheet = pd.read_csv(sheet_path, dtype={"PatientID": str, "AccessionNumber": str, "PatientAge": str},
@@ -92,11 +84,7 @@ def scan_brax(root: Path, options: dict) -> pd.DataFrame:
     sheet = sheet.rename(columns={path_col: "sheet_path"})
     keep = ["source_key", "sheet_path", "PatientID", "AccessionNumber", "ViewPosition", "PatientSex", "PatientAge",
             *LABEL_COLUMNS]
-    df = disk.merge(sheet[keep], on="source_key", how="outer", indicator=True)
-    df["reject_reason"] = np.select([df["_merge"] == "left_only", df["_merge"] == "right_only"],
-                                    ["missing_metadata", "missing_file"], "").astype(object)
-    df.loc[df["reject_reason"] == "", "reject_reason"] = None
-    df = df.drop(columns="_merge")
+    df = merge_on_key(disk, sheet[keep])
     missing = df["reject_reason"] == "missing_file"
     df.loc[missing, "rel_path"] = df.loc[missing, "sheet_path"]
 
@@ -107,14 +95,5 @@ def scan_brax(root: Path, options: dict) -> pd.DataFrame:
     df["sex"] = df["PatientSex"].map(lambda s: s.strip().upper() if isinstance(s, str) else "U")
     df.loc[~df["sex"].isin(["M", "F"]), "sex"] = "U"  # "O" (other) has no slot in the manifest
     df["age"] = df["PatientAge"].map(parse_age)
-
-    df["source"] = "brax"
-    df["report_findings"] = None
-    df["report_impression"] = None
-    df["official_split"] = None
-    df["spacing_hint_mm"] = np.nan
-    df["bits_stored_hint"] = np.nan
     df["file_format"] = "dicom" if image_format == "dcm" else "png"
-    if df.empty:
-        return validate_manifest(empty_manifest())
-    return validate_manifest(df.sort_values("rel_path", kind="stable"))
+    return finish_manifest(df, "brax")  # no official split, no reports, no spacing in the spreadsheet

@@ -20,7 +20,7 @@ import pandas as pd
 
 from cxrgen.labels import CHEXPERT_LABELS, label_column
 from cxrgen.sources.base import register_adapter
-from cxrgen.sources.nih import join_files, list_files
+from cxrgen.sources.files import join_files, list_files
 
 RELEASE_DIRS = ("CheXpert-v1.0-small", "CheXpert-v1.0")
 # valid.csv (radiologist-labelled, 234 images) is the held-out evaluation set every paper reports on, and the one

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
-from cxrgen.sources.base import empty_manifest, register_adapter, validate_manifest
+from cxrgen.sources.base import register_adapter
+from cxrgen.sources.files import finish_manifest, list_files, merge_on_key, png_width
 
 REPORT_DIR = "ecgen-radiology"
 
@@ -165,28 +165,9 @@ def load_dicom_header_table(path: str | os.PathLike | None = None) -> pd.DataFra
     return table.drop_duplicates("imageid").set_index("imageid")
 
 
-def _png_width(path: Path) -> float:
-    """Width from the PNG IHDR chunk (reads 24 bytes, no pixel decoding); NaN when not a PNG."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(24)
-    except OSError:
-        return np.nan
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
-        return np.nan
-    return float(struct.unpack(">I", head[16:20])[0])
-
-
-def _list_files(root: Path, suffixes: tuple[str, ...], skip_dir: str | None = None) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        if skip_dir is not None and Path(dirpath) == root and skip_dir in dirnames:
-            dirnames.remove(skip_dir)
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in filenames:
-            if name.lower().endswith(suffixes):
-                found.append(name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"))
-    return sorted(found)
+def _png_width_or_nan(path: Path) -> float:
+    width = png_width(path)
+    return np.nan if width is None else float(width)
 
 
 @register_adapter("iuxray")
@@ -210,7 +191,7 @@ def scan_iuxray(root: Path, options: dict) -> pd.DataFrame:
                                           *LABEL_COLUMNS]).drop_duplicates("source_key")
 
     image_format = options.get("iuxray_images", "auto")
-    files = _list_files(root, (".dcm", ".png"), skip_dir=REPORT_DIR)
+    files = list_files(root, (".dcm", ".png"), skip_top_dirs=(REPORT_DIR,))["rel_path"].tolist()
     if image_format == "auto":
         image_format = "dcm" if any(f.lower().endswith(".dcm") for f in files) else "png"
     if image_format not in ("dcm", "png"):
@@ -220,11 +201,7 @@ def scan_iuxray(root: Path, options: dict) -> pd.DataFrame:
     stems = disk["rel_path"].str.rsplit("/", n=1).str[-1].str.rsplit(".", n=1).str[0]
     disk["source_key"] = ("CXR" + stems) if image_format == "dcm" else stems
 
-    df = disk.merge(meta, on="source_key", how="outer", indicator=True)
-    df["reject_reason"] = np.select([df["_merge"] == "left_only", df["_merge"] == "right_only"],
-                                    ["missing_metadata", "missing_file"], "").astype(object)
-    df.loc[df["reject_reason"] == "", "reject_reason"] = None
-    df = df.drop(columns="_merge")
+    df = merge_on_key(disk, meta)
     df.loc[df["reject_reason"] == "missing_metadata", "patient_id"] = (
         df["source_key"].str.extract(r"^(CXR\d+)", expand=False))
     df["patient_id"] = df["patient_id"].fillna(df["source_key"])
@@ -250,18 +227,11 @@ def scan_iuxray(root: Path, options: dict) -> pd.DataFrame:
         spacing = df["source_key"].map(header["Imager Pixel Spacing"]).map(first_number)
         spacing = spacing.fillna(df["source_key"].map(header["Pixel Spacing"]).map(first_number))
         orig_cols = df["source_key"].map(header["Columns"]).astype(float)
-        png_cols = [(_png_width(root / p) if r != "missing_file" else np.nan)
+        png_cols = [_png_width_or_nan(root / p) if r != "missing_file" else np.nan
                     for p, r in zip(df["rel_path"], df["reject_reason"], strict=True)]
         df["spacing_hint_mm"] = spacing * orig_cols / np.asarray(png_cols, dtype=float)
 
-    df["source"] = "iuxray"
-    df["sex"] = "U"
-    df["age"] = np.nan
-    df["official_split"] = None
-    df["bits_stored_hint"] = np.nan
     df["file_format"] = "dicom" if image_format == "dcm" else "png"
     for col in ("report_findings", "report_impression"):
         df[col] = df[col].astype(object).where(df[col].notna(), None)
-    if df.empty:
-        return validate_manifest(empty_manifest())
-    return validate_manifest(df.sort_values("rel_path", kind="stable"))
+    return finish_manifest(df, "iuxray")  # no demographics, no official split

@@ -9,7 +9,6 @@ Sex and age are not part of MIMIC-CXR (they live in MIMIC-IV), so they are "U"/N
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -17,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
-from cxrgen.sources.base import empty_manifest, register_adapter, validate_manifest
+from cxrgen.sources.base import register_adapter
+from cxrgen.sources.files import find_table, finish_manifest, list_files, merge_on_key
 
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"
 CHEXPERT_CSV = "mimic-cxr-2.0.0-chexpert.csv"
@@ -26,14 +26,6 @@ _VIEWS = {"PA": "PA", "AP": "AP", "LATERAL": "LATERAL", "LL": "LATERAL", "RL": "
 _SPLITS = {"train": "train", "validate": "val", "test": "test"}
 _IMAGE_RE = re.compile(r"^files/p\d{2}/p(\d+)/s(\d+)/([^/]+)\.(dcm|jpg)$", re.IGNORECASE)
 _HEADER_RE = re.compile(r"^\s*([A-Z][A-Z &/]{2,60}):", re.MULTILINE)
-
-
-def find_table(root: Path, name: str) -> Path | None:
-    """``name`` or ``name + '.gz'`` under root (the JPG release ships gzipped CSVs)."""
-    for candidate in (root / name, root / (name + ".gz")):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def parse_report_sections(text: str) -> dict[str, str | None]:
@@ -55,24 +47,17 @@ def normalise_view(value: object) -> str:
     return _VIEWS.get(value.strip().upper(), "UNKNOWN") if isinstance(value, str) else "UNKNOWN"
 
 
-def _list_tree(files_dir: Path, root: Path) -> tuple[list[str], list[str]]:
-    images, reports = [], []
-    for dirpath, _, filenames in os.walk(files_dir):
-        rel_dir = Path(os.path.relpath(dirpath, root)).as_posix()
-        for name in filenames:
-            low = name.lower()
-            if low.endswith((".dcm", ".jpg")):
-                images.append(f"{rel_dir}/{name}")
-            elif low.endswith(".txt"):
-                reports.append(f"{rel_dir}/{name}")
-    return sorted(images), sorted(reports)
+def _list_tree(root: Path) -> tuple[list[str], list[str]]:
+    """Images (.dcm/.jpg) and reports (.txt) under ``root/files``, as sorted paths relative to ``root``."""
+    paths = ("files/" + list_files(root / "files", (".dcm", ".jpg", ".txt"))["rel_path"]).tolist()
+    return [p for p in paths if not p.lower().endswith(".txt")], [p for p in paths if p.lower().endswith(".txt")]
 
 
 @register_adapter("mimic")
 def scan_mimic(root: Path, options: dict) -> pd.DataFrame:
     """Manifest of a MIMIC-CXR copy. options: ``mimic_images`` "auto" (DICOM when any .dcm exists) | "dcm" | "jpg"."""
     root = Path(root)
-    images, reports = _list_tree(root / "files", root)
+    images, reports = _list_tree(root)
     image_format = options.get("mimic_images", "auto")
     if image_format == "auto":
         image_format = "dcm" if any(p.lower().endswith(".dcm") for p in images) else "jpg"
@@ -88,11 +73,7 @@ def scan_mimic(root: Path, options: dict) -> pd.DataFrame:
                         usecols=["dicom_id", "subject_id", "study_id", "ViewPosition"])
             if meta_path else pd.DataFrame(columns=["dicom_id", "subject_id", "study_id", "ViewPosition"]))
     meta = meta.rename(columns={"dicom_id": "source_key", "subject_id": "meta_subject", "study_id": "meta_study"})
-    df = disk.merge(meta.drop_duplicates("source_key"), on="source_key", how="outer", indicator=True)
-    df["reject_reason"] = np.select([df["_merge"] == "left_only", df["_merge"] == "right_only"],
-                                    ["missing_metadata", "missing_file"], "").astype(object)
-    df.loc[df["reject_reason"] == "", "reject_reason"] = None
-    df = df.drop(columns="_merge")
+    df = merge_on_key(disk, meta.drop_duplicates("source_key"))
     df["patient_id"] = df["meta_subject"].fillna(df["patient_id"])
     df["study_id"] = df["meta_study"].fillna(df["study_id"])
     missing = df["reject_reason"] == "missing_file"
@@ -130,13 +111,5 @@ def scan_mimic(root: Path, options: dict) -> pd.DataFrame:
             sections[study] = parse_report_sections((root / rel).read_text(errors="replace"))
     df["report_findings"] = df["study_id"].map(lambda s: sections.get(s, {}).get("findings"))
     df["report_impression"] = df["study_id"].map(lambda s: sections.get(s, {}).get("impression"))
-
-    df["source"] = "mimic"
-    df["sex"] = "U"
-    df["age"] = np.nan
-    df["spacing_hint_mm"] = np.nan
-    df["bits_stored_hint"] = np.nan
     df["file_format"] = "dicom" if image_format == "dcm" else "jpg"
-    if df.empty:
-        return validate_manifest(empty_manifest())
-    return validate_manifest(df.sort_values("rel_path", kind="stable"))
+    return finish_manifest(df, "mimic")  # sex and age unknown (they live in MIMIC-IV)

@@ -1,4 +1,4 @@
-"""NIH ChestX-ray14 adapter, plus the listing/join helpers shared by the CheXpert and PadChest adapters.
+"""NIH ChestX-ray14 adapter.
 
 Real layout (NIH Clinical Center box.com release): ``images_001.tar.gz`` … ``images_012.tar.gz`` each extract to
 ``images/<Image Index>`` (1024×1024 PNGs, resized from the original films); ``Data_Entry_2017_v2020.csv`` (older copies:
@@ -11,16 +11,15 @@ anywhere under the root.
 
 from __future__ import annotations
 
-import os
-import struct
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
-from cxrgen.sources.base import MANIFEST_COLUMNS, register_adapter, validate_manifest
+from cxrgen.labels import CHEXPERT_LABELS, label_column
+from cxrgen.sources.base import register_adapter
+from cxrgen.sources.files import find_first, join_files, list_files, png_width
 
 METADATA_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 TRAIN_VAL_LIST, TEST_LIST = "train_val_list.txt", "test_list.txt"
@@ -46,85 +45,6 @@ NIH_TO_CHEXPERT: dict[str, str] = {
 # CheXpert's label hierarchy puts these under Lung Opacity (Irvin et al., AAAI 2019, Fig. 2): when one of them is
 # positive without "Infiltration", NIH did not say "no opacity", so Lung Opacity is left blank instead of 0.
 _OPACITY_CHILDREN = ("Atelectasis", "Consolidation", "Edema", "Mass", "Nodule", "Pneumonia")
-
-IMAGE_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".dcm": "dicom"}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# helpers shared by the PNG/JPEG source adapters (chexpert, padchest)
-
-
-def list_files(root: Path, suffixes: tuple[str, ...]) -> pd.DataFrame:
-    """Every file under ``root`` whose lower-cased suffix is in ``suffixes``: one ``os.walk``, no per-file stat.
-    Returns columns ``rel_path`` (POSIX, sorted) and ``name`` (file name)."""
-    found: list[str] = []
-    root = Path(root)
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, root)
-        prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-        found.extend(prefix + f for f in filenames if os.path.splitext(f)[1].lower() in suffixes)
-    found.sort()
-    return pd.DataFrame({"rel_path": pd.Series(found, dtype=object),
-                         "name": pd.Series([p.rsplit("/", 1)[-1] for p in found], dtype=object)})
-
-
-def join_files(meta: pd.DataFrame, files: pd.DataFrame, match_on: str, source: str) -> pd.DataFrame:
-    """Join metadata rows to the listed files and return a validated manifest.
-
-    ``meta`` holds manifest columns (without ``rel_path``/``reject_reason``/``file_format``) plus ``match_key`` and
-    ``expected_path`` (where the release puts the file). ``files`` comes from :func:`list_files`; its column
-    ``match_on`` (``"name"`` or ``"rel_path"``) is compared with ``match_key``. When several files share a key, the one
-    at ``expected_path`` wins and the others become ``missing_metadata`` rows, so every file appears exactly once.
-    """
-    meta = meta.drop_duplicates("match_key", keep="first")
-    listed = files.assign(match_key=files[match_on])
-    cand = listed.merge(meta[["match_key", "expected_path"]], on="match_key", how="left")
-    cand["_not_expected"] = cand["rel_path"] != cand["expected_path"]
-    cand = cand.sort_values(["match_key", "_not_expected", "rel_path"], kind="stable")
-    is_match = cand["expected_path"].notna() & ~cand.duplicated("match_key")
-    matched = cand.loc[is_match, ["match_key", "rel_path"]]
-
-    rows = meta.merge(matched, on="match_key", how="left")
-    absent = rows["rel_path"].isna()
-    rows.loc[absent, "rel_path"] = rows.loc[absent, "expected_path"]
-    rows["reject_reason"] = np.where(absent, "missing_file", None)
-
-    orphan_paths = cand.loc[~is_match, "rel_path"].to_numpy(dtype=object)
-    orphans = pd.DataFrame({
-        "rel_path": orphan_paths, "source_key": orphan_paths, "patient_id": orphan_paths, "study_id": orphan_paths,
-        "view": "UNKNOWN", "sex": "U", "age": np.nan, "spacing_hint_mm": np.nan, "bits_stored_hint": np.nan,
-        "reject_reason": "missing_metadata",
-    })
-    for col in LABEL_COLUMNS:
-        orphans[col] = np.nan
-    out = pd.concat([rows, orphans], ignore_index=True) if len(orphans) else rows
-    out["source"] = source
-    for col in ("report_findings", "report_impression", "official_split"):
-        if col not in out:
-            out[col] = None
-    suffix = out["rel_path"].str.extract(r"(\.[^./]+)$", expand=False).str.lower()
-    out["file_format"] = suffix.map(IMAGE_FORMATS)
-    for col, (dtype, _) in MANIFEST_COLUMNS.items():
-        if dtype == "float":
-            out[col] = out[col].astype("float64")
-        else:
-            out[col] = out[col].astype(object).where(out[col].notna(), None)
-    out = out.sort_values("rel_path", kind="stable")
-    return validate_manifest(out)
-
-
-def find_first(root: Path, names: tuple[str, ...]) -> Path:
-    """The first of ``names`` (optionally gzipped) that exists directly under ``root``."""
-    for name in names:
-        for candidate in (root / name, root / f"{name}.gz"):
-            if candidate.is_file():
-                return candidate
-    raise FileNotFoundError(f"none of {', '.join(names)} found in {root}")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# NIH
 
 
 def nih_labels(finding_labels: pd.Series) -> pd.DataFrame:
@@ -154,18 +74,6 @@ def nih_labels(finding_labels: pd.Series) -> pd.DataFrame:
     opacity = out[label_column("Lung Opacity")].to_numpy()
     out[label_column("Lung Opacity")] = np.where((opacity == 0) & child, np.nan, opacity)
     return out
-
-
-def png_width(path: Path) -> int | None:
-    """Width from a PNG's IHDR chunk (24 header bytes, no decoding); None if not a PNG."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(24)
-    except OSError:
-        return None
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        return None
-    return int(struct.unpack(">I", head[16:20])[0])
 
 
 def _read_list(path: Path) -> set[str]:

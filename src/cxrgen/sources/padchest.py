@@ -30,7 +30,7 @@ import pandas as pd
 
 from cxrgen.labels import CHEXPERT_LABELS, label_column
 from cxrgen.sources.base import register_adapter
-from cxrgen.sources.nih import find_first, join_files, list_files
+from cxrgen.sources.files import find_first, join_files, list_files
 
 CSV_NAME = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 PROJECTION_TO_VIEW = {"PA": "PA", "AP": "AP", "AP_HORIZONTAL": "AP", "L": "LATERAL",

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from cxrgen.labels import LABEL_COLUMNS, label_column
-from cxrgen.sources.base import empty_manifest, register_adapter, validate_manifest
+from cxrgen.sources.base import register_adapter
+from cxrgen.sources.files import finish_manifest, merge_on_key
 
 TRAIN_CSV = "train.csv"
 NO_FINDING = "No finding"
@@ -72,26 +73,13 @@ def scan_vindr(root: Path, options: dict) -> pd.DataFrame:
     ann = (pd.read_csv(csv_path, dtype={"image_id": str, "rad_id": str}) if csv_path.is_file()
            else pd.DataFrame(columns=["image_id", "class_name", "rad_id"]))
     labels = image_labels(ann, min_readers).reset_index().rename(columns={"image_id": "source_key"})
-    df = disk.merge(labels, on="source_key", how="outer", indicator=True)
-    df["reject_reason"] = np.select([df["_merge"] == "left_only", df["_merge"] == "right_only"],
-                                    ["missing_metadata", "missing_file"], "").astype(object)
-    df.loc[df["reject_reason"] == "", "reject_reason"] = None
-    df = df.drop(columns="_merge")
+    df = merge_on_key(disk, labels)
     missing = df["reject_reason"] == "missing_file"
     df.loc[missing, "rel_path"] = image_dir + "/" + df.loc[missing, "source_key"] + ".dicom"
 
-    df["source"] = "vindr"
     df["patient_id"] = df["source_key"]
     df["study_id"] = df["source_key"]
     df["view"] = options.get("vindr_view", "PA")
-    df["sex"] = "U"
-    df["age"] = np.nan
-    df["report_findings"] = None
-    df["report_impression"] = None
     df["official_split"] = "train" if image_dir == "train" else ("test" if image_dir == "test" else None)
-    df["spacing_hint_mm"] = np.nan
-    df["bits_stored_hint"] = np.nan
     df["file_format"] = "dicom"
-    if df.empty:
-        return validate_manifest(empty_manifest())
-    return validate_manifest(df.sort_values("rel_path", kind="stable"))
+    return finish_manifest(df, "vindr")  # no demographics, no reports

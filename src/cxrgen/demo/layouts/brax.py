@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrgen.demo.badfiles import DICOM_FILM_MIX, plan_bad_files, remove_missing
 from cxrgen.demo.common import DemoContext, txrv_data_dir
-from cxrgen.demo.layouts.iuxray import FilmStyle, demo_size, plan_bad_items, remove_missing, render, write_film
+from cxrgen.demo.films import FilmStyle, demo_size, render, write_film
 from cxrgen.labels import CHEXPERT_LABELS
 from cxrgen.sources.brax import SPREADSHEETS
 
@@ -78,7 +79,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
         date = pd.Timestamp(int(rng.integers(2010, 2020)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
         studies[tuple(key)] = {"study_uid": _digits_uid(rng, "."), "series_uid": _digits_uid(rng, "."),
                                "accession": str(int(rng.integers(10**11, 10**12))), "date": date.strftime("%Y%m%d")}
-    bad = plan_bad_items(len(rows), ctx, "brax")
+    bad = plan_bad_files(range(len(rows)), ctx.bad_fraction, ctx.rng("brax", "bad_files"), DICOM_FILM_MIX)
     sheet = []
     for i, row in rows.iterrows():
         st = studies[(row["patient"], row["study"])]

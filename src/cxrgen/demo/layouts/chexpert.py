@@ -18,18 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrgen.demo.badfiles import IMAGE_FILE_MIX, plan_bad_files
 from cxrgen.demo.common import DemoContext
-from cxrgen.demo.layouts.nih import (
-    phantom_seed,
-    plan_bad_files,
-    read_shipped,
-    sample_patients,
-    save_image,
-    tinted_rgb,
-    to_uint8,
-    write_table,
-)
 from cxrgen.demo.phantom import PhantomSpec, render_phantom
+from cxrgen.demo.sampling import image_pixels, phantom_seed, read_shipped, sample_patients, save_image, write_table
 from cxrgen.labels import CHEXPERT_LABELS
 
 RELEASE = "CheXpert-v1.0-small"
@@ -70,7 +62,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
         rows.loc[is_valid, name] = np.where(rows.loc[is_valid, name] == "1.0", "1.0", "0.0")
 
     keys = rows["Path"].tolist()
-    bad = plan_bad_files(keys, ctx.bad_fraction, ctx.rng("chexpert", "bad"))
+    bad = plan_bad_files(keys, ctx.bad_fraction, ctx.rng("chexpert", "bad"), IMAGE_FILE_MIX)
     height, width = film_size(ctx.downscale)
     for record in rows.to_dict("records"):
         kind = bad.get(record["Path"])
@@ -82,10 +74,9 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
                            sex={"Male": "M", "Female": "F"}.get(record["Sex"], "U"), age=float(record["Age"]),
                            findings=chexpert_findings(record), seed=phantom_seed(ctx, "chexpert", record["Path"]))
         image = render_phantom(spec)
-        pixels = tinted_rgb(image) if kind == "rgb" else to_uint8(image)
-        save_image(root / record["Path"], pixels, "JPEG", kind)
+        save_image(root / record["Path"], image_pixels(image, kind), "JPEG", kind)
 
-    listed = rows[[bad.get(k) != "orphan" for k in keys]].drop(columns="_patient")
+    listed = rows[[bad.get(k) != "orphan_file" for k in keys]].drop(columns="_patient")
     listed_valid = listed["Path"].str.contains("/valid/", regex=False)
     write_table(listed[~listed_valid], root / RELEASE / "train.csv")
     write_table(listed[listed_valid], root / RELEASE / "valid.csv")

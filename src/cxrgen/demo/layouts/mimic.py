@@ -18,16 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrgen.demo.badfiles import DICOM_FILM_MIX, plan_bad_files, remove_missing
 from cxrgen.demo.common import DemoContext
-from cxrgen.demo.layouts.iuxray import (
-    FilmStyle,
-    demo_size,
-    plan_bad_items,
-    read_reports,
-    remove_missing,
-    render,
-    write_film,
-)
+from cxrgen.demo.films import FilmStyle, demo_size, render, write_film
+from cxrgen.demo.layouts.iuxray import read_reports
 from cxrgen.labels import CHEXPERT_LABELS
 from cxrgen.sources.iuxray import mesh_laterality, mesh_to_chexpert, parse_report_xml
 from cxrgen.sources.mimic import CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV
@@ -148,7 +142,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
                 images.append({"study_index": len(studies) - 1, "view": view, "dicom_id": dicom_id(rng)})
     images = images[:n_images]
 
-    bad = plan_bad_items(len(images), ctx, "mimic")
+    bad = plan_bad_files(range(len(images)), ctx.bad_fraction, ctx.rng("mimic", "bad_files"), DICOM_FILM_MIX)
     meta_rows, split_rows, label_rows = [], [], {}
     for i, image in enumerate(images):
         st = studies[image["study_index"]]

@@ -16,17 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrgen.demo.badfiles import IMAGE_FILE_MIX, plan_bad_files
 from cxrgen.demo.common import DemoContext
-from cxrgen.demo.layouts.nih import (
-    phantom_seed,
-    plan_bad_files,
-    read_shipped,
-    sample_patients,
-    save_image,
-    tinted_rgb,
-    write_table,
-)
 from cxrgen.demo.phantom import PhantomSpec, render_phantom
+from cxrgen.demo.sampling import image_pixels, phantom_seed, read_shipped, sample_patients, save_image, write_table
 from cxrgen.sources.padchest import CSV_NAME, PADCHEST_SECOND_LABEL, PADCHEST_TO_CHEXPERT, PROJECTION_TO_VIEW
 
 DEFAULT_SPACING_MM = 0.15
@@ -83,7 +76,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
     rows.loc[has_spacing, "SpatialResolution_DICOM"] = [f"{float(s) * scale:.6g}" for s in spacing[has_spacing]]
 
     keys = rows["ImageID"].tolist()
-    bad = plan_bad_files(keys, ctx.bad_fraction, ctx.rng("padchest", "bad"))
+    bad = plan_bad_files(keys, ctx.bad_fraction, ctx.rng("padchest", "bad"), IMAGE_FILE_MIX)
     for record in rows.to_dict("records"):
         key = record["ImageID"]
         kind = bad.get(key)
@@ -104,11 +97,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
                            age=age, findings=padchest_findings(record["LabelsLocalizationsBySentence"]),
                            seed=phantom_seed(ctx, "padchest", key))
         image = render_phantom(spec)
-        if kind == "rgb":
-            pixels = tinted_rgb(image)
-        else:
-            top = 2 ** int(record["BitsStored_DICOM"]) - 1
-            pixels = np.round(np.clip(image, 0, 1) * top).astype(np.uint16)
+        pixels = image_pixels(image, kind, bits_stored=int(record["BitsStored_DICOM"]), dtype=np.uint16)
         save_image(root / record["ImageDir"] / key, pixels, "PNG", kind)
 
-    write_table(rows[[bad.get(k) != "orphan" for k in keys]], root / CSV_NAME)
+    write_table(rows[[bad.get(k) != "orphan_file" for k in keys]], root / CSV_NAME)

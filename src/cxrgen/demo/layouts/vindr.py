@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrgen.demo.badfiles import DICOM_FILM_MIX, plan_bad_files, remove_missing
 from cxrgen.demo.common import DemoContext, txrv_data_dir
-from cxrgen.demo.layouts.iuxray import FilmStyle, demo_size, plan_bad_items, remove_missing, render, write_film
+from cxrgen.demo.films import FilmStyle, demo_size, render, write_film
 from cxrgen.sources.vindr import NO_FINDING, TRAIN_CSV, VINDR_TO_CHEXPERT
 
 # (rows, cols) of detector formats, smallest first; spacing options in mm (None: no spacing tag)
@@ -84,7 +85,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
     table = pd.read_csv(txrv_data_dir() / "vinbigdata-train.csv.gz")
     rng = ctx.rng("vindr", "layout")
     image_ids = sample_images(table, n_images, rng)
-    bad = plan_bad_items(len(image_ids), ctx, "vindr")
+    bad = plan_bad_files(range(len(image_ids)), ctx.bad_fraction, ctx.rng("vindr", "bad_files"), DICOM_FILM_MIX)
     by_image = dict(tuple(table[table["image_id"].isin(image_ids)].groupby("image_id")))
     csv_parts = []
     for i, image_id in enumerate(image_ids):
