@@ -3,14 +3,20 @@ installed packages ship (pydicom-data's ``data_store``, pydicom's own test files
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Callable
-from pathlib import Path
+import os
 
-import numpy as np
-import pytest
+# Tiny models on 2 cores: one BLAS/OpenMP thread per test process avoids 10-25x slowdowns from oversubscription.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cxrgen.demo.dicom_writer import write_dicom
+import importlib.util  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from cxrgen.demo.dicom_writer import write_dicom  # noqa: E402
 
 
 def synthetic_radiograph(height: int = 96, width: int = 80, seed: int = 0) -> np.ndarray:

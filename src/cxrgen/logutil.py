@@ -18,3 +18,15 @@ def setup_logging(log_path: str | Path | None, level: int = logging.INFO) -> Non
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers,
                         force=True)
     logging.captureWarnings(True)
+
+
+def setup_job(log_path: str | Path | None, threads: int) -> None:
+    """Logging plus CPU thread count for a compute job (torch and the BLAS/OpenMP pools)."""
+    import os
+
+    setup_logging(log_path)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))

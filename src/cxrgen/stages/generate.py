@@ -1,0 +1,380 @@
+"""Stages ``make_prompts`` and ``generate``: prompt sets, then DDIM sampling → AE decoding → SR cascade into a store.
+
+Prompt sets (:func:`build_prompt_sets`):
+
+* ``test_reports``: one prompt per distinct report of the held-out splits (labels = the report's image labels);
+* ``templates``: class-balanced report sentences per CheXpert finding (a few templates each, with laterality variants
+  where a finding has a side; "No Finding" uses normal-study templates), ``n_per_finding`` prompts per finding.
+
+Generated images go into the store format of the unified store (:mod:`cxrgen.store`): 16-bit PNG blobs in shard files
+``<out_root>/<res>px/synthetic/shard-XXXX.bin`` and ``<out_root>/index.parquet`` with one row per image, readable by
+:class:`cxrgen.train.data.StoreImages` (the prompt is in ``report_findings``; ``split`` = "synthetic").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
+from cxrgen.store import ShardWriter
+
+SOURCE = "synthetic"
+PROMPT_SETS = ("test_reports", "templates")
+
+# {side}: "right" | "left" | "bilateral" variants; findings without a side have no placeholder.
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "No Finding": (
+        "The heart size is normal. The lungs are clear. No pleural effusion or pneumothorax.",
+        "No acute cardiopulmonary abnormality.",
+        "Normal chest radiograph. Cardiomediastinal silhouette within normal limits.",
+    ),
+    "Enlarged Cardiomediastinum": (
+        "The cardiomediastinal silhouette is enlarged.",
+        "Widened mediastinum.",
+        "Enlarged cardiomediastinal contours.",
+    ),
+    "Cardiomegaly": (
+        "The heart is enlarged. Cardiomegaly.",
+        "Moderate cardiomegaly.",
+        "Heart size is enlarged.",
+    ),
+    "Lung Opacity": (
+        "Opacity in the {side} lung.",
+        "There is a {side} basilar opacity.",
+        "Patchy {side} airspace opacity.",
+    ),
+    "Lung Lesion": (
+        "A nodule is seen in the {side} upper lobe.",
+        "There is a {side} lung mass.",
+        "{Side} pulmonary nodule.",
+    ),
+    "Edema": (
+        "Pulmonary edema.",
+        "Interstitial edema with vascular congestion.",
+        "Moderate pulmonary edema.",
+    ),
+    "Consolidation": (
+        "Consolidation in the {side} lower lobe.",
+        "{Side} lower lobe consolidation.",
+        "Focal {side} consolidation.",
+    ),
+    "Pneumonia": (
+        "{Side} lower lobe pneumonia.",
+        "Findings consistent with {side} pneumonia.",
+        "Airspace disease in the {side} lung concerning for pneumonia.",
+    ),
+    "Atelectasis": (
+        "{Side} basilar atelectasis.",
+        "There is atelectasis at the {side} lung base.",
+        "Subsegmental {side} atelectasis.",
+    ),
+    "Pneumothorax": (
+        "Large {side} pneumothorax.",
+        "There is a {side} apical pneumothorax.",
+        "Small {side} pneumothorax.",
+    ),
+    "Pleural Effusion": (
+        "Large {side} pleural effusion.",
+        "There is a moderate {side} pleural effusion.",
+        "Small {side} pleural effusion.",
+    ),
+    "Pleural Other": (
+        "{Side} pleural thickening.",
+        "There is {side} pleural scarring.",
+        "Calcified {side} pleural plaque.",
+    ),
+    "Fracture": (
+        "Fracture of the {side} posterior ribs.",
+        "There is a {side} rib fracture.",
+        "{Side} clavicle fracture.",
+    ),
+    "Support Devices": (
+        "An endotracheal tube is in place.",
+        "A left-sided pacemaker is present.",
+        "A central venous catheter is in place.",
+    ),
+}
+SIDES = ("right", "left", "bilateral")
+
+
+def template_variants(finding: str) -> list[tuple[str, str]]:
+    """All (sentence, laterality) variants of a finding: each template × side (or once, laterality "")."""
+    out = []
+    for template in TEMPLATES[finding]:
+        if "{side}" in template.lower():
+            out += [(template.format(side=s, Side=s.capitalize()), s) for s in SIDES]
+        else:
+            out.append((template, ""))
+    return out
+
+
+def finding_prompt(finding: str, k: int) -> str:
+    """The k-th variant (cyclic) of a finding's template report."""
+    variants = template_variants(finding)
+    return variants[k % len(variants)][0]
+
+
+def prompt_seed(base_seed: int, prompt_id: str) -> int:
+    """A stable per-prompt seed (independent of set sizes and row order)."""
+    return int.from_bytes(hashlib.sha256(f"{base_seed}:{prompt_id}".encode()).digest()[:8], "little") >> 33
+
+
+def _texts(index: pd.DataFrame) -> pd.Series:
+    if "text" in index.columns:  # latent-cache index
+        return index["text"].fillna("").astype(str).str.strip()
+    from cxrgen.train.data import report_texts
+
+    return report_texts(index)
+
+
+def build_prompt_sets(index: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """Prompts of the sets in ``cfg["sets"]`` from the unified (or latent-cache) index and section ``generate``.
+
+    Columns: prompt_id, set, prompt, laterality, source_image_id, lbl_* (NaN = not stated), seed. Deterministic.
+    """
+    seed = int(cfg["seed"])
+    frames = []
+    if "test_reports" in cfg["sets"]:
+        rows = index[index["split"].isin(cfg["report_splits"])].copy()
+        if cfg["views"]:
+            rows = rows[rows["view"].isin(cfg["views"])]
+        rows["prompt"] = _texts(rows).to_numpy()
+        rows = rows[rows["prompt"].str.len() > 0].sort_values("image_id")
+        rows = rows.drop_duplicates("prompt")  # one image per report
+        if cfg["max_reports"] is not None:
+            rows = rows.head(int(cfg["max_reports"]))
+        reports = pd.DataFrame({"prompt_id": "rep-" + rows["image_id"].astype(str), "set": "test_reports",
+                                "prompt": rows["prompt"], "laterality": "",
+                                "source_image_id": rows["image_id"].astype(str)})
+        for column in LABEL_COLUMNS:
+            reports[column] = rows[column].to_numpy(dtype=np.float32)
+        frames.append(reports)
+    if "templates" in cfg["sets"]:
+        records = []
+        for finding in cfg["findings"] or CHEXPERT_LABELS:
+            variants = template_variants(finding)
+            for k in range(int(cfg["n_per_finding"])):
+                sentence, side = variants[k % len(variants)]
+                labels = dict.fromkeys(LABEL_COLUMNS, np.nan)
+                labels[label_column(finding)] = 1.0
+                if finding == "No Finding":
+                    labels = dict.fromkeys(LABEL_COLUMNS, 0.0)
+                    labels[label_column("No Finding")] = 1.0
+                else:
+                    labels[label_column("No Finding")] = 0.0
+                slug = label_column(finding).removeprefix("lbl_")
+                records.append({"prompt_id": f"tpl-{slug}-{k:04d}", "set": "templates", "prompt": sentence,
+                                "laterality": side, "source_image_id": "", **labels})
+        frames.append(pd.DataFrame.from_records(records, columns=["prompt_id", "set", "prompt", "laterality",
+                                                                  "source_image_id", *LABEL_COLUMNS]))
+    if not frames:
+        raise ValueError(f"generate.sets is empty; choose from {PROMPT_SETS}")
+    prompts = pd.concat(frames, ignore_index=True)
+    for column in LABEL_COLUMNS:
+        prompts[column] = prompts[column].astype(np.float32)
+    prompts["seed"] = [prompt_seed(seed, pid) for pid in prompts["prompt_id"]]
+    return prompts.reset_index(drop=True)
+
+
+def make_prompts(*, index_path: Path | str, cfg: dict, out_path: Path | str) -> dict:
+    """Rule ``make_prompts``: the prompt sets of section ``generate`` from the unified index (``index_path``) as a
+    parquet file ``out_path``. Returns counts per set."""
+    prompts = build_prompt_sets(pd.read_parquet(index_path), cfg)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(out_path) + ".tmp")
+    prompts.to_parquet(tmp, index=False)
+    os.replace(tmp, out_path)
+    return {k: int(v) for k, v in prompts["set"].value_counts().items()}
+
+
+def to_uint16(images: torch.Tensor) -> np.ndarray:
+    """(B,1,H,W) in [-1,1] → (B,H,W) uint16 (the store's pixel convention: [0,1] scaled to 0…65535)."""
+    pixels = ((images.clamp(-1, 1) + 1.0) / 2.0).squeeze(1).cpu().double().numpy()
+    return np.round(pixels * 65535.0).astype(np.uint16)
+
+
+def save_grid(images: torch.Tensor, row_names: list[str], columns: int, path: Path | str) -> None:
+    """A grid PNG: ``len(row_names)`` rows × ``columns`` images (row-major), rows labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pixels = ((images.clamp(-1, 1) + 1) / 2).squeeze(1).cpu().numpy()
+    rows = len(row_names)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns + 1.6, 1.6 * rows), squeeze=False)
+    for r in range(rows):
+        for c in range(columns):
+            ax = axes[r][c]
+            k = r * columns + c
+            if k < len(pixels):
+                ax.imshow(pixels[k], cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(row_names[r], rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _provenance(pipe) -> dict[str, str]:
+    from cxrgen.models.diffusion import dir_digest
+
+    out = {}
+    for key, name in (("ldm_dir", "ldm"), ("autoencoder", "ae"), ("super_resolution", "sr"), ("text_encoder", "clip")):
+        path = pipe.info.get(key)
+        run_id = ""
+        if path is not None and (Path(path) / "metrics.json").is_file():
+            run_id = str(json.loads((Path(path) / "metrics.json").read_text()).get("mlflow_run_id") or "")
+        out[f"{name}_run_id"] = run_id
+        out[f"{name}_sha"] = dir_digest(path) if path is not None else ""
+    return out
+
+
+def generate(*, ldm_dir: Path | str, ae_dir: Path | str | None, clip_dir: Path | str | None,
+             sr_dir: Path | str | None, prompts_path: Path | str, cfg: dict, out_root: Path | str,
+             tracking_json: Path | str | None = None, job_name: str = "generate") -> dict:
+    """Sample one image per prompt row of ``prompts_path`` (rule make_prompts) with the LDM in ``ldm_dir`` (rule
+    train_ldm), decode with the autoencoder ``ae_dir`` and super-resolve with ``sr_dir`` (None = no SR). ``ae_dir`` /
+    ``clip_dir`` None = the ones named in ``<ldm_dir>/cxrgen_pipeline.json``. Settings from section ``generate``.
+
+    Writes ``out_root`` atomically: shards ``<res>px/synthetic/shard-XXXX.bin`` at the decoded resolution and (with SR)
+    the SR resolution, ``index.parquet`` (image_id, prompt_id, set, prompt, report_findings, laterality, lbl_*, seed,
+    split="synthetic", source, view, shard, offset/nbytes/sha256 per resolution, model run ids and content hashes),
+    ``grid.png`` (rows = findings of the template set, columns = samples), ``metrics.json``. Returns the metrics.
+    """
+    from cxrgen.models.diffusion import CxrPipeline, SamplerSettings
+
+    out_root = Path(out_root)
+    prompts = pd.read_parquet(prompts_path)
+    prompts = prompts[prompts["set"].isin(cfg["sets"])].reset_index(drop=True)
+    if prompts.empty:
+        raise ValueError(f"no prompts of sets {cfg['sets']} in {prompts_path}")
+    torch.manual_seed(int(cfg["seed"]))
+    pipe = CxrPipeline.from_dir(ldm_dir, ae_dir=ae_dir, clip_dir=clip_dir, sr_dir=sr_dir, use_sr=sr_dir is not None)
+    settings = SamplerSettings(steps=int(cfg["steps"]), eta=float(cfg["eta"]),
+                               guidance_scale=float(cfg["guidance_scale"]))
+    provenance = _provenance(pipe)
+    run = None
+    if tracking_json is not None:
+        from cxrgen.train.tracking import JobRun
+
+        run = JobRun(Path(tracking_json), job_name, params={"generate": cfg, "n_prompts": len(prompts)},
+                     tags={"cxrgen.stage": "generate", **{f"cxrgen.{k}": v for k, v in provenance.items() if v}})
+
+    tmp = out_root.with_name(out_root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    per_shard, batch_size = int(cfg["images_per_shard"]), int(cfg["batch_size"])
+    writers: dict[int, ShardWriter] = {}
+    shard_of_writers = -1
+    rows: list[dict] = []
+    grid_images: dict[str, list[torch.Tensor]] = {}
+    started = time.perf_counter()
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc="generate", mininterval=5.0):
+            batch = prompts.iloc[start : start + batch_size]
+            out = pipe(batch["prompt"].tolist(), batch["seed"].tolist(), settings,
+                       sr_steps=int(cfg["sr_steps"]), sr_eta=float(cfg["sr_eta"]))
+            outputs = {int(out["low"].shape[-1]): to_uint16(out["low"])}
+            if out["high"] is not None:
+                outputs[int(out["high"].shape[-1])] = to_uint16(out["high"])
+            final = out["high"] if out["high"] is not None else out["low"]
+            for j, (_, prompt) in enumerate(batch.iterrows()):
+                k = start + j
+                shard = k // per_shard
+                if shard != shard_of_writers:
+                    for writer in writers.values():
+                        writer.close()
+                    writers = {res: ShardWriter(_shard_file(tmp, res, shard)) for res in outputs}
+                    shard_of_writers = shard
+                row = {"image_id": f"syn-{prompt['prompt_id']}-s{int(prompt['seed'])}", "prompt_id": prompt["prompt_id"],
+                       "set": prompt["set"], "prompt": prompt["prompt"], "report_findings": prompt["prompt"],
+                       "report_impression": "", "laterality": prompt.get("laterality", ""),
+                       "source_image_id": prompt.get("source_image_id", ""), "seed": int(prompt["seed"]),
+                       "split": "synthetic", "source": SOURCE, "view": "PA", "shard": shard, **provenance}
+                for column in LABEL_COLUMNS:
+                    row[column] = float(prompt[column])
+                for res, pixels in outputs.items():
+                    offset, nbytes, digest = writers[res].append(pixels[j])
+                    row[f"offset_{res}"], row[f"nbytes_{res}"], row[f"sha256_{res}"] = offset, nbytes, digest
+                rows.append(row)
+                if prompt["set"] == "templates":
+                    finding = _template_finding(prompt)
+                    grid_images.setdefault(finding, [])
+                    if len(grid_images[finding]) < int(cfg["grid_columns"]):
+                        grid_images[finding].append(final[j : j + 1].cpu())
+        for writer in writers.values():
+            writer.close()
+    except BaseException:
+        for writer in writers.values():
+            writer.__exit__(RuntimeError, None, None)
+        if run:
+            run.finish("FAILED")
+        raise
+    seconds = time.perf_counter() - started
+
+    index = pd.DataFrame.from_records(rows)
+    index[list(LABEL_COLUMNS)] = index[list(LABEL_COLUMNS)].astype(np.float32)
+    index.to_parquet(tmp / "index.parquet", index=False)
+    if not grid_images:  # no template set: one row of the first images
+        grid_images = {"samples": [_read_back(tmp, index, i) for i in range(min(len(index), int(cfg["grid_columns"])))]}
+    _write_grid(grid_images, int(cfg["grid_columns"]), tmp / "grid.png")
+    resolutions = sorted(int(c.removeprefix("offset_")) for c in index.columns if c.startswith("offset_"))
+    metrics = {"n_images": len(index), "sets": {k: int(v) for k, v in index["set"].value_counts().items()},
+               "resolutions": resolutions, "seconds": seconds, "seconds_per_image": seconds / len(index),
+               "steps": settings.steps, "eta": settings.eta, "guidance_scale": settings.guidance_scale,
+               "super_resolution": pipe.sr is not None, **provenance,
+               "mlflow_run_id": run.run_id if run else None}
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if out_root.exists():
+        shutil.rmtree(out_root)
+    os.replace(tmp, out_root)
+    if run:
+        run.log_metrics({"seconds_per_image": metrics["seconds_per_image"], "n_images": len(index)}, 0)
+        run.log_artifact(out_root / "grid.png")
+        run.log_artifact(out_root / "metrics.json")
+        run.finish()
+    return metrics
+
+
+def _shard_file(root: Path, resolution: int, shard: int) -> Path:
+    from cxrgen.store import shard_path
+
+    return shard_path(root, resolution, SOURCE, shard)
+
+
+def _template_finding(prompt: pd.Series) -> str:
+    for name in CHEXPERT_LABELS:
+        if prompt[label_column(name)] == 1.0 and (name == "No Finding" or prompt[label_column("No Finding")] == 0.0):
+            return name
+    return "other"
+
+
+def _read_back(root: Path, index: pd.DataFrame, position: int) -> torch.Tensor:
+    from cxrgen.store import ShardStore
+
+    resolution = max(int(c.removeprefix("offset_")) for c in index.columns if c.startswith("offset_"))
+    store = ShardStore(root, index)
+    pixels = store.read_float(position, resolution)
+    store.close()
+    return torch.from_numpy(pixels * 2 - 1)[None, None]
+
+
+def _write_grid(grid_images: dict[str, list[torch.Tensor]], columns: int, path: Path) -> None:
+    names = list(grid_images)
+    size = max(t.shape[-1] for ts in grid_images.values() for t in ts)
+    blank = torch.full((1, 1, size, size), -1.0)
+    tiles = [grid_images[n][c] if c < len(grid_images[n]) else blank for n in names for c in range(columns)]
+    save_grid(torch.cat(tiles), names, columns, path)

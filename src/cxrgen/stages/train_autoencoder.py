@@ -1,0 +1,266 @@
+"""Rule ``train_autoencoder``: train the KL autoencoder on the store's train split, compute the latent scale factor,
+evaluate PSNR/SSIM on the val split, write the model directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrgen.models.autoencoder import (
+    AutoencoderObjective,
+    FeaturePerceptualLoss,
+    PatchDiscriminator,
+    build_autoencoder,
+    clip_perceptual_network,
+    config_summary,
+    downsampling_factor,
+    latent_scale_factor,
+    reconstruction_metrics,
+    save_autoencoder,
+)
+from cxrgen.train.data import StoreImages, select_rows
+from cxrgen.train.loop import (
+    Interrupted,
+    LoopConfig,
+    StepBatchSampler,
+    clip_and_step,
+    latest_checkpoint,
+    run_training,
+    seed_everything,
+)
+from cxrgen.train.tracking import JobRun, config_digest
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.jsonl"
+
+
+def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolution: int, cfg: dict, seed: int,
+                      state_dir: Path | str, out_dir: Path | str, tracking_json: Path | str | None, job_name: str,
+                      clip_dir: Path | str | None = None, perceptual_net: FeaturePerceptualLoss | None = None,
+                      stop_after_steps: int | None = None) -> dict:
+    """Train (or resume) the autoencoder and write ``out_dir`` atomically (via ``<out_dir>.tmp``).
+
+    Inputs: the unified index + store (train split for training and the scale factor, val split for metrics, both
+    restricted to ``cfg["views"]``), images at ``resolution`` px; ``cfg`` = the validated ``autoencoder`` section;
+    ``clip_dir`` = output of rule ``train_clip``, required iff ``cfg["perceptual"]["kind"] == "clip"``
+    (``perceptual_net`` overrides it, for library users and tests); ``state_dir`` = resumable checkpoints (not an
+    output); ``tracking_json`` = the file written by ``init_tracking`` (None: no MLflow).
+    Outputs in ``out_dir``: ``config.json`` + ``diffusion_pytorch_model.safetensors`` (diffusers ``save_pretrained``;
+    ``config.scaling_factor`` = 1/std of training latents), ``metrics.json``, ``recon_grid.png`` (val originals above
+    reconstructions), ``loss_curve.png``. Returns the metrics dict. ``stop_after_steps`` simulates a kill (tests).
+    """
+    state_dir, out_dir = Path(state_dir), Path(out_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    index = pd.read_parquet(index_path)
+    views = list(cfg["views"]) or None
+    train_rows = select_rows(index, splits=["train"], views=views)
+    val_rows = select_rows(index, splits=["val"], views=views)
+    train_set = StoreImages(store_root, train_rows, resolution)
+    loop_cfg = LoopConfig(max_steps=cfg["max_steps"], checkpoint_every=cfg["checkpoint_every"],
+                          log_every=cfg["log_every"], keep_checkpoints=cfg["keep_checkpoints"], seed=seed,
+                          grad_clip=cfg["grad_clip"], mixed_precision=cfg["mixed_precision"],
+                          channels_last=cfg["channels_last"], device=cfg["device"], stop_after_steps=stop_after_steps)
+    device = loop_cfg.resolved_device()
+
+    seed_everything(seed)
+    vae = build_autoencoder(cfg, resolution)
+    modules: dict[str, torch.nn.Module] = {"vae": vae}
+    betas = tuple(cfg["adam_betas"])
+    optimizers = {"vae": torch.optim.Adam(vae.parameters(), lr=cfg["lr"], betas=betas)}
+    discriminator = None
+    if cfg["gan"]["enabled"]:
+        discriminator = PatchDiscriminator(1, cfg["gan"]["channels"], cfg["gan"]["layers"])
+        modules["discriminator"] = discriminator
+        optimizers["discriminator"] = torch.optim.Adam(discriminator.parameters(), lr=cfg["lr"], betas=betas)
+    perceptual = _perceptual(cfg, clip_dir, perceptual_net)
+    if perceptual is not None:
+        perceptual.to(device)
+    objective = AutoencoderObjective(
+        kl_weight=cfg["kl_weight"], perceptual=perceptual, perceptual_weight=cfg["perceptual"]["weight"],
+        discriminator=discriminator, gan_start=cfg["gan"]["start_step"], gan_weight=cfg["gan"]["weight"],
+        adaptive_weight=cfg["gan"]["adaptive_weight"])
+
+    extra = {"mlflow_run_id": None}
+    previous = latest_checkpoint(state_dir)
+    if previous is not None:
+        extra.update(torch.load(previous, map_location="cpu", weights_only=False).get("extra", {}))
+    run = None
+    if tracking_json is not None:
+        run = JobRun(tracking_json, job_name, run_id=extra["mlflow_run_id"],
+                     params={"autoencoder": cfg, "resolution": resolution, "seed": seed,
+                             "n_train": len(train_rows), "n_val": len(val_rows)},
+                     tags={"snakemake.rule": "train_autoencoder", "config.sha256": config_digest(cfg)})
+        extra["mlflow_run_id"] = run.run_id
+
+    def loader_for(start: int):
+        sampler = StepBatchSampler(len(train_set), cfg["batch_size"], seed=seed, start_step=start,
+                                   max_steps=loop_cfg.max_steps)
+        return iter(torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=0))
+
+    def train_step(batch: dict, ctx) -> dict[str, float]:
+        x = batch["image"].to(ctx.device)
+        with ctx.autocast():
+            posterior = vae.encode(x).latent_dist
+            recon = vae.decode(posterior.sample(generator=ctx.generator)).sample
+            loss, metrics = objective.generator_loss(x, recon, posterior, ctx.step, vae.decoder.conv_out.weight)
+        clip_and_step(loss, vae, optimizers["vae"], loop_cfg.grad_clip)
+        if objective.gan_active(ctx.step):
+            with ctx.autocast():
+                d_loss, d_metrics = objective.discriminator_loss(x, recon)
+            clip_and_step(d_loss, discriminator, optimizers["discriminator"], loop_cfg.grad_clip)
+            metrics.update(d_metrics)
+        return metrics
+
+    def on_log(metrics: dict[str, float], step: int) -> None:
+        with open(state_dir / HISTORY_FILE, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if run:
+            run.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step)
+
+    started = time.perf_counter()
+    try:
+        result = run_training(loop_cfg, modules=modules, optimizers=optimizers, loader_for=loader_for,
+                              train_step=train_step, state_dir=state_dir, on_log=on_log, extra_state=extra,
+                              desc="autoencoder")
+        train_seconds = time.perf_counter() - started
+        vae.eval()
+        scale = _scale_factor(vae, train_set, cfg["scale_sample_size"], cfg["batch_size"], seed, device)
+        vae.register_to_config(scaling_factor=scale)
+        val_set = StoreImages(store_root, val_rows, resolution)
+        val = _validate(vae, val_set, cfg["val_max_images"], cfg["batch_size"], device, cfg["grid_images"])
+        factor = downsampling_factor(vae)
+        metrics = {
+            "steps": result.steps_done, "resumed_from": result.resumed_from, "scaling_factor": scale,
+            "val_psnr": val["psnr"], "val_ssim": val["ssim"], "val_l1": val["l1"], "n_val_images": val["n"],
+            "n_train_images": len(train_set), "resolution": resolution,
+            "latent_shape": [vae.config.latent_channels, resolution // factor, resolution // factor],
+            "parameters": config_summary(vae)["parameters"],
+            "seconds_per_step_this_run": train_seconds / max(1, result.steps_done - (result.resumed_from or 0)),
+            "mlflow_run_id": extra["mlflow_run_id"],
+        }
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_autoencoder(vae.cpu(), tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        _save_grid(val["grid_original"], val["grid_recon"], tmp / "recon_grid.png")
+        _save_curve(state_dir / HISTORY_FILE, tmp / "loss_curve.png")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+        if run:
+            run.log_metrics({"val/psnr": val["psnr"], "val/ssim": val["ssim"], "val/l1": val["l1"],
+                             "scaling_factor": scale}, result.steps_done)
+            for name in ("recon_grid.png", "loss_curve.png", "metrics.json"):
+                run.log_artifact(out_dir / name)
+            run.set_tags({"cxrgen.output": str(out_dir.resolve())})
+            run.finish("FINISHED")
+        return metrics
+    except Interrupted:
+        if run:
+            run.finish("KILLED")
+        raise
+    except BaseException:
+        if run:
+            run.finish("FAILED")
+        raise
+
+
+def _perceptual(cfg: dict, clip_dir, perceptual_net) -> FeaturePerceptualLoss | None:
+    if perceptual_net is not None:
+        return perceptual_net
+    if cfg["perceptual"]["kind"] == "none" or cfg["perceptual"]["weight"] == 0:
+        return None
+    if clip_dir is None:
+        raise ValueError("autoencoder.perceptual.kind = 'clip' needs the CLIP model directory (clip_dir) of rule "
+                         "train_clip; set autoencoder.perceptual.kind: none to train without a perceptual term")
+    return clip_perceptual_network(clip_dir)
+
+
+@torch.no_grad()
+def encode_posteriors(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of a batch of images in [-1, 1] (float32, on the images' device)."""
+    posterior = vae.encode(images).latent_dist
+    return posterior.mean.float(), posterior.std.float()
+
+
+def _scale_factor(vae, dataset: StoreImages, sample_size: int, batch_size: int, seed: int,
+                  device: torch.device) -> float:
+    chosen = np.sort(np.random.default_rng([seed, 7]).permutation(len(dataset))[: min(sample_size, len(dataset))])
+    means, stds = [], []
+    for start in range(0, len(chosen), batch_size):
+        batch = torch.stack([dataset.image(int(i)) for i in chosen[start : start + batch_size]]).to(device)
+        mean, std = encode_posteriors(vae, batch)
+        means.append(mean.cpu())
+        stds.append(std.cpu())
+    return latent_scale_factor(torch.cat(means), torch.cat(stds))
+
+
+@torch.no_grad()
+def _validate(vae, dataset: StoreImages, max_images: int, batch_size: int, device: torch.device,
+              grid_images: int = 8) -> dict:
+    n = min(max_images, len(dataset))
+    if n == 0:
+        raise ValueError("the validation split is empty: cannot report PSNR/SSIM")
+    psnr, ssim, l1 = [], [], []
+    grid_original = grid_recon = None
+    for start in range(0, n, batch_size):
+        x = torch.stack([dataset.image(i) for i in range(start, min(n, start + batch_size))]).to(device)
+        recon = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        scores = reconstruction_metrics(x, recon)
+        psnr.append(scores["psnr"].cpu())
+        ssim.append(scores["ssim"].cpu())
+        l1.append((x - recon).abs().flatten(1).mean(1).cpu())
+        if grid_original is None:
+            grid_original, grid_recon = x[:grid_images].cpu(), recon[:grid_images].cpu()
+    psnr_all = torch.cat(psnr)
+    return {"psnr": float(psnr_all[torch.isfinite(psnr_all)].mean()) if torch.isfinite(psnr_all).any() else math.inf,
+            "ssim": float(torch.cat(ssim).mean()), "l1": float(torch.cat(l1).mean()), "n": n,
+            "grid_original": grid_original, "grid_recon": grid_recon}
+
+
+def _save_grid(original: torch.Tensor, recon: torch.Tensor, path: Path) -> None:
+    """Two rows: originals on top, reconstructions below, 2-px white gutters."""
+    from PIL import Image
+
+    n, _, h, w = original.shape
+    gap = 2
+    canvas = np.full((2 * h + 3 * gap, n * w + (n + 1) * gap), 255, dtype=np.uint8)
+    for row, images in enumerate((original, recon)):
+        pixels = ((images[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        for i in range(n):
+            top, left = gap + row * (h + gap), gap + i * (w + gap)
+            canvas[top : top + h, left : left + w] = pixels[i]
+    Image.fromarray(canvas).save(path)
+
+
+def _save_curve(history_path: Path, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_step: dict[int, dict] = {}
+    if history_path.exists():
+        for line in history_path.read_text().splitlines():
+            entry = json.loads(line)
+            by_step[entry["step"]] = entry  # a resumed run re-logs steps after its last checkpoint: keep the last
+    steps = sorted(by_step)
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    ax.plot(steps, [by_step[s]["l1"] for s in steps], label="train L1 (per pixel)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("L1")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,308 @@
+"""Stage ``train_ldm``: the report-conditioned (or unconditional) latent diffusion model (Cheff §5, §7.3.2).
+
+A diffusers ``UNet2DConditionModel`` learns ε-prediction on cached, scaled autoencoder latents (z drawn from the cached
+posterior N(mean, std²) each step), with cross-attention to the frozen text tower's token embeddings. Reports are
+encoded per batch with the frozen encoder (cheap next to the UNet step, and bit-identical after a resume because the
+batch is a function of the step). Classifier-free guidance training replaces a condition by the empty-text embedding
+with probability ``cfg_dropout``. EMA weights become the final weights. ``conditioning: none`` trains the
+unconditional variant (a ``UNet2DModel``) with the same function.
+
+How to load the result with plain diffusers code: see :mod:`cxrgen.models.diffusion`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxrgen.models.diffusion import (
+    LatentSampler,
+    SamplerSettings,
+    build_unet,
+    cfg_drop_mask,
+    decode_latents,
+    denoise,
+    drop_condition,
+    make_train_scheduler,
+    write_pipeline_json,
+)
+from cxrgen.train.loop import (
+    LoopConfig,
+    StepBatchSampler,
+    attach_ema,
+    clip_and_step,
+    latest_checkpoint,
+    run_training,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+# rows of the end-of-training sample grid: one template report per finding (see cxrgen.stages.generate)
+GRID_FINDINGS = ("No Finding", "Cardiomegaly", "Pleural Effusion", "Pneumothorax")
+
+
+def loop_config(cfg: dict, seed: int, **overrides) -> LoopConfig:
+    """The shared loop's settings from section ``ldm`` (keyword overrides win, e.g. ``stop_after_steps``)."""
+    settings = {"max_steps": int(cfg["max_steps"]), "checkpoint_every": int(cfg["checkpoint_every"]),
+                "log_every": int(cfg["log_every"]), "keep_checkpoints": int(cfg["keep_checkpoints"]),
+                "seed": int(seed), "grad_clip": cfg["grad_clip"], "mixed_precision": cfg["mixed_precision"],
+                "channels_last": bool(cfg["channels_last"]), "device": cfg["device"]}
+    return LoopConfig(**{**settings, **overrides})
+
+
+class LatentDiffusionTrainer:
+    """Model, optimizer, EMA and train step for latents (in memory, scaled) and their report texts.
+
+    ``text_encoder`` has ``encode(texts) -> (tokens [B,L,D], mask [B,L])`` and ``dim`` (cxrgen.models.clip), or is
+    ``None`` for ``conditioning: none``. Build after :func:`seed_everything` so initial weights are reproducible.
+    """
+
+    def __init__(self, cfg: dict, *, latent_mean: torch.Tensor, latent_std: torch.Tensor | None, texts: list[str],
+                 text_encoder=None):
+        self.cfg = cfg
+        self.conditional = cfg["conditioning"] == "text"
+        if self.conditional and text_encoder is None:
+            raise ValueError("ldm.conditioning is 'text' but no text encoder was given")
+        self.mean, self.std, self.texts = latent_mean, latent_std, texts
+        self.text_encoder = text_encoder if self.conditional else None
+        self.scheduler = make_train_scheduler(cfg["schedule"])
+        channels, size = int(latent_mean.shape[1]), int(latent_mean.shape[-1])
+        self.unet = build_unet(cfg["unet"], latent_channels=channels, sample_size=size,
+                               cross_attention_dim=int(text_encoder.dim) if self.conditional else None)
+        # Cheff §7.3: Adam (AdamW with weight_decay 0 is the same update)
+        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=float(cfg["lr"]),
+                                           weight_decay=float(cfg["weight_decay"]))
+        self.ema = attach_ema("unet", self.unet, decay=float(cfg["ema_decay"]))
+        self.null_tokens = self.null_mask = None
+        if self.conditional:
+            with torch.no_grad():
+                self.null_tokens, self.null_mask = text_encoder.encode([""])
+        self.text_seconds = 0.0
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        started = time.perf_counter()
+        with torch.no_grad():
+            tokens, mask = self.text_encoder.encode(texts)
+        self.text_seconds += time.perf_counter() - started
+        return tokens, mask
+
+    def loss(self, indices: list[int], generator: torch.Generator, device: torch.device,
+             drop: torch.Tensor | None = None, autocast=None) -> torch.Tensor:
+        """ε-MSE for the given items; all randomness (posterior sample, t, ε, CFG drop) from ``generator``."""
+        z = self.mean[indices]
+        if self.std is not None:
+            z = z + self.std[indices] * torch.randn(z.shape, generator=generator)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(indices),), generator=generator)
+        noise = torch.randn(z.shape, generator=generator)
+        noisy = self.scheduler.add_noise(z, noise, t)
+        context = mask = None
+        if self.conditional:
+            if drop is None:
+                drop = cfg_drop_mask(len(indices), float(self.cfg["cfg_dropout"]), generator)
+            tokens, mask = self.encode([self.texts[i] for i in indices])
+            context, mask = drop_condition(tokens, mask, self.null_tokens, self.null_mask, drop)
+            context, mask = context.to(device), mask.to(device)
+        with autocast() if autocast else torch.autocast("cpu", enabled=False):
+            eps = denoise(self.unet, noisy.to(device), t.to(device), context, mask)
+        return F.mse_loss(eps.float(), noise.to(device))
+
+    def train_step(self, indices: list[int], ctx) -> dict[str, float]:
+        loss = self.loss(indices, ctx.generator, ctx.device, autocast=ctx.autocast)
+        grad_norm = clip_and_step(loss, self.unet, self.optimizer, self.cfg["grad_clip"])
+        return {"loss": float(loss.detach()), "grad_norm": grad_norm}
+
+    def fit(self, loop: LoopConfig, state_dir: Path, *, on_log=None, extra_state: dict | None = None):
+        def loader_for(start: int):
+            return iter(StepBatchSampler(len(self.mean), int(self.cfg["batch_size"]), seed=loop.seed,
+                                         start_step=start, max_steps=loop.max_steps))
+
+        return run_training(loop, modules={"unet": self.unet}, optimizers={"unet": self.optimizer},
+                            loader_for=loader_for, train_step=self.train_step, state_dir=Path(state_dir),
+                            emas={"unet": self.ema}, on_log=on_log, extra_state=extra_state, desc="train_ldm")
+
+    @torch.no_grad()
+    def validation_loss(self, mean: torch.Tensor, texts: list[str], seed: int, max_items: int) -> float:
+        """ε-MSE on held-out latents with fixed noise/timesteps (no CFG drop), batches of ``batch_size``."""
+        if len(mean) == 0:
+            return float("nan")
+        saved = self.mean, self.std, self.texts
+        self.mean, self.std, self.texts = mean[:max_items], None, texts[:max_items]
+        generator = torch.Generator().manual_seed(seed)
+        device = next(self.unet.parameters()).device
+        self.unet.eval()
+        try:
+            losses = []
+            batch = int(self.cfg["batch_size"])
+            for start in range(0, len(self.mean), batch):
+                idx = list(range(start, min(len(self.mean), start + batch)))
+                drop = torch.zeros(len(idx), dtype=torch.bool)
+                losses.append(float(self.loss(idx, generator, device, drop=drop)) * len(idx))
+            return sum(losses) / len(self.mean)
+        finally:
+            self.mean, self.std, self.texts = saved
+            self.unet.train()
+
+
+def _scaled_latents(cache, rows, with_std: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    positions = rows["row"].to_numpy()
+    scale = cache.scaling_factor
+    mean = torch.from_numpy(np.asarray(cache.mean[positions], dtype=np.float32)) * scale
+    std = torch.from_numpy(np.asarray(cache.std[positions], dtype=np.float32)) * scale if with_std else None
+    return mean, std
+
+
+def train_ldm(*, latents_dir: Path | str, ae_dir: Path | str, clip_dir: Path | str | None, cfg: dict, seed: int,
+              out_dir: Path | str, state_dir: Path | str, tracking_json: Path | str | None = None,
+              job_name: str = "train_ldm", sr_dir: Path | str | None = None,
+              stop_after_steps: int | None = None) -> dict:
+    """Train the LDM of config section ``ldm`` on the latent cache ``latents_dir`` (rule cache_latents, made by the
+    autoencoder ``ae_dir``; a stale cache raises) conditioned on the text tower in ``clip_dir`` (rule train_clip;
+    unused and may be ``None`` when ``ldm.conditioning`` is ``none``).
+
+    Writes ``out_dir`` atomically (``<out_dir>.tmp`` then rename): ``unet/`` (EMA weights), ``unet_raw/`` (if
+    ``save_raw``), ``scheduler/`` (DDPMScheduler), ``cxrgen_pipeline.json`` (relative paths to the AE, text encoder and
+    optional SR dir ``sr_dir``, conditioning), ``metrics.json``, ``loss.png``, ``samples.png``. Resumable state
+    (checkpoints) goes to ``state_dir``; rerunning resumes. ``tracking_json`` (rule init_tracking) → an MLflow child run
+    ``job_name``; ``None`` disables tracking. Returns the metrics dict.
+    """
+    from cxrgen.models.autoencoder import load_autoencoder
+    from cxrgen.stages.cache_latents import load_latents
+
+    out_dir, state_dir = Path(out_dir), Path(state_dir)
+    conditional = cfg["conditioning"] == "text"
+    cache = load_latents(latents_dir, ae_dir=ae_dir)
+    views = list(cfg["views"]) or None
+    require_report = bool(cfg["require_report"]) and conditional
+    train_rows = cache.rows(list(cfg["train_splits"]), views, require_report=require_report)
+    val_rows = cache.rows(list(cfg["val_splits"]), views, require_report=require_report)
+    if train_rows.empty:
+        raise ValueError(f"no training latents in splits {cfg['train_splits']} / views {views} of {latents_dir}")
+    train_mean, train_std = _scaled_latents(cache, train_rows, with_std=cfg["latent_sampling"] == "posterior")
+    val_mean, _ = _scaled_latents(cache, val_rows, with_std=False)
+    texts = train_rows["text"].fillna("").astype(str).tolist()
+    val_texts = val_rows["text"].fillna("").astype(str).tolist()
+
+    text_encoder = None
+    if conditional:
+        from cxrgen.models.clip import load_text_encoder
+
+        if clip_dir is None:
+            raise ValueError("ldm.conditioning is 'text': pass clip_dir (the text encoder from rule train_clip)")
+        text_encoder = load_text_encoder(clip_dir)
+
+    loop = loop_config(cfg, seed, stop_after_steps=stop_after_steps)
+    seed_everything(loop.seed)
+    trainer = LatentDiffusionTrainer(cfg, latent_mean=train_mean, latent_std=train_std, texts=texts,
+                                     text_encoder=text_encoder)
+
+    extra: dict = {"mlflow_run_id": None, "history": []}
+    previous = latest_checkpoint(state_dir)
+    if previous is not None:
+        extra.update(torch.load(previous, map_location="cpu", weights_only=False).get("extra", {}))
+    run = None
+    if tracking_json is not None:
+        from cxrgen.train.tracking import JobRun
+
+        run = JobRun(Path(tracking_json), job_name, params={"ldm": cfg, "seed": seed, "n_train": len(train_rows),
+                                                             "n_val": len(val_rows)},
+                     tags={"cxrgen.stage": f"ldm:{cfg['conditioning']}"}, run_id=extra["mlflow_run_id"])
+        extra["mlflow_run_id"] = run.run_id
+
+    def on_log(metrics: dict[str, float], step: int) -> None:
+        extra["history"].append({"step": step, **metrics})
+        if run:
+            run.log_metrics(metrics, step)
+
+    started = time.perf_counter()
+    try:
+        result = trainer.fit(loop, state_dir, on_log=on_log, extra_state=extra)
+    except BaseException:
+        if run:
+            run.finish("KILLED")
+        raise
+    train_seconds = time.perf_counter() - started
+
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if cfg["save_raw"]:
+        trainer.unet.save_pretrained(tmp / "unet_raw")
+    trainer.ema.copy_to(trainer.unet.parameters())
+    trainer.unet.save_pretrained(tmp / "unet")
+    trainer.scheduler.save_pretrained(tmp / "scheduler")
+    write_pipeline_json(tmp, final_dir=out_dir, conditioning=cfg["conditioning"], ae_dir=ae_dir,
+                        clip_dir=clip_dir if conditional else None, sr_dir=sr_dir,
+                        extra={"latent_resolution": int(train_mean.shape[-1]), "mlflow_run_id": extra["mlflow_run_id"]})
+
+    val_loss = trainer.validation_loss(val_mean, val_texts, seed=loop.seed, max_items=int(cfg["val_max_items"]))
+    grid_seconds = _sample_grid(trainer, load_autoencoder(ae_dir), cfg["sample_grid"], tmp / "samples.png", loop.seed)
+    _plot_history(extra["history"], tmp / "loss.png")
+    history = extra["history"]
+    metrics = {
+        "steps": result.steps_done, "resumed_from": result.resumed_from, "n_train": len(train_rows),
+        "n_val": len(val_rows), "parameters": sum(p.numel() for p in trainer.unet.parameters()),
+        "final_loss": history[-1]["loss"] if history else float("nan"), "val_loss_ema": val_loss,
+        "train_seconds_this_run": train_seconds,
+        "seconds_per_step": train_seconds / max(1, result.steps_done - (result.resumed_from or 0)),
+        "text_encoding_seconds": trainer.text_seconds, "sample_grid_seconds": grid_seconds,
+        "latent_shape": list(train_mean.shape[1:]), "conditioning": cfg["conditioning"],
+        "mlflow_run_id": extra["mlflow_run_id"],
+    }
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    if run:
+        run.log_metrics({"val_loss_ema": val_loss}, result.steps_done)
+        for name in ("loss.png", "samples.png", "metrics.json"):
+            run.log_artifact(out_dir / name)
+        run.set_tags({"cxrgen.weights": str(out_dir.resolve())})
+        run.finish()
+    return metrics
+
+
+def _sample_grid(trainer: LatentDiffusionTrainer, autoencoder, grid_cfg: dict, path: Path, seed: int) -> float:
+    """Samples of the EMA model (rows = findings' template reports, or one row if unconditional); returns seconds."""
+    from cxrgen.stages.generate import finding_prompt, save_grid
+
+    started = time.perf_counter()
+    columns = int(grid_cfg["columns"])
+    row_names = list(GRID_FINDINGS) if trainer.conditional else ["unconditional"]
+    prompts = [finding_prompt(name, 0) if trainer.conditional else "" for name in row_names]
+    sampler = LatentSampler(trainer.unet, trainer.scheduler.config,
+                            trainer.text_encoder.encode if trainer.conditional else None)
+    settings = SamplerSettings(steps=int(grid_cfg["steps"]), eta=float(grid_cfg["eta"]),
+                               guidance_scale=float(grid_cfg["guidance_scale"]))
+    latents = sampler.sample([p for p in prompts for _ in range(columns)],
+                             [seed + c for _ in prompts for c in range(columns)], settings)
+    images = decode_latents(autoencoder, latents.cpu())
+    save_grid(images, row_names, columns, path)
+    trainer.unet.train()
+    return time.perf_counter() - started
+
+
+def _plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    if history:
+        ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("ε-MSE")
+    ax.set_yscale("log")
+    ax.set_title("LDM training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

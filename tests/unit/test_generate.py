@@ -1,0 +1,151 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_ldm import TINY_UNET, ldm_cfg, make_autoencoder, make_clip, shared_tracking_json
+
+from cxrgen.cli import main
+from cxrgen.config import validate_config
+from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
+from cxrgen.models.diffusion import build_unet, make_train_scheduler, write_pipeline_json
+from cxrgen.stages.generate import TEMPLATES, build_prompt_sets, generate, make_prompts, template_variants
+from cxrgen.store import ShardStore
+
+
+def gen_cfg(**overrides) -> dict:
+    cfg = validate_config({"sources": {"nih": {}}, "generate": {
+        "n_per_finding": 2, "steps": 2, "sr_steps": 2, "batch_size": 3, "grid_columns": 2}})["generate"]
+    cfg.update(overrides)
+    return cfg
+
+
+def unified_index() -> pd.DataFrame:
+    rows = []
+    reports = ["Large left pleural effusion.", "Large left pleural effusion.", "Cardiomegaly.", "", "Normal chest."]
+    for i, text in enumerate(reports):
+        row = {"image_id": f"i{i}", "split": "test", "view": "PA", "report_findings": text, "report_impression": None}
+        row.update({c: float(j == i) for j, c in enumerate(LABEL_COLUMNS)})
+        rows.append(row)
+    rows.append({**rows[2], "image_id": "i9", "split": "train", "report_findings": "Pneumothorax."})
+    return pd.DataFrame(rows)
+
+
+def test_prompt_sets_are_class_balanced_with_laterality_and_stable_seeds():
+    prompts = build_prompt_sets(unified_index(), gen_cfg(n_per_finding=6))
+    reports = prompts[prompts["set"] == "test_reports"]
+    # one prompt per distinct non-empty report of the test split
+    assert sorted(reports["prompt"]) == ["Cardiomegaly.", "Large left pleural effusion.", "Normal chest."]
+    assert reports.set_index("prompt").loc["Cardiomegaly.", "lbl_cardiomegaly"] == 1.0
+    templates = prompts[prompts["set"] == "templates"]
+    positives = templates[list(LABEL_COLUMNS)].eq(1.0).sum()
+    assert (positives == 6).all()  # every finding (incl. No Finding) exactly n_per_finding times
+    effusion = templates[templates["lbl_pleural_effusion"] == 1.0]
+    assert set(effusion["laterality"]) == {"right", "left", "bilateral"}
+    assert all(side in text.lower() for side, text in zip(effusion["laterality"], effusion["prompt"], strict=True))
+    normal = templates[templates["lbl_no_finding"] == 1.0]
+    assert (normal[[c for c in LABEL_COLUMNS if c != "lbl_no_finding"]] == 0.0).all().all()
+    assert (templates.loc[templates["lbl_no_finding"] != 1.0, "lbl_no_finding"] == 0.0).all()
+    assert prompts["prompt_id"].is_unique and prompts["seed"].between(0, 2**31 - 1).all()
+    only_templates = build_prompt_sets(unified_index(), gen_cfg(n_per_finding=6, sets=["templates"]))
+    assert only_templates.set_index("prompt_id")["seed"].equals(templates.set_index("prompt_id")["seed"])
+
+
+def test_every_finding_has_templates():
+    assert set(TEMPLATES) == set(CHEXPERT_LABELS)
+    for finding in CHEXPERT_LABELS:
+        variants = template_variants(finding)
+        assert len(variants) >= 3 and all(text and "{" not in text for text, _ in variants)
+    assert len(template_variants("Pneumothorax")) == 9  # 3 templates x right/left/bilateral
+
+
+@pytest.fixture(scope="module")
+def pipeline_dirs(tmp_path_factory):
+    """Tiny untrained pipelines saved as the stages save them: AE (32 px, 8x8 latents), SR (32 -> 64), an
+    unconditional LDM (ldm/, with SR) and a text-conditioned one (ldm_text/, tiny open_clip text tower, no SR)."""
+    from cxrgen.models.sr import build_sr, save_sr
+
+    root = tmp_path_factory.mktemp("pipe")
+    ae_dir = make_autoencoder(root / "ae")
+    torch.manual_seed(0)
+    sr_cfg = validate_config({"sources": {"nih": {}}, "sr": {"model": {
+        "block_out_channels": [8, 16], "layers_per_block": 1, "attention_levels": [False, False],
+        "mid_attention": False, "norm_num_groups": 8}}})["sr"]
+    save_sr(build_sr(sr_cfg, low_res=32, high_res=64), root / "sr")
+    ldm = root / "ldm"
+    build_unet(TINY_UNET, latent_channels=3, sample_size=8, cross_attention_dim=None).save_pretrained(ldm / "unet")
+    make_train_scheduler(ldm_cfg()["schedule"]).save_pretrained(ldm / "scheduler")
+    write_pipeline_json(ldm, final_dir=ldm, conditioning="none", ae_dir=ae_dir, clip_dir=None, sr_dir=root / "sr")
+    clip_dir = make_clip(root / "clip")
+    t2i = root / "ldm_text"
+    build_unet(TINY_UNET, latent_channels=3, sample_size=8, cross_attention_dim=32).save_pretrained(t2i / "unet")
+    make_train_scheduler(ldm_cfg()["schedule"]).save_pretrained(t2i / "scheduler")
+    write_pipeline_json(t2i, final_dir=t2i, conditioning="text", ae_dir=ae_dir, clip_dir=clip_dir, sr_dir=None)
+    return root
+
+
+def test_generate_writes_a_store_with_provenance(pipeline_dirs, tmp_path, tmp_path_factory):
+    index_path = tmp_path / "index.parquet"
+    unified_index().to_parquet(index_path)
+    cfg = gen_cfg(findings=["No Finding", "Pleural Effusion"])
+    counts = make_prompts(index_path=index_path, cfg=cfg, out_path=tmp_path / "prompts.parquet")
+    assert counts == {"test_reports": 3, "templates": 4}
+    root = pipeline_dirs
+    metrics = generate(ldm_dir=root / "ldm", ae_dir=None, clip_dir=None, sr_dir=root / "sr",
+                       prompts_path=tmp_path / "prompts.parquet", cfg=cfg, out_root=tmp_path / "synthetic",
+                       tracking_json=shared_tracking_json(tmp_path_factory), job_name="generate")
+    assert metrics["n_images"] == 7 and metrics["resolutions"] == [32, 64]
+    index = pd.read_parquet(tmp_path / "synthetic" / "index.parquet")
+    expected = {"image_id", "prompt_id", "set", "prompt", "seed", "split", "source", "shard", "ldm_sha", "ae_sha",
+                "sr_sha", "ldm_run_id", "offset_32", "nbytes_64", "sha256_64", *LABEL_COLUMNS}
+    assert expected <= set(index.columns)
+    assert (index["split"] == "synthetic").all() and index["image_id"].is_unique
+    assert index["ldm_sha"].nunique() == 1 and len(index.at[0, "sr_sha"]) == 16
+    assert (index.loc[index["set"] == "templates", label_column("Pleural Effusion")] == 1.0).sum() == 2
+    prompts = pd.read_parquet(tmp_path / "prompts.parquet").set_index("prompt_id")
+    for column in ("prompt", "seed", *LABEL_COLUMNS):  # the prompt's labels travel with the image
+        assert index.set_index("prompt_id")[column].equals(prompts[column]), column
+    store = ShardStore(tmp_path / "synthetic", index, verify=True)
+    assert store.read(0, 32).shape == (32, 32) and store.read(6, 64).shape == (64, 64)
+    assert (tmp_path / "synthetic" / "grid.png").is_file() and not (tmp_path / "synthetic.tmp").exists()
+
+    # a different batch size gives the same images (per-sample generators), up to float rounding
+    again = generate(ldm_dir=root / "ldm", ae_dir=None, clip_dir=None, sr_dir=None,
+                     prompts_path=tmp_path / "prompts.parquet", cfg=gen_cfg(findings=["No Finding", "Pleural Effusion"],
+                                                                          batch_size=7),
+                     out_root=tmp_path / "again", tracking_json=None)
+    assert again["resolutions"] == [32]
+    other = ShardStore(tmp_path / "again", pd.read_parquet(tmp_path / "again" / "index.parquet"))
+    for i in range(7):
+        a, b = store.read(i, 32).astype(np.int64), other.read(i, 32).astype(np.int64)
+        assert np.abs(a - b).max() <= 64  # ≤0.1% of the 16-bit range
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "generate" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "--guidance" in capsys.readouterr().out
+
+
+def test_cli_generate_grid(pipeline_dirs, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["generate", "--model", str(pipeline_dirs / "ldm"), "-n", "2", "--seed", "0", "--steps", "2",
+                 "--sr-steps", "2", "--out", str(out), "--save-images", str(tmp_path / "png")]) == 0
+    assert out.is_file() and "64 px" in capsys.readouterr().out
+    from PIL import Image
+
+    files = sorted((tmp_path / "png").iterdir())
+    assert [f.name for f in files] == ["prompt00_seed0.png", "prompt00_seed1.png"]
+    with Image.open(files[0]) as img:
+        assert img.size == (64, 64) and img.mode.startswith("I;16")
+
+
+def test_cli_generate_with_prompts(pipeline_dirs, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["generate", "--model", str(pipeline_dirs / "ldm_text"), "--prompt", "Large right pleural effusion.",
+                 "--prompt", "No acute findings.", "-n", "2", "--steps", "2", "--guidance", "4",
+                 "--out", str(out)]) == 0
+    assert out.is_file() and "2 prompt(s) x 2 samples, 32 px" in capsys.readouterr().out
