@@ -1,0 +1,237 @@
+"""Rule ``train_clip``: contrastive image–report pretraining on the store's train split (MedCoDi-M §3.2.1), retrieval
+recall@k on the evaluation splits, the model directory that the LDM's text encoder is loaded from."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from cxrgen.models.clip import (
+    ClipBundle,
+    contrastive_loss,
+    encode_images,
+    encode_texts,
+    pretrained_clip,
+    retrieval_metrics,
+    save_clip,
+    scratch_clip,
+)
+from cxrgen.train.data import StoreImages, select_rows
+from cxrgen.train.loop import (
+    Interrupted,
+    LoopConfig,
+    StepBatchSampler,
+    clip_and_step,
+    latest_checkpoint,
+    run_training,
+    seed_everything,
+)
+from cxrgen.train.tracking import JobRun, config_digest
+
+log = logging.getLogger(__name__)
+
+
+def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: int, cfg: dict, seed: int,
+               state_dir: Path | str, out_dir: Path | str, tracking_json: Path | str | None, job_name: str,
+               stop_after_steps: int | None = None) -> dict:
+    """Train (or resume) the CLIP model and write ``out_dir`` atomically (via ``<out_dir>.tmp``).
+
+    Inputs: the unified index + store; training pairs = train-split rows with a non-empty FINDINGS+IMPRESSION report
+    (restricted to ``cfg["views"]`` / ``cfg["sources"]`` when set), images at ``resolution`` px; ``cfg`` = the
+    validated ``clip`` section (from scratch, or from ``clip.pretrained_path``); ``state_dir`` = resumable checkpoints
+    (not an output); ``tracking_json`` = the file written by ``init_tracking`` (None: no MLflow).
+    Outputs in ``out_dir``: ``open_clip_config.json`` (``{"model_cfg", "preprocess_cfg"}``) + ``model.safetensors``
+    (load with :func:`cxrgen.models.clip.load_clip` / ``load_text_encoder`` / ``load_image_encoder``, or plain
+    ``open_clip.create_model("local-dir:<out_dir>")``), ``metrics.json`` (final recall@1/5/10 both ways per
+    evaluation split, their chance levels, loss, timings, MLflow run id), ``loss_curve.png``. Returns the metrics.
+    ``stop_after_steps`` simulates a kill (tests).
+    """
+    state_dir, out_dir = Path(state_dir), Path(out_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    index = pd.read_parquet(index_path)
+    views, sources = list(cfg["views"]) or None, list(cfg["sources"]) or None
+    train_rows = select_rows(index, splits=["train"], views=views, sources=sources, require_report=True)
+    if train_rows.empty:
+        raise ValueError("train_clip: no train-split images with a report (FINDINGS/IMPRESSION) among the selected "
+                         f"sources {sources or 'all'} and views {views or 'all'}; enable a source with reports "
+                         "(mimic, iuxray) or widen clip.views / clip.sources")
+    eval_sets = {}
+    for split in cfg["eval_splits"]:
+        rows = select_rows(index, splits=[split], views=views, sources=sources, require_report=True)
+        if len(rows) >= 2:
+            eval_sets[split] = StoreImages(store_root, rows.head(cfg["eval_max_pairs"]), resolution)
+        else:
+            log.warning("train_clip: split %s has %d report pairs; no retrieval metrics for it", split, len(rows))
+    train_set = StoreImages(store_root, train_rows, resolution)
+    loop_cfg = LoopConfig(max_steps=cfg["max_steps"], checkpoint_every=cfg["checkpoint_every"],
+                          log_every=cfg["log_every"], keep_checkpoints=cfg["keep_checkpoints"], seed=seed,
+                          grad_clip=cfg["grad_clip"], mixed_precision=cfg["mixed_precision"],
+                          channels_last=cfg["channels_last"], device=cfg["device"], stop_after_steps=stop_after_steps)
+    device = loop_cfg.resolved_device()
+
+    seed_everything(seed)
+    pretrained = bool(cfg["pretrained_path"] or cfg["pretrained_tag"])
+    bundle = pretrained_clip(cfg) if pretrained else scratch_clip(cfg, resolution)
+    model = bundle.model
+    optimizer = _optimizer(model, cfg, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(cfg["warmup_steps"], cfg["max_steps"]))
+    max_logit = math.log(cfg["max_logit_scale"])
+
+    extra: dict = {"mlflow_run_id": None, "history": [], "evals": []}
+    previous = latest_checkpoint(state_dir)
+    if previous is not None:
+        extra.update(torch.load(previous, map_location="cpu", weights_only=False).get("extra", {}))
+    run = None
+    if tracking_json is not None:
+        run = JobRun(tracking_json, job_name, run_id=extra["mlflow_run_id"],
+                     params={"clip": cfg, "resolution": resolution, "seed": seed, "n_train_pairs": len(train_set),
+                             "model_cfg": bundle.model_cfg, "parameters": _parameters(model)},
+                     tags={"snakemake.rule": "train_clip", "config.sha256": config_digest(cfg)})
+        extra["mlflow_run_id"] = run.run_id
+
+    def loader_for(start: int):
+        sampler = StepBatchSampler(len(train_set), cfg["batch_size"], seed=seed, start_step=start,
+                                   max_steps=loop_cfg.max_steps)
+        return iter(torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=cfg["num_workers"]))
+
+    def train_step(batch: dict, ctx) -> dict[str, float]:
+        with ctx.autocast():
+            image_features = encode_images(bundle, batch["image"].to(ctx.device))
+            text_features = encode_texts(bundle, batch["text"])
+            loss = contrastive_loss(image_features, text_features, model.logit_scale.exp())
+        grad_norm = clip_and_step(loss, model, optimizer, loop_cfg.grad_clip)
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, max_logit)
+        return {"loss": loss.item(), "logit_scale": float(model.logit_scale.detach().exp()), "grad_norm": grad_norm,
+                "lr": optimizer.param_groups[0]["lr"]}
+
+    def evaluate(step: int) -> dict[str, float]:
+        found = {f"{split}/{k}": v for split, ds in eval_sets.items() for k, v in _retrieval(bundle, ds, cfg).items()}
+        model.train()
+        if run and found:
+            run.log_metrics(found, step)
+        return found
+
+    def on_log(metrics: dict[str, float], step: int) -> None:
+        extra["history"].append({"step": step, **metrics})
+        if run:
+            run.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step)
+        if cfg["eval_every"] and step % cfg["eval_every"] == 0 and step < loop_cfg.max_steps:
+            extra["evals"].append({"step": step, **evaluate(step)})
+
+    started = time.perf_counter()
+    try:
+        result = run_training(loop_cfg, modules={"clip": model}, optimizers={"clip": optimizer},
+                              schedulers={"clip": scheduler}, loader_for=loader_for, train_step=train_step,
+                              state_dir=state_dir, on_log=on_log, extra_state=extra, desc="clip")
+        train_seconds = time.perf_counter() - started
+        final = evaluate(result.steps_done)
+        model.eval()
+        extra["evals"].append({"step": result.steps_done, **final})
+        steps_this_run = result.steps_done - (result.resumed_from or 0)
+        metrics = {
+            "steps": result.steps_done, "resumed_from": result.resumed_from,
+            "final_train_loss": extra["history"][-1]["loss"] if extra["history"] else None,
+            "n_train_pairs": len(train_set), "resolution": resolution, "parameters": _parameters(model),
+            "pretrained": pretrained, "seconds_per_step_this_run": train_seconds / max(1, steps_this_run),
+            "retrieval": final, "mlflow_run_id": extra["mlflow_run_id"],
+        }
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.cpu()
+        save_clip(bundle, tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        _save_curve(extra["history"], extra["evals"], tmp / "loss_curve.png")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+        if run:
+            for name in ("loss_curve.png", "metrics.json"):
+                run.log_artifact(out_dir / name)
+            run.set_tags({"cxrgen.output": str(out_dir.resolve())})
+            run.finish("FINISHED")
+        return metrics
+    except Interrupted:
+        if run:
+            run.finish("KILLED")
+        raise
+    except BaseException:
+        if run:
+            run.finish("FAILED")
+        raise
+
+
+def _optimizer(model: torch.nn.Module, cfg: dict, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; weight decay on weight matrices only (CLIP/open_clip exclude gains, biases, embeddings, logit scale)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        excluded = p.ndim < 2 or "embedding" in name or "logit_scale" in name or "bias" in name
+        (no_decay if excluded else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    # the fused kernel is ~5x faster on CPU for the 49k-token embedding table and gives the same resumable state
+    return torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["adam_betas"]), eps=cfg["adam_eps"], fused=True)
+
+
+def _warmup_cosine(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def _retrieval(bundle: ClipBundle, dataset: StoreImages, cfg: dict) -> dict[str, float]:
+    model = bundle.model.eval()
+    device = next(model.parameters()).device
+    image_features, text_features = [], []
+    for start in range(0, len(dataset), cfg["batch_size"]):
+        items = [dataset[i] for i in range(start, min(len(dataset), start + cfg["batch_size"]))]
+        image_features.append(encode_images(bundle, torch.stack([it["image"] for it in items]).to(device)).cpu())
+        text_features.append(encode_texts(bundle, [it["text"] for it in items]).cpu())
+    return retrieval_metrics(torch.cat(image_features), torch.cat(text_features), list(dataset.texts))
+
+
+def _save_curve(history: list[dict], evals: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if history:
+        ax.plot([h["step"] for h in history], [h["loss"] for h in history], color="tab:blue", label="train InfoNCE")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    recall_keys = sorted({k for e in evals for k in e if k.endswith(("i2t_recall_at_5", "t2i_recall_at_5"))})
+    if recall_keys:
+        right = ax.twinx()
+        for key in recall_keys:
+            pts = [(e["step"], e[key]) for e in evals if key in e]
+            right.plot(*zip(*pts, strict=True), marker="o", linestyle="--", label=key)
+            chance = next((e[key + "_chance"] for e in evals if key + "_chance" in e), None)
+            if chance is not None:
+                right.axhline(chance, color="grey", linewidth=0.6)
+        right.set_ylabel("recall@5 (grey: chance)")
+        right.set_ylim(0, 1)
+        right.legend(loc="upper right", fontsize=7)
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
