@@ -5,6 +5,7 @@ config.update(validate_config(config))
 
 SOURCES = enabled_sources(config)
 RESOLUTIONS = config["ingest"]["resolutions"]
+LOW_RES, HIGH_RES = min(RESOLUTIONS), max(RESOLUTIONS)  # Cheff: LDM/AE at x_LR (256), SR x_LR -> x_HR (1024)
 
 
 wildcard_constraints:
@@ -72,3 +73,10 @@ def is_demo_param(wildcards):
 
 def target_spacing_param(wildcards):
     return config["sources"][wildcards.source]["target_spacing_mm"]
+
+
+def autoencoder_inputs(wildcards):
+    inputs = {"index": "results/store/index.parquet", "tracking": ancient("results/tracking/run.json")}
+    if config["autoencoder"].get("perceptual") == "clip":
+        inputs["clip"] = "results/models/clip"
+    return inputs
