@@ -80,6 +80,19 @@ class ShardStore:
         self.verify = verify
         self._fds: dict[Path, int] = {}
         self._position = {image_id: i for i, image_id in enumerate(self.index["image_id"])}
+        # plain arrays: a pandas row lookup per read costs more than the read itself on wide indexes
+        self._source = self.index["source"].to_numpy()
+        self._shard = self.index["shard"].to_numpy()
+        self._blob_columns: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def _columns(self, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cols = self._blob_columns.get(resolution)
+        if cols is None:
+            cols = self._blob_columns[resolution] = (
+                self.index[f"offset_{resolution}"].to_numpy(np.int64),
+                self.index[f"nbytes_{resolution}"].to_numpy(np.int64),
+                self.index[f"sha256_{resolution}"].to_numpy())
+        return cols
 
     def __len__(self) -> int:
         return len(self.index)
@@ -91,11 +104,12 @@ class ShardStore:
         return fd
 
     def read_blob(self, position: int, resolution: int) -> bytes:
-        row = self.index.iloc[position]
-        path = shard_path(self.root, resolution, row["source"], int(row["shard"]))
-        blob = os.pread(self._fd(path), int(row[f"nbytes_{resolution}"]), int(row[f"offset_{resolution}"]))
-        if self.verify and hashlib.sha256(blob).hexdigest() != row[f"sha256_{resolution}"]:
-            raise OSError(f"checksum mismatch for image {row['image_id']} at {resolution}px in {path}")
+        offsets, sizes, digests = self._columns(resolution)
+        path = shard_path(self.root, resolution, self._source[position], int(self._shard[position]))
+        blob = os.pread(self._fd(path), int(sizes[position]), int(offsets[position]))
+        if self.verify and hashlib.sha256(blob).hexdigest() != digests[position]:
+            image_id = self.index.at[position, "image_id"]
+            raise OSError(f"checksum mismatch for image {image_id} at {resolution}px in {path}")
         return blob
 
     def read(self, position: int, resolution: int) -> np.ndarray:
