@@ -15,6 +15,9 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/unify.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/tracking.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/generate.smk"
 
 
 rule all:

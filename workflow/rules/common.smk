@@ -43,6 +43,7 @@ def final_targets():
         "results/store/index.parquet",
         "results/store/summary.json",
         "results/reports/data/data_report.html",
+        "results/synthetic/sample_grid.png",
     ]
 
 

@@ -1,0 +1,291 @@
+"""Stage ``train_sr`` / ``finetune_sr``: SR3-style super-resolution (Cheff §5, §7.3.3).
+
+Both workflow rules call :func:`train_sr`; the ``mode`` argument picks the variant:
+
+* ``mode="bicubic"`` (rule ``train_sr``): x_LR = bicubic downsampling of the stored HR image (or the store's low-res
+  copy, ``sr.lr_source``); hyperparameters from ``sr.base``.
+* ``mode="decoded"`` (rule ``finetune_sr``): x_LR = D(E(x_LR)) through the autoencoder in ``ae_dir`` (posterior mode,
+  no latent noise: what the LDM's decoded samples look like); weights initialised from the base model in
+  ``init_dir``; hyperparameters from ``sr.finetune``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrgen.models.sr import (
+    MODES,
+    SRModel,
+    build_sr,
+    count_parameters,
+    diffusion_loss,
+    load_sr,
+    random_crops,
+    resize_bicubic,
+    save_sr,
+    super_resolve,
+)
+from cxrgen.train.data import StoreImages, select_rows
+from cxrgen.train.loop import (
+    LoopConfig,
+    StepBatchSampler,
+    attach_ema,
+    clip_and_step,
+    latest_checkpoint,
+    run_training,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _LowResMaker:
+    """x_LR for a batch of HR images: bicubic (or stored) low-res, optionally passed through the autoencoder."""
+
+    def __init__(self, low_res: int, lr_source: str, autoencoder=None):
+        self.low_res, self.lr_source, self.autoencoder = low_res, lr_source, autoencoder
+
+    @torch.no_grad()
+    def __call__(self, high: torch.Tensor, stored_low: torch.Tensor | None) -> torch.Tensor:
+        low = stored_low if self.lr_source == "store" else resize_bicubic(high, self.low_res)
+        if self.autoencoder is not None:
+            latents = self.autoencoder.encode(low).latent_dist.mode()
+            low = self.autoencoder.decode(latents).sample.clamp(-1.0, 1.0)
+        return low
+
+
+def _load_autoencoder(ae_dir: Path, device: torch.device):
+    from cxrgen.models.autoencoder import load_autoencoder
+
+    ae = load_autoencoder(ae_dir)
+    ae.eval().requires_grad_(False).to(device)
+    return ae
+
+
+def _batch(images_hr: StoreImages, images_lr: StoreImages | None, indices: list[int]):
+    high = torch.stack([images_hr.image(i) for i in indices])
+    low = torch.stack([images_lr.image(i) for i in indices]) if images_lr is not None else None
+    return high, low
+
+
+def _to_unit(images: torch.Tensor) -> np.ndarray:
+    return ((images.detach().cpu().float().clamp(-1, 1) + 1) / 2).numpy()[:, 0]
+
+
+def image_quality(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Mean PSNR (dB), SSIM and MSE over a batch, on images mapped to [0, 1] (Cheff Table 2 metrics)."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    pred, true = _to_unit(prediction), _to_unit(target)
+    psnr = [peak_signal_noise_ratio(t, p, data_range=1.0) for p, t in zip(pred, true, strict=True)]
+    ssim = [structural_similarity(t, p, data_range=1.0) for p, t in zip(pred, true, strict=True)]
+    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "mse": float(np.mean((pred - true) ** 2))}
+
+
+def _save_grid(path: Path, columns: dict[str, torch.Tensor], high_res: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = next(iter(columns.values())).shape[0]
+    fig, axes = plt.subplots(rows, len(columns), figsize=(2 * len(columns), 2 * rows), squeeze=False)
+    for c, (title, images) in enumerate(columns.items()):
+        if images.shape[-1] != high_res:  # show LR at its own pixel size (nearest), not smoothed
+            images = torch.nn.functional.interpolate(images, size=(high_res, high_res), mode="nearest")
+        for r, img in enumerate(_to_unit(images)):
+            axes[r, c].imshow(img, cmap="gray", vmin=0, vmax=1)
+            axes[r, c].axis("off")
+        axes[0, c].set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _save_curve(path: Path, history: list[dict[str, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    if history:
+        ax.plot([h["step"] for h in history], [h["loss"] for h in history])
+    ax.set_xlabel("step")
+    ax.set_ylabel("noise loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _final_model(model: SRModel, ema) -> SRModel:
+    if ema is None:
+        return model
+    import copy
+
+    unet = copy.deepcopy(model.unet)
+    ema.copy_to(unet.parameters())
+    return SRModel(unet, model.scheduler, model.low_res, model.high_res, model.mode)
+
+
+def _validate(model: SRModel, val_hr: StoreImages, val_lr: StoreImages | None, make_low: _LowResMaker, *,
+              n_images: int, steps: int, seed: int, device: torch.device) -> tuple[dict[str, float], dict]:
+    indices = list(range(min(n_images, len(val_hr))))
+    high, stored_low = _batch(val_hr, val_lr, indices)
+    low = make_low(high.to(device), None if stored_low is None else stored_low.to(device)).cpu()
+    generators = [torch.Generator().manual_seed(seed * 100003 + i) for i in indices]
+    sr = super_resolve(model, low, steps=steps, eta=0.0, generator=generators).cpu()
+    bicubic = resize_bicubic(low, model.high_res)
+    sr_q, bic_q = image_quality(sr, high), image_quality(bicubic, high)
+    metrics = {f"val_{k}_sr": v for k, v in sr_q.items()} | {f"val_{k}_bicubic": v for k, v in bic_q.items()}
+    return metrics, {"LR": low, "bicubic": bicubic, "SR": sr, "HR": high}
+
+
+def train_sr(*, index_path: Path | str, store_root: Path | str, low_res: int, high_res: int, cfg: dict, seed: int,
+             state_dir: Path | str, out_dir: Path | str, tracking_json: Path | str | None, job_name: str,
+             mode: str = "bicubic", ae_dir: Path | str | None = None, init_dir: Path | str | None = None,
+             stop_after_steps: int | None = None) -> dict:
+    """Train (mode ``bicubic``) or fine-tune (mode ``decoded``) the super-resolution model.
+
+    Inputs: the store index (``index_path``; train split for training, val split for validation, views
+    ``cfg["views"]``), the store shards (``store_root``, both ``low_res`` and ``high_res`` present), the validated
+    ``sr`` config section ``cfg``, and for ``decoded`` the autoencoder directory ``ae_dir`` (required) and the base SR
+    directory ``init_dir`` (optional, Cheff fine-tunes the base; its architecture then overrides ``cfg["model"]``).
+    ``state_dir``: resumable checkpoints (not a workflow output). ``tracking_json``: written by init_tracking, or None.
+
+    Output: ``out_dir`` (written atomically at the end) with ``unet/``, ``scheduler/``, ``sr_config.json``
+    (see :mod:`cxrgen.models.sr`), ``metrics.json``, ``val_grid.png`` (LR | bicubic | SR | HR) and
+    ``loss_curve.png``. Returns the metrics dict. ``stop_after_steps`` simulates a kill (tests).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "decoded" and ae_dir is None:
+        raise ValueError("mode 'decoded' needs the autoencoder directory (ae_dir)")
+    phase = cfg["base"] if mode == "bicubic" else cfg["finetune"]
+    state_dir, out_dir = Path(state_dir), Path(out_dir)
+    loop_cfg = LoopConfig(max_steps=int(phase["max_steps"]), seed=int(seed), stop_after_steps=stop_after_steps,
+                          **cfg["loop"])
+    device = loop_cfg.resolved_device()
+
+    index = pd.read_parquet(index_path)
+    train_rows = select_rows(index, splits=["train"], views=cfg["views"])
+    val_rows = select_rows(index, splits=["val"], views=cfg["views"])
+    if val_rows.empty:
+        val_rows = train_rows
+    with_store_lr = cfg["lr_source"] == "store"
+    train_hr = StoreImages(store_root, train_rows, high_res)
+    train_lr = StoreImages(store_root, train_rows, low_res) if with_store_lr else None
+    val_hr = StoreImages(store_root, val_rows, high_res)
+    val_lr = StoreImages(store_root, val_rows, low_res) if with_store_lr else None
+
+    seed_everything(int(seed))
+    if init_dir is not None:
+        model = load_sr(init_dir)
+        if (model.low_res, model.high_res) != (low_res, high_res):
+            raise ValueError(f"init model maps {model.low_res}->{model.high_res}, asked for {low_res}->{high_res}")
+        model.mode = mode
+        model.unet.train()
+    else:
+        model = build_sr(cfg, low_res=low_res, high_res=high_res, mode=mode)
+    autoencoder = _load_autoencoder(Path(ae_dir), device) if mode == "decoded" else None
+    make_low = _LowResMaker(low_res, cfg["lr_source"], autoencoder)
+    # Cheff §7.3.3: Adam (5e-5 base, 2e-5 fine-tuning)
+    optimizer = torch.optim.Adam(model.unet.parameters(), lr=float(phase["lr"]))
+    ema = attach_ema("unet", model.unet, float(cfg["ema_decay"])) if cfg["ema_decay"] else None
+
+    extra: dict = {"mlflow_run_id": None, "history": []}
+    latest = latest_checkpoint(state_dir)
+    if latest is not None:
+        extra.update(torch.load(latest, map_location="cpu", weights_only=False).get("extra", {}))
+    run = None
+    if tracking_json is not None:
+        from cxrgen.train.tracking import JobRun
+
+        params = {"sr": cfg, "mode": mode, "low_res": low_res, "high_res": high_res, "seed": seed,
+                  "n_train": len(train_rows), "n_params": count_parameters(model.unet),
+                  "ae_dir": str(ae_dir), "init_dir": str(init_dir)}
+        run = JobRun(Path(tracking_json), job_name, params=params, tags={"cxrgen.stage": f"sr:{mode}"},
+                     run_id=extra["mlflow_run_id"])
+        extra["mlflow_run_id"] = run.run_id
+
+    crop = cfg["train_crop"]
+    levels = len(model.unet.config.block_out_channels)
+    if crop is not None and (crop > high_res or crop % 2 ** (levels - 1)):
+        raise ValueError(f"sr.train_crop ({crop}) must be <= high_res ({high_res}) and divisible by 2^{levels - 1}")
+
+    def loader_for(start: int):
+        sampler = StepBatchSampler(len(train_hr), int(cfg["batch_size"]), seed=int(seed), start_step=start,
+                                   max_steps=loop_cfg.max_steps)
+        return (_batch(train_hr, train_lr, indices) for indices in sampler)
+
+    def train_step(batch, ctx) -> dict[str, float]:
+        high, stored_low = batch
+        high = high.to(ctx.device)
+        low = make_low(high, None if stored_low is None else stored_low.to(ctx.device))
+        condition = resize_bicubic(low, high_res)
+        if crop:
+            high, condition = random_crops([high, condition], crop, ctx.generator)
+        with ctx.autocast():
+            loss = diffusion_loss(model, high, condition, ctx.generator, cfg["loss"])
+        grad_norm = clip_and_step(loss, model.unet, optimizer, loop_cfg.grad_clip)
+        return {"loss": loss.item(), "grad_norm": grad_norm}
+
+    def on_log(metrics: dict[str, float], step: int) -> None:
+        extra["history"].append({"step": step, **metrics})
+        if run is not None:
+            run.log_metrics(metrics, step)
+
+    started = time.perf_counter()
+    try:
+        result = run_training(loop_cfg, modules={"unet": model.unet}, optimizers={"unet": optimizer},
+                              loader_for=loader_for, train_step=train_step, state_dir=state_dir,
+                              emas={"unet": ema} if ema else None, on_log=on_log, extra_state=extra,
+                              desc=f"sr-{mode}")
+    except BaseException:
+        if run is not None:
+            run.finish("KILLED")
+        raise
+    steps_run = result.steps_done - (result.resumed_from or 0)
+    seconds_per_step = (time.perf_counter() - started) / max(1, steps_run)
+
+    final = _final_model(model, ema)
+    val_metrics, columns = _validate(final, val_hr, val_lr, make_low, n_images=int(cfg["validation"]["images"]),
+                                     steps=int(cfg["validation"]["steps"]), seed=int(seed), device=device)
+    history = extra["history"]
+    metrics = {
+        "mode": mode, "low_res": low_res, "high_res": high_res, "steps": result.steps_done,
+        "final_loss": history[-1]["loss"] if history else float("nan"),
+        "seconds_per_step": seconds_per_step, "n_train": len(train_rows), "n_params": count_parameters(final.unet),
+        "validation_steps": int(cfg["validation"]["steps"]), **val_metrics, "mlflow_run_id": extra["mlflow_run_id"],
+    }
+
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    final.unet.to("cpu")
+    save_sr(final, tmp)
+    final.unet.to(device)
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    _save_grid(tmp / "val_grid.png", columns, high_res)
+    _save_curve(tmp / "loss_curve.png", history)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+    if run is not None:
+        run.log_metrics({k: v for k, v in val_metrics.items()}, result.steps_done)
+        for name in ("metrics.json", "val_grid.png", "loss_curve.png"):
+            run.log_artifact(out_dir / name)
+        run.set_tags({"cxrgen.weights": str(out_dir.resolve())})
+        run.finish("FINISHED")
+    log.info("SR %s: PSNR %.2f dB (bicubic %.2f), SSIM %.3f (bicubic %.3f)", mode, metrics["val_psnr_sr"],
+             metrics["val_psnr_bicubic"], metrics["val_ssim_sr"], metrics["val_ssim_bicubic"])
+    return metrics

@@ -1,0 +1,116 @@
+# Generative core (Cheff): contrastive pretraining, autoencoder, cached latents, report-conditioned LDM, SR cascade.
+# Only final weights are outputs (protected); resumable state lives in results/state/<rule> (params.state_dir).
+
+
+rule train_clip:
+    input:
+        index="results/store/index.parquet",
+        tracking=ancient("results/tracking/run.json"),
+    output:
+        model=protected(directory("results/models/clip")),
+    params:
+        store_root="results/store",
+        resolution=LOW_RES,
+        cfg=config["clip"],
+        seed=config["seed"],
+        state_dir="results/state/train_clip",
+    log:
+        "results/logs/train_clip/train_clip.log",
+    threads: 2
+    script:
+        "../scripts/train/train_clip.py"
+
+
+rule train_autoencoder:
+    input:
+        unpack(autoencoder_inputs),
+    output:
+        model=protected(directory("results/models/autoencoder")),
+    params:
+        store_root="results/store",
+        resolution=LOW_RES,
+        cfg=config["autoencoder"],
+        seed=config["seed"],
+        state_dir="results/state/train_autoencoder",
+    log:
+        "results/logs/train_autoencoder/train_autoencoder.log",
+    threads: 2
+    script:
+        "../scripts/train/train_autoencoder.py"
+
+
+rule cache_latents:
+    input:
+        index="results/store/index.parquet",
+        autoencoder="results/models/autoencoder",
+    output:
+        latents=directory("results/latents"),
+    params:
+        store_root="results/store",
+        resolution=LOW_RES,
+    log:
+        "results/logs/cache_latents/cache_latents.log",
+    threads: 2
+    script:
+        "../scripts/train/cache_latents.py"
+
+
+rule train_ldm:
+    input:
+        latents="results/latents",
+        autoencoder="results/models/autoencoder",
+        clip="results/models/clip",
+        tracking=ancient("results/tracking/run.json"),
+    output:
+        model=protected(directory("results/models/ldm")),
+    params:
+        cfg=config["ldm"],
+        seed=config["seed"],
+        state_dir="results/state/train_ldm",
+    log:
+        "results/logs/train_ldm/train_ldm.log",
+    threads: 2
+    script:
+        "../scripts/train/train_ldm.py"
+
+
+rule train_sr:
+    input:
+        index="results/store/index.parquet",
+        tracking=ancient("results/tracking/run.json"),
+    output:
+        model=protected(directory("results/models/sr_base")),
+    params:
+        store_root="results/store",
+        low_res=LOW_RES,
+        high_res=HIGH_RES,
+        cfg=config["sr"],
+        seed=config["seed"],
+        state_dir="results/state/train_sr",
+    log:
+        "results/logs/train_sr/train_sr.log",
+    threads: 2
+    script:
+        "../scripts/train/train_sr.py"
+
+
+rule finetune_sr:
+    input:
+        index="results/store/index.parquet",
+        base="results/models/sr_base",
+        autoencoder="results/models/autoencoder",
+        tracking=ancient("results/tracking/run.json"),
+    output:
+        model=protected(directory("results/models/sr")),
+    params:
+        store_root="results/store",
+        low_res=LOW_RES,
+        high_res=HIGH_RES,
+        cfg=config["sr"],
+        seed=config["seed"],
+        state_dir="results/state/finetune_sr",
+    log:
+        "results/logs/finetune_sr/finetune_sr.log",
+    threads: 2
+    script:
+        "../scripts/train/train_sr.py"

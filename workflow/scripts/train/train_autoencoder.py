@@ -1,0 +1,24 @@
+"""Adapter for rule train_autoencoder: KL autoencoder f=4 (Cheff §7.3.1)."""
+
+from typing import TYPE_CHECKING
+
+from cxrgen.logutil import setup_job
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+
+def main(smk) -> None:
+    setup_job(smk.log[0], smk.threads)
+    from cxrgen.stages.train_autoencoder import train_autoencoder
+
+    metrics = train_autoencoder(index_path=smk.input.index, store_root=smk.params.store_root,
+                                resolution=smk.params.resolution, cfg=dict(smk.params.cfg), seed=smk.params.seed,
+                                state_dir=smk.params.state_dir, out_dir=smk.output.model,
+                                tracking_json=smk.input.tracking, job_name=smk.rule,
+                                clip_dir=smk.input.get("clip"))
+    print(metrics)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821

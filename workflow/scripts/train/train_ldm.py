@@ -1,0 +1,22 @@
+"""Adapter for rule train_ldm: report-conditioned latent diffusion (Cheff schedule, CFG dropout, EMA)."""
+
+from typing import TYPE_CHECKING
+
+from cxrgen.logutil import setup_job
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+
+def main(smk) -> None:
+    setup_job(smk.log[0], smk.threads)
+    from cxrgen.stages.train_ldm import train_ldm
+
+    metrics = train_ldm(latents_dir=smk.input.latents, ae_dir=smk.input.autoencoder, clip_dir=smk.input.clip,
+                        cfg=dict(smk.params.cfg), seed=smk.params.seed, out_dir=smk.output.model,
+                        state_dir=smk.params.state_dir, tracking_json=smk.input.tracking, job_name=smk.rule)
+    print(metrics)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
