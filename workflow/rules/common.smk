@@ -1,4 +1,6 @@
 # Config validation (JSON schema with defaults; errors name the key and the allowed values) and path helpers.
+from pathlib import Path
+
 from cxrgen.config import enabled_sources, validate_config
 
 config.update(validate_config(config))
@@ -81,3 +83,15 @@ def autoencoder_inputs(wildcards):
     if config["autoencoder"].get("perceptual") == "clip":
         inputs["clip"] = "results/models/clip"
     return inputs
+
+
+def store_root_of_index(wildcards, input):
+    return str(Path(input.index).parent)
+
+
+def store_root_of_blobs(wildcards, output):
+    return str(Path(output.blobs[0]).parents[2])  # results/store/<res>px/<source>/shard-NNNN.bin
+
+
+def results_dir_of_tracking(wildcards, output):
+    return str(Path(output[0]).parents[1])  # results/tracking/run.json

@@ -29,7 +29,7 @@ rule ingest_shard:
         blobs=expand("results/store/{res}px/{{source}}/shard-{{shard}}.bin", res=RESOLUTIONS),
     params:
         root=source_root_param,
-        store_root="results/store",
+        store_root=store_root_of_blobs,
         resolutions=RESOLUTIONS,
         geometry=config["ingest"]["geometry"],
         canvas_mm=config["ingest"]["canvas_mm"],

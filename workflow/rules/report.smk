@@ -19,7 +19,7 @@ rule report_data:
         ),
         markdown="results/reports/data/data_report.md",
     params:
-        store_root="results/store",
+        store_root=store_root_of_index,
         resolution=max(RESOLUTIONS),
     log:
         "results/logs/report_data/report_data.log",

@@ -10,7 +10,7 @@ rule init_tracking:
         "results/tracking/run.json",
     params:
         experiment=config["tracking"]["experiment"],
-        results_dir="results",
+        results_dir=results_dir_of_tracking,
         config=config,
     log:
         "results/logs/init_tracking/init_tracking.log",

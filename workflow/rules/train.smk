@@ -9,7 +9,7 @@ rule train_clip:
     output:
         model=protected(directory("results/models/clip")),
     params:
-        store_root="results/store",
+        store_root=store_root_of_index,
         resolution=LOW_RES,
         cfg=config["clip"],
         seed=config["seed"],
@@ -27,7 +27,7 @@ rule train_autoencoder:
     output:
         model=protected(directory("results/models/autoencoder")),
     params:
-        store_root="results/store",
+        store_root=store_root_of_index,
         resolution=LOW_RES,
         cfg=config["autoencoder"],
         seed=config["seed"],
@@ -46,7 +46,7 @@ rule cache_latents:
     output:
         latents=directory("results/latents"),
     params:
-        store_root="results/store",
+        store_root=store_root_of_index,
         resolution=LOW_RES,
     log:
         "results/logs/cache_latents/cache_latents.log",
@@ -81,7 +81,7 @@ rule train_sr:
     output:
         model=protected(directory("results/models/sr_base")),
     params:
-        store_root="results/store",
+        store_root=store_root_of_index,
         low_res=LOW_RES,
         high_res=HIGH_RES,
         cfg=config["sr"],
@@ -103,7 +103,7 @@ rule finetune_sr:
     output:
         model=protected(directory("results/models/sr")),
     params:
-        store_root="results/store",
+        store_root=store_root_of_index,
         low_res=LOW_RES,
         high_res=HIGH_RES,
         cfg=config["sr"],
