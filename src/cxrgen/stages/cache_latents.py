@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from cxrgen.labels import LABEL_COLUMNS
 from cxrgen.models.autoencoder import autoencoder_hash, load_autoencoder
 from cxrgen.train.data import StoreImages, report_texts, select_rows
+from cxrgen.train.outputs import publish_dir
 
 MEAN_FILE, STD_FILE, INDEX_FILE, META_FILE = "latents.npy", "latents_std.npy", "latents_index.parquet", "meta.json"
 INDEX_COLUMNS = ("image_id", "split", "source", "view", "report_findings", "report_impression")
@@ -82,9 +82,7 @@ def cache_latents(*, index_path: Path | str, store_root: Path | str, resolution:
         "index_sha256": _file_sha256(index_path),
     }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    publish_dir(tmp, out_dir)
     return {"n": len(rows), "shape": list(shape), "scaling_factor": meta["scaling_factor"],
             "autoencoder_sha256": meta["autoencoder_sha256"]}
 

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
 from cxrgen.store import ShardWriter
+from cxrgen.train.outputs import publish_dir
 
 SOURCE = "synthetic"
 PROMPT_SETS = ("test_reports", "templates")
@@ -338,9 +339,7 @@ def generate(*, ldm_dir: Path | str, ae_dir: Path | str | None, clip_dir: Path |
                "super_resolution": pipe.sr is not None, **provenance,
                "mlflow_run_id": run.run_id if run else None}
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    if out_root.exists():
-        shutil.rmtree(out_root)
-    os.replace(tmp, out_root)
+    publish_dir(tmp, out_root)
     if run:
         run.log_metrics({"seconds_per_image": metrics["seconds_per_image"], "n_images": len(index)}, 0)
         run.log_artifact(out_root / "grid.png")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from cxrgen.train.loop import (
     run_training,
     seed_everything,
 )
+from cxrgen.train.outputs import publish_dir
 from cxrgen.train.tracking import JobRun, config_digest
 
 log = logging.getLogger(__name__)
@@ -154,9 +154,7 @@ def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolut
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
         _save_grid(val["grid_original"], val["grid_recon"], tmp / "recon_grid.png")
         _save_curve(state_dir / HISTORY_FILE, tmp / "loss_curve.png")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_dir(tmp, out_dir)
         if run:
             run.log_metrics({"val/psnr": val["psnr"], "val/ssim": val["ssim"], "val/l1": val["l1"],
                              "scaling_factor": scale}, result.steps_done)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from cxrgen.train.loop import (
     run_training,
     seed_everything,
 )
+from cxrgen.train.outputs import publish_dir
 from cxrgen.train.tracking import JobRun, config_digest
 
 log = logging.getLogger(__name__)
@@ -150,9 +150,7 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
         save_clip(bundle, tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
         _save_curve(extra["history"], extra["evals"], tmp / "loss_curve.png")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_dir(tmp, out_dir)
         if run:
             for name in ("loss_curve.png", "metrics.json"):
                 run.log_artifact(out_dir / name)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from cxrgen.train.loop import (
     run_training,
     seed_everything,
 )
+from cxrgen.train.outputs import publish_dir
 
 log = logging.getLogger(__name__)
 
@@ -258,9 +258,7 @@ def train_ldm(*, latents_dir: Path | str, ae_dir: Path | str, clip_dir: Path | s
         "mlflow_run_id": extra["mlflow_run_id"],
     }
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    publish_dir(tmp, out_dir)
     if run:
         run.log_metrics({"val_loss_ema": val_loss}, result.steps_done)
         for name in ("loss.png", "samples.png", "metrics.json"):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ from cxrgen.train.loop import (
     run_training,
     seed_everything,
 )
+from cxrgen.train.outputs import publish_dir
 
 log = logging.getLogger(__name__)
 
@@ -276,9 +276,7 @@ def train_sr(*, index_path: Path | str, store_root: Path | str, low_res: int, hi
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
     _save_grid(tmp / "val_grid.png", columns, high_res)
     _save_curve(tmp / "loss_curve.png", history)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    publish_dir(tmp, out_dir)
 
     if run is not None:
         run.log_metrics({k: v for k, v in val_metrics.items()}, result.steps_done)
