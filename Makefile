@@ -12,7 +12,7 @@ export MALLOC_TOP_PAD_ := 536870912
 export HF_HUB_OFFLINE := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo report test test-fast lint clean
+.PHONY: setup demo report test test-cluster test-fast lint clean
 
 $(STAMP): envs/requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,12 @@ report: setup
 
 test: setup
 	$(BIN)/ruff check src tests workflow benchmarks
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --ignore=tests/cluster
+
+# Real single-node SLURM on localhost (root + Debian packages; scripts/slurm-local.sh): the tiny DAG through the
+# SLURM executor, GPU-partition placement, concurrent MLflow logging, time-limit resubmission + resume.
+test-cluster: setup
+	$(BIN)/python -m pytest -q -m cluster tests/cluster
 
 test-fast: setup
 	$(BIN)/python -m pytest -q tests/unit

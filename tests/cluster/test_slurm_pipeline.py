@@ -27,6 +27,8 @@ from cluster_helpers import (
 
 pytestmark = pytest.mark.cluster
 
+CALIBRATION_STEPS = 20
+TRAIN_SECONDS = 150  # uninterrupted training time aimed at: over two 1-minute SLURM time limits
 TRACKED_RULES = {"train_clip", "train_autoencoder", "train_ldm", "train_sr", "finetune_sr", "generate"}
 
 
@@ -152,46 +154,84 @@ def _drop(path: Path) -> None:
         shutil.rmtree(path)
 
 
+def _refresh_tracking(workdir: Path, configs: list[str], env: dict[str, str]) -> None:
+    """Bring init_tracking up to date first: when its params (the whole config) changed, Snakemake 9.27.1 plans *only*
+    init_tracking for a training target and exits 0 without training (reported to the lead)."""
+    _finish(subprocess.Popen([SNAKEMAKE, "results/tracking/run.json", "--cores", "1", "--directory", str(workdir),
+                              "--configfile", *configs], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True))
+
+
+def _local_snakemake(workdir: Path, target: str, configs: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """The same rule with the local executor and the SLURM job's thread count (1, tests/config/slurm-test)."""
+    _refresh_tracking(workdir, configs, env)
+    return subprocess.Popen(["timeout", "-s", "KILL", "1800", SNAKEMAKE, target, "--forcerun", "train_autoencoder",
+                             "--cores", "1", "--directory", str(workdir), "--set-threads", "train_autoencoder=1",
+                             "--configfile", *configs],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=1800)
+    assert process.returncode == 0, output[-5000:]
+    return output
+
+
 def test_time_limit_kill_resubmits_and_resumes_to_identical_weights(pipeline_run, mlflow_server, tmp_path):
     """train_autoencoder with a 1-minute limit is killed (TIMEOUT), resubmitted (retries) and resumes from its latest
-    checkpoint; its weights equal an uninterrupted local run's."""
+    checkpoint; its weights equal an uninterrupted local run's. The step count is calibrated on this machine so the
+    training needs ~TRAIN_SECONDS, i.e. at least one kill whatever the machine's speed."""
     from safetensors.torch import load_file
 
     assert (pipeline_run.workdir / "results/store/index.parquet").exists(), pipeline_run.failure()
     target = "results/models/autoencoder"
-    configs = [*TEST_CONFIGS, str(ROOT / "tests/config/timeout.yaml")]
     env = job_env(MLFLOW_TRACKING_URI=mlflow_server)
-    killed, reference = tmp_path / "killed", tmp_path / "reference"
-    for workdir in (killed, reference):
+    base_configs = [*TEST_CONFIGS, str(ROOT / "tests/config/timeout.yaml")]
+    workdirs = {name: tmp_path / name for name in ("calibration", "killed", "reference")}
+    for workdir in workdirs.values():
         _copy_workdir(pipeline_run.workdir, workdir)
         _drop(workdir / target)
         _drop(workdir / "results/state/train_autoencoder")
 
-    # the uninterrupted run: same rule, same thread count, local executor, in parallel with the SLURM run
-    local = subprocess.Popen(["timeout", "-s", "KILL", "1800", SNAKEMAKE, target, "--cores", "1", "--directory",
-                              str(reference), "--set-threads", "train_autoencoder=1", "--configfile", *configs],
-                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def with_steps(name: str, steps: int) -> list[str]:
+        overlay = tmp_path / f"{name}.yaml"
+        overlay.write_text(f"autoencoder: {{max_steps: {steps}}}\n")
+        return [*base_configs, str(overlay)]
+
+    calibrated = _finish(_local_snakemake(workdirs["calibration"], target, with_steps("calibration", CALIBRATION_STEPS),
+                                          env))
+    assert (workdirs["calibration"] / target / "metrics.json").exists(), calibrated[-5000:]
+    calibration = json.loads((workdirs["calibration"] / target / "metrics.json").read_text())
+    steps = int(min(3000, max(40, TRAIN_SECONDS / calibration["seconds_per_step_this_run"])))
+    configs = with_steps("timed", steps)
+
+    # the uninterrupted reference runs alongside the SLURM run (both slow down: more certain to hit the limit)
+    _refresh_tracking(workdirs["killed"], configs, env)
+    local = _local_snakemake(workdirs["reference"], target, configs, env)
     profile = build_test_profile(tmp_path / "profile", retries=12,
                                  **{"set-resources": {"train_autoencoder": {"runtime": 1}}})
-    run = run_snakemake_on_slurm(killed, profile, target, configs=configs, timeout=2400, env=env)
-    local_output, _ = local.communicate(timeout=1800)
-    assert local.returncode == 0, local_output[-5000:]
+    run = run_snakemake_on_slurm(workdirs["killed"], profile, target, "--forcerun", "train_autoencoder",
+                                 configs=configs, timeout=2400, env=env)
+    _finish(local)
     assert run.returncode == 0, run.failure()
 
     attempts = sorted(run.jobs_of("train_autoencoder"), key=lambda j: int(j.job_id))
     states = [run.states[j.job_id] for j in attempts]
-    assert len(attempts) >= 2 and any("TIMEOUT" in s for s in states[:-1]), states
+    assert len(attempts) >= 2 and any("TIMEOUT" in s for s in states[:-1]), (steps, states)
+    assert "COMPLETED" in states[-1], states
     assert all(j.details.get("TimeLimit") == "00:01:00" for j in attempts), [j.details.get("TimeLimit")
                                                                              for j in attempts]
-    metrics = json.loads((killed / target / "metrics.json").read_text())
-    assert metrics["resumed_from"], metrics  # the last attempt started from a checkpoint, not from step 0
+    killed, reference = workdirs["killed"] / target, workdirs["reference"] / target
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert metrics["steps"] == steps and metrics["resumed_from"], metrics  # the last attempt resumed mid-way
 
-    weights = load_file(killed / target / "diffusion_pytorch_model.safetensors")
-    expected = load_file(reference / target / "diffusion_pytorch_model.safetensors")
+    weights = load_file(killed / "diffusion_pytorch_model.safetensors")
+    expected = load_file(reference / "diffusion_pytorch_model.safetensors")
     assert weights.keys() == expected.keys()
     different = [k for k in expected if not (weights[k] == expected[k]).all()]
     assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:3]}"
-    scale = json.loads((killed / target / "config.json").read_text())["scaling_factor"]
-    assert scale == json.loads((reference / target / "config.json").read_text())["scaling_factor"]
-    print(f"\n[cluster] time-limit test: {len(attempts)} SLURM attempts, states {states}, "
-          f"resumed from step {metrics['resumed_from']}, {run.seconds:.0f} s")
+    scale = json.loads((killed / "config.json").read_text())["scaling_factor"]
+    assert scale == json.loads((reference / "config.json").read_text())["scaling_factor"]
+    print(f"\n[cluster] time-limit test: {steps} steps "
+          f"({calibration['seconds_per_step_this_run']:.2f} s/step calibrated), {len(attempts)} SLURM attempts, "
+          f"states {[sorted(s) for s in states]}, last resumed from step {metrics['resumed_from']}, {run.seconds:.0f} s")
