@@ -9,7 +9,7 @@ in alternating rounds and the fastest round of each counts, which damps the nois
 
 (a) pipeline  ``cxrgen.ingest.index_source`` + ``ingest_shard``: DICOM validity checks, modality/VOI LUT, spacing,
               pad-to-square, one interpolation per resolution, lossless 16-bit PNG blobs in shard files + index row.
-(b) baseline  MaCheX ``machex.py`` as documented in /work/shared/notes/seed-implementations.md §1 (re-written from
+(b) baseline  MaCheX ``machex.py`` as documented in the project notes on the seeds' public code (seed-implementations) §1 (re-written from
               those facts): pydicom ``pixel_array``, per-image min-max to uint8, invert MONOCHROME1, PNG mode I >> 8;
               Resize(1024) on the short edge + CenterCrop(1024), 3-channel RGB, one JPEG (quality 95) per image,
               10k images per folder.

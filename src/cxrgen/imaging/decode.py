@@ -1,6 +1,6 @@
 """Decode one source image (DICOM, PNG or JPEG) to a float32 [0, 1] array in MONOCHROME2 display sense.
 
-DICOM pipeline (MedCoDi-M §3.1, Cheff §4; see /work/shared/notes/seed-implementations.md for what their public code
+DICOM pipeline (MedCoDi-M §3.1, Cheff §4; see the project notes on the seeds' public code (seed-implementations) for what their public code
 skips): validity checks -> stored values -> Modality LUT (rescale or LUT sequence) -> VOI (LUT sequence or the first
 window, honouring VOILUTFunction) or a bit-depth / min-max mapping -> inversion for MONOCHROME1 / INVERSE.
 Every problem with the file itself raises :class:`RejectedImage`; nothing else escapes for a bad file.
