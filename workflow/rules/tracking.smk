@@ -11,7 +11,6 @@ rule init_tracking:
     params:
         experiment=config["tracking"]["experiment"],
         results_dir=results_dir_of_tracking,
-        config=config,
     log:
         "results/logs/init_tracking/init_tracking.log",
     script:
