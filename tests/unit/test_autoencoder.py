@@ -30,15 +30,6 @@ from cxrgen.train.tracking import init_tracking
 RES = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs gain nothing from threads, and spinning OpenMP threads crawl on a shared, loaded 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_cfg(**overrides) -> dict:
     """The validated ``autoencoder`` section with a tiny model (full-scale defaults otherwise)."""
     section = {"block_out_channels": [8, 16, 32], "layers_per_block": 1, "norm_num_groups": 8, "batch_size": 4,

@@ -33,15 +33,6 @@ RES = 32
 REPORTS = ["Large right pleural effusion.", "No acute cardiopulmonary abnormality.", "Cardiomegaly.", ""]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads on a shared, loaded 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_cfg(**overrides) -> dict:
     """The validated ``clip`` section with a tiny model (full-scale defaults otherwise)."""
     section = {"embed_dim": 16, "vision": {"width": 32, "layers": 1, "head_width": 16, "patch_size": 8},

@@ -27,15 +27,6 @@ from cxrgen.train.tracking import init_tracking
 LOW, HIGH = 32, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs gain nothing from threads on a shared, loaded 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_cfg(**overrides) -> dict:
     section = {"model": {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
                          "mid_attention": True, "attention_head_dim": 8},
