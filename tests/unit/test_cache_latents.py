@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_autoencoder import RES, one_thread, tiny_cfg, tiny_store  # noqa: F401 (one_thread is an autouse fixture)
+from test_autoencoder import RES, tiny_cfg, tiny_store
 
 from cxrgen.labels import LABEL_COLUMNS
 from cxrgen.models.autoencoder import autoencoder_hash, build_autoencoder, save_autoencoder
