@@ -8,6 +8,7 @@ from cxrgen.cli import main
 from cxrgen.config import validate_config
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
 from cxrgen.models.diffusion import build_unet, make_train_scheduler, write_pipeline_json
+from cxrgen.prompts import label_template_report, side_free_variants
 from cxrgen.stages.generate import TEMPLATES, build_prompt_sets, generate, make_prompts, template_variants
 from cxrgen.store import ShardStore
 
@@ -36,7 +37,7 @@ def test_prompt_sets_are_class_balanced_with_laterality_and_stable_seeds():
     # one prompt per distinct non-empty report of the test split
     assert sorted(reports["prompt"]) == ["Cardiomegaly.", "Large left pleural effusion.", "Normal chest."]
     assert reports.set_index("prompt").loc["Cardiomegaly.", "lbl_cardiomegaly"] == 1.0
-    templates = prompts[prompts["set"] == "templates"]
+    templates = prompts[prompts["set"] == "class_balanced"]
     positives = templates[list(LABEL_COLUMNS)].eq(1.0).sum()
     assert (positives == 6).all()  # every finding (incl. No Finding) exactly n_per_finding times
     effusion = templates[templates["lbl_pleural_effusion"] == 1.0]
@@ -46,7 +47,7 @@ def test_prompt_sets_are_class_balanced_with_laterality_and_stable_seeds():
     assert (normal[[c for c in LABEL_COLUMNS if c != "lbl_no_finding"]] == 0.0).all().all()
     assert (templates.loc[templates["lbl_no_finding"] != 1.0, "lbl_no_finding"] == 0.0).all()
     assert prompts["prompt_id"].is_unique and prompts["seed"].between(0, 2**31 - 1).all()
-    only_templates = build_prompt_sets(unified_index(), gen_cfg(n_per_finding=6, sets=["templates"]))
+    only_templates = build_prompt_sets(unified_index(), gen_cfg(n_per_finding=6, sets=["class_balanced"]))
     assert only_templates.set_index("prompt_id")["seed"].equals(templates.set_index("prompt_id")["seed"])
 
 
@@ -88,19 +89,19 @@ def test_generate_writes_a_store_with_provenance(pipeline_dirs, tmp_path, tmp_pa
     unified_index().to_parquet(index_path)
     cfg = gen_cfg(findings=["No Finding", "Pleural Effusion"])
     counts = make_prompts(index_path=index_path, cfg=cfg, out_path=tmp_path / "prompts.parquet")
-    assert counts == {"test_reports": 3, "templates": 4}
+    assert counts == {"test_reports": 3, "class_balanced": 4, "train_twins": 1}
     root = pipeline_dirs
     metrics = generate(ldm_dir=root / "ldm", ae_dir=None, clip_dir=None, sr_dir=root / "sr",
                        prompts_path=tmp_path / "prompts.parquet", cfg=cfg, out_root=tmp_path / "synthetic",
                        tracking_json=shared_tracking_json(tmp_path_factory), job_name="generate")
-    assert metrics["n_images"] == 7 and metrics["resolutions"] == [32, 64]
+    assert metrics["n_images"] == 8 and metrics["resolutions"] == [32, 64]
     index = pd.read_parquet(tmp_path / "synthetic" / "index.parquet")
     expected = {"image_id", "prompt_id", "set", "prompt", "seed", "split", "source", "shard", "ldm_sha", "ae_sha",
                 "sr_sha", "ldm_run_id", "offset_32", "nbytes_64", "sha256_64", *LABEL_COLUMNS}
     assert expected <= set(index.columns)
     assert (index["split"] == "synthetic").all() and index["image_id"].is_unique
     assert index["ldm_sha"].nunique() == 1 and len(index.at[0, "sr_sha"]) == 16
-    assert (index.loc[index["set"] == "templates", label_column("Pleural Effusion")] == 1.0).sum() == 2
+    assert (index.loc[index["set"] == "class_balanced", label_column("Pleural Effusion")] == 1.0).sum() == 2
     prompts = pd.read_parquet(tmp_path / "prompts.parquet").set_index("prompt_id")
     for column in ("prompt", "seed", *LABEL_COLUMNS):  # the prompt's labels travel with the image
         assert index.set_index("prompt_id")[column].equals(prompts[column]), column
@@ -149,3 +150,30 @@ def test_cli_generate_with_prompts(pipeline_dirs, tmp_path, capsys):
                  "--prompt", "No acute findings.", "-n", "2", "--steps", "2", "--guidance", "4",
                  "--out", str(out)]) == 0
     assert out.is_file() and "2 prompt(s) x 2 samples, 32 px" in capsys.readouterr().out
+
+
+def test_train_twins_use_train_reports_or_label_reports_and_never_test_rows():
+    index = unified_index()
+    index.loc[[0, 2, 3], "split"] = "train"  # i0 has a report; i3 has none (label 3 = Lung Opacity)
+    prompts = build_prompt_sets(index, gen_cfg(sets=["train_twins"]))
+    twins = prompts.set_index("source_image_id")
+    assert set(twins.index) == {"i0", "i2", "i3", "i9"}
+    assert twins.at["i0", "prompt"] == "Large left pleural effusion."
+    assert twins.at["i3", "prompt"] == label_template_report(index.iloc[3].to_dict(), "i3")
+    assert "opacity" in twins.at["i3", "prompt"].lower() and "left" not in twins.at["i3", "prompt"]
+    assert twins.at["i3", label_column("Lung Opacity")] == 1.0
+    capped = build_prompt_sets(index, gen_cfg(sets=["train_twins"], train_twins={"splits": ["train"], "n": 2}))
+    assert len(capped) == 2 and capped.equals(build_prompt_sets(index, gen_cfg(sets=["train_twins"],
+                                                                               train_twins={"splits": ["train"], "n": 2})))
+
+
+def test_label_template_report_states_only_positive_labels():
+    labels = {label_column("Cardiomegaly"): 1.0, label_column("Pleural Effusion"): 0.0,
+              label_column("Pneumothorax"): float("nan"), label_column("No Finding"): 0.0}
+    text = label_template_report(labels, "x")
+    assert text in side_free_variants("Cardiomegaly")
+    assert label_template_report(labels, "x") == text  # deterministic per key
+    both = label_template_report({**labels, label_column("Pneumothorax"): 1.0}, "x")
+    assert both.startswith(text) and "pneumothorax" in both.lower()
+    assert label_template_report({label_column("No Finding"): 1.0}, "y") in side_free_variants("No Finding")
+    assert label_template_report({label_column("Edema"): -1.0}, "z") == ""  # uncertain is not stated

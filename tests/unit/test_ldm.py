@@ -289,3 +289,35 @@ def test_train_ldm_stage_writes_a_pipeline_loadable_with_diffusers(tmp_path, tmp
     pipe = CxrPipeline.from_dir(out)
     images = pipe(["Large right pleural effusion."], [0], SamplerSettings(steps=2))["low"]
     assert images.shape == (1, 1, 32, 32) and images.abs().max() <= 1.0
+
+
+def test_diffusion_targets_match_their_definitions():
+    from cxrgen.models.diffusion import diffusion_target
+
+    clean, noise = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    t = torch.tensor([0, 10, 500, 999])
+    schedule = ldm_cfg()["schedule"]
+    eps_sched = make_train_scheduler(schedule)
+    assert torch.equal(diffusion_target(eps_sched, clean, noise, t), noise)
+    v_sched = make_train_scheduler({**schedule, "prediction_type": "v_prediction"})
+    abar = v_sched.alphas_cumprod[t].view(-1, 1, 1, 1).float()
+    expected = abar.sqrt() * noise - (1 - abar).sqrt() * clean
+    assert torch.allclose(diffusion_target(v_sched, clean, noise, t), expected, atol=1e-5)
+    # a perfect v-prediction gives back x0 through the scheduler's own step
+    noisy = v_sched.add_noise(clean, noise, t)
+    x0 = abar.sqrt() * noisy - (1 - abar).sqrt() * expected
+    assert torch.allclose(x0, clean, atol=1e-4)
+
+
+def test_report_less_latents_train_on_label_reports_only_when_configured():
+    from cxrgen.prompts import label_template_report
+    from cxrgen.stages.train_ldm import conditioning_texts
+
+    rows = pd.DataFrame({"image_id": ["a", "b", "c"], "text": ["Small left effusion.", "", ""]})
+    for column in LABEL_COLUMNS:
+        rows[column] = np.nan
+    rows.loc[1, "lbl_cardiomegaly"] = 1.0
+    assert conditioning_texts(rows, "empty").tolist() == ["Small left effusion.", "", ""]
+    texts = conditioning_texts(rows, "label_template").tolist()
+    assert texts[0] == "Small left effusion." and texts[2] == ""
+    assert texts[1] == label_template_report(rows.iloc[1].to_dict(), "b") and texts[1]

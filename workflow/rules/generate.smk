@@ -17,23 +17,19 @@ rule build_prompts:
 
 rule generate:
     input:
-        prompts="results/synthetic/prompts.parquet",
-        ldm="results/models/ldm",
-        autoencoder="results/models/autoencoder",
-        clip="results/models/clip",
-        sr="results/models/sr",
-        tracking=ancient("results/tracking/run.json"),
+        unpack(generate_inputs),
     output:
-        store=directory("results/synthetic/store"),
+        store=directory("results/synthetic/{variant}/store"),
         grid=report(
-            "results/synthetic/sample_grid.png",
+            "results/synthetic/{variant}/sample_grid.png",
             caption="../report/sample_grid_generated.rst",
             category="2. Generation",
+            subcategory="{variant}",
         ),
     params:
-        cfg=config["generate"],
+        cfg=generate_cfg,
     log:
-        "results/logs/generate/generate.log",
+        "results/logs/generate/{variant}.log",
     threads: 2
     script:
         "../scripts/generate/generate.py"

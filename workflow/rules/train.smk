@@ -21,6 +21,26 @@ rule train_clip:
         "../scripts/train/train_clip.py"
 
 
+rule train_clip_avatls:
+    input:
+        index="results/store/index.parquet",
+        baseline="results/models/clip",
+        tracking=ancient("results/tracking/run.json"),
+    output:
+        model=protected(directory("results/models/clip_avatls")),
+    params:
+        store_root=store_root_of_index,
+        resolution=LOW_RES,
+        cfg=config["clip"],
+        seed=config["seed"],
+        state_dir="results/state/train_clip_avatls",
+    log:
+        "results/logs/train_clip_avatls/train_clip_avatls.log",
+    threads: 2
+    script:
+        "../scripts/train/train_clip_avatls.py"
+
+
 rule train_autoencoder:
     input:
         unpack(autoencoder_inputs),
@@ -57,18 +77,15 @@ rule cache_latents:
 
 rule train_ldm:
     input:
-        latents="results/latents",
-        autoencoder="results/models/autoencoder",
-        clip="results/models/clip",
-        tracking=ancient("results/tracking/run.json"),
+        unpack(train_ldm_inputs),
     output:
-        model=protected(directory("results/models/ldm")),
+        model=protected(directory("results/models/ldm/{ldm_variant}")),
     params:
         cfg=config["ldm"],
         seed=config["seed"],
-        state_dir="results/state/train_ldm",
+        state_dir=ldm_state_dir,
     log:
-        "results/logs/train_ldm/train_ldm.log",
+        "results/logs/train_ldm/{ldm_variant}.log",
     threads: 2
     script:
         "../scripts/train/train_ldm.py"

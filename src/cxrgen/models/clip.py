@@ -40,6 +40,7 @@ class ClipBundle:
     preprocess_cfg: dict
     tokenizer: Callable[[list[str]], torch.Tensor]
     source_dir: Path | None = None  # a pretrained local-dir whose tokenizer files must travel with the weights
+    squeeze: nn.Module | None = None  # AVA-TLS information squeeze after the text tower (cxrgen.models.squeeze)
 
     @property
     def image_size(self) -> int:
@@ -179,8 +180,20 @@ def _builtin_config(arch: str) -> dict:
     return model_cfg
 
 
+def attach_squeeze(bundle: ClipBundle, squeeze_cfg: dict) -> ClipBundle:
+    """Give the bundle a new AVA-TLS squeeze (config section ``clip.squeeze``) sized for its text tower; call
+    ``seed_everything`` first for reproducible initial weights."""
+    from cxrgen.models.squeeze import squeeze_from_config
+
+    device = next(bundle.model.parameters()).device
+    bundle.squeeze = squeeze_from_config(squeeze_cfg, width=_text_width(bundle.model),
+                                         embed_dim=int(bundle.model_cfg["embed_dim"])).to(device)
+    return bundle
+
+
 def save_clip(bundle: ClipBundle, out_dir: Path | str) -> Path:
-    """Write ``open_clip_config.json`` + ``model.safetensors`` (+ HF tokenizer files of a pretrained source)."""
+    """Write ``open_clip_config.json`` + ``model.safetensors`` (+ HF tokenizer files of a pretrained source, + the
+    AVA-TLS squeeze's ``squeeze.json`` / ``squeeze.safetensors`` when the bundle has one)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -193,12 +206,19 @@ def save_clip(bundle: ClipBundle, out_dir: Path | str) -> Path:
         for item in Path(bundle.source_dir).iterdir():
             if item.is_file() and item.name.startswith(("tokenizer", "vocab", "special_tokens", "merges")):
                 shutil.copy2(item, out_dir / item.name)
+    if bundle.squeeze is not None:
+        from cxrgen.models.squeeze import save_squeeze
+
+        save_squeeze(bundle.squeeze, out_dir)
     return out_dir
 
 
 def load_clip(model_dir: Path | str, device: str | torch.device = "cpu") -> ClipBundle:
-    """Load a model directory written by :func:`save_clip`; every weight must match (strict)."""
+    """Load a model directory written by :func:`save_clip`; every weight must match (strict), including the squeeze's
+    when the directory has one."""
     from safetensors.torch import load_file
+
+    from cxrgen.models.squeeze import load_squeeze
 
     model_dir = Path(model_dir)
     if not (model_dir / CONFIG_FILE).is_file() or not (model_dir / WEIGHTS_FILE).is_file():
@@ -207,7 +227,14 @@ def load_clip(model_dir: Path | str, device: str | torch.device = "cpu") -> Clip
     model = build_clip(saved["model_cfg"])
     model.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)), strict=True)
     model.to(device).eval()
-    return ClipBundle(model, saved["model_cfg"], saved["preprocess_cfg"], tokenizer_for(saved["model_cfg"], model_dir))
+    squeeze = load_squeeze(model_dir)
+    if squeeze is not None:
+        if squeeze.config["width"] != _text_width(model) or squeeze.config["embed_dim"] != saved["model_cfg"]["embed_dim"]:
+            raise ValueError(f"{model_dir}: the squeeze ({squeeze.config}) does not fit the text tower (width "
+                             f"{_text_width(model)}, embed_dim {saved['model_cfg']['embed_dim']})")
+        squeeze.to(device).eval()
+    return ClipBundle(model, saved["model_cfg"], saved["preprocess_cfg"], tokenizer_for(saved["model_cfg"], model_dir),
+                      squeeze=squeeze)
 
 
 def prepare_images(images: torch.Tensor, preprocess_cfg: dict, image_size: int) -> torch.Tensor:
@@ -228,8 +255,14 @@ def encode_images(bundle: ClipBundle, images: torch.Tensor, normalize: bool = Tr
 
 
 def encode_texts(bundle: ClipBundle, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+    """Report embeddings in the joint space: the tower's own pooling + projection, or, with an AVA-TLS squeeze, the
+    squeeze's pooled output (always L2-normalised)."""
     device = next(bundle.model.parameters()).device
-    return bundle.model.encode_text(bundle.tokenizer(list(texts)).to(device), normalize=normalize)
+    tokens = bundle.tokenizer(list(texts)).to(device)
+    if bundle.squeeze is not None:
+        pad_id = int(bundle.model_cfg["text_cfg"].get("pad_id", 0))
+        return bundle.squeeze.embed(*text_token_features(bundle.model, tokens, pad_id))
+    return bundle.model.encode_text(tokens, normalize=normalize)
 
 
 def text_token_features(model: nn.Module, tokens: torch.Tensor, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,15 +299,20 @@ class TextEncoder(_Frozen):
     """The frozen text tower the LDM cross-attends to (Cheff conditions on per-token embeddings).
 
     ``encode(texts)`` → (tokens FloatTensor[B, L, D], attention_mask BoolTensor[B, L]), L = ``context_length``,
-    D = ``dim``; ``encode_pooled(texts)`` → projected, L2-normalised embeddings [B, ``pooled_dim``]
-    (the retrieval space; MedCoDi-M-style pooled conditioning). Deterministic; no gradients."""
+    D = ``dim``; with an AVA-TLS squeeze (``squeezed``) L is the squeezed length K and the mask is all True.
+    ``encode_pooled(texts)`` → projected, L2-normalised embeddings [B, ``pooled_dim``] (the retrieval space;
+    MedCoDi-M-style pooled conditioning). ``encode_summary(texts)`` → one width-D vector per text, the pooling the
+    contrastive head uses before its projection (end-of-text token; mean of the squeezed tokens; masked mean for
+    other towers). Deterministic; no gradients."""
 
     def __init__(self, bundle: ClipBundle):
         super().__init__()
         self.bundle = bundle
         self.model = bundle.model.eval().requires_grad_(False)
+        self.squeeze = bundle.squeeze.eval().requires_grad_(False) if bundle.squeeze is not None else None
+        self.squeezed = self.squeeze is not None
         self.dim = _text_width(self.model)
-        self.context_length = bundle.context_length
+        self.context_length = self.squeeze.length if self.squeezed else bundle.context_length
         self.pooled_dim = int(bundle.model_cfg["embed_dim"])
         self.pad_id = int(bundle.model_cfg["text_cfg"].get("pad_id", 0))
 
@@ -283,11 +321,25 @@ class TextEncoder(_Frozen):
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return text_token_features(self.model, self._tokens(texts), self.pad_id)
+        tokens, mask = text_token_features(self.model, self._tokens(texts), self.pad_id)
+        return self.squeeze(tokens, mask) if self.squeezed else (tokens, mask)
 
     @torch.no_grad()
     def encode_pooled(self, texts: Sequence[str]) -> torch.Tensor:
+        if self.squeezed:
+            return self.squeeze.embed(*text_token_features(self.model, self._tokens(texts), self.pad_id))
         return self.model.encode_text(self._tokens(texts), normalize=True)
+
+    @torch.no_grad()
+    def encode_summary(self, texts: Sequence[str]) -> torch.Tensor:
+        tokens, mask = self.encode(texts)
+        if self.squeezed:
+            return tokens.mean(dim=1)
+        text = getattr(self.model, "text", self.model)
+        if hasattr(text, "ln_final"):  # open_clip's causal tower pools its end-of-text token (the last real one)
+            return tokens[torch.arange(len(tokens), device=tokens.device), mask.sum(dim=1) - 1]
+        weights = mask.to(tokens.dtype)[..., None]
+        return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
 class ImageEncoder(_Frozen):

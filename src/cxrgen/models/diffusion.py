@@ -59,11 +59,26 @@ def terminal_alpha_bar(beta_start: float, beta_end: float, timesteps: int = 1000
 
 
 def make_train_scheduler(schedule: dict) -> DDPMScheduler:
-    """DDPMScheduler from the config section ``ldm.schedule`` (ε-prediction, no clipping: latents are unbounded)."""
+    """DDPMScheduler from the config section ``ldm.schedule`` (ε-prediction unless ``prediction_type`` says
+    otherwise; no clipping: latents are unbounded)."""
     return DDPMScheduler(
         num_train_timesteps=int(schedule["timesteps"]), beta_start=float(schedule["beta_start"]),
-        beta_end=float(schedule["beta_end"]), beta_schedule=schedule["beta_schedule"], prediction_type="epsilon",
+        beta_end=float(schedule["beta_end"]), beta_schedule=schedule["beta_schedule"],
+        prediction_type=schedule.get("prediction_type", "epsilon"),
         clip_sample=False, steps_offset=1, timestep_spacing="leading")
+
+
+def diffusion_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor,
+                     timesteps: torch.Tensor) -> torch.Tensor:
+    """The regression target of the scheduler's prediction type: ε, v = √ᾱ·ε − √(1−ᾱ)·x₀, or x₀."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(clean, noise, timesteps)
+    if kind == "sample":
+        return clean
+    raise ValueError(f"unsupported prediction_type {kind!r}; allowed: ['epsilon', 'v_prediction', 'sample']")
 
 
 def make_ddim_scheduler(train_scheduler_config: Any, steps: int | None = None) -> DDIMScheduler:
@@ -127,11 +142,12 @@ def load_unet(path: Path | str) -> UNet2DConditionModel | UNet2DModel:
     return unet.eval()
 
 
-def denoise(unet, latents: torch.Tensor, t, context: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
-    """ε prediction of either UNet class."""
+def denoise(unet, latents: torch.Tensor, t, context: torch.Tensor | None, mask: torch.Tensor | None,
+            residuals: dict | None = None) -> torch.Tensor:
+    """ε prediction of either UNet class; ``residuals``: an adapter's down/mid residuals (cxrgen.models.dkim)."""
     if isinstance(unet, UNet2DModel):
         return unet(latents, t).sample
-    return unet(latents, t, encoder_hidden_states=context, encoder_attention_mask=mask).sample
+    return unet(latents, t, encoder_hidden_states=context, encoder_attention_mask=mask, **(residuals or {})).sample
 
 
 def cfg_drop_mask(batch_size: int, probability: float, generator: torch.Generator) -> torch.Tensor:
@@ -196,16 +212,22 @@ class LatentSampler:
     ``encode_text(list[str]) -> (tokens [B,L,D], mask [B,L])`` is the frozen text tower (``None`` if unconditional).
     Every sample owns a ``torch.Generator`` seeded with its seed: its initial noise and its DDIM η-noise never depend
     on its batch neighbours.
+
+    ``adapter``: an optional DKIM adapter (:class:`cxrgen.models.dkim.DkimAdapter`); ``sample`` then needs the
+    prompts' ``labels`` and adds the adapter's residuals at every step (the guidance branch gets unknown knowledge).
     """
 
     def __init__(self, unet, train_scheduler_config: Any,
-                 encode_text: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]] | None):
+                 encode_text: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]] | None, adapter=None):
         self.unet = unet.eval()
         self.scheduler_config = train_scheduler_config
         self.encode_text = encode_text
         self.conditional = isinstance(unet, UNet2DConditionModel)
+        self.adapter = adapter.eval() if adapter is not None else None
         if self.conditional and encode_text is None:
             raise ValueError("a text-conditioned UNet needs a text encoder")
+        if adapter is not None and not self.conditional:
+            raise ValueError("a DKIM adapter needs a text-conditioned UNet")
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -215,9 +237,18 @@ class LatentSampler:
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[str], seeds: Sequence[int], settings: SamplerSettings,
-               progress: Callable[[int], None] | None = None) -> torch.Tensor:
+               progress: Callable[[int], None] | None = None, labels=None) -> torch.Tensor:
+        """``labels``: the prompts' CheXpert labels ([B, 14] 1/0/NaN or a frame with lbl_* columns), used only by the
+        DKIM adapter."""
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
+        knowledge = None
+        if self.adapter is not None:
+            if labels is None:
+                raise ValueError("the DKIM adapter needs the prompts' labels (sample(..., labels=...))")
+            knowledge = self.adapter.condition(labels)
+            if len(knowledge) != len(prompts):
+                raise ValueError(f"{len(knowledge)} label rows for {len(prompts)} prompts")
         device = next(self.unet.parameters()).device
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         latents = torch.stack([torch.randn(self.latent_shape, generator=g) for g in generators]).to(device)
@@ -232,9 +263,12 @@ class LatentSampler:
                 null_tokens, null_mask = self.encode_text([""])
                 context = torch.cat([null_tokens.to(device).expand_as(context), context])
                 mask = torch.cat([null_mask.to(device).expand_as(mask), mask])
+                if knowledge is not None:
+                    knowledge = type(knowledge).cat([self.adapter.null_condition(len(prompts)), knowledge])
         for i, t in enumerate(scheduler.timesteps):
             model_in = torch.cat([latents, latents]) if guided else latents
-            eps = denoise(self.unet, model_in, t, context, mask)
+            residuals = self.adapter.residuals(model_in, t, knowledge) if knowledge is not None else None
+            eps = denoise(self.unet, model_in, t, context, mask, residuals)
             if guided:
                 eps_null, eps_cond = eps.chunk(2)
                 eps = eps_null + settings.guidance_scale * (eps_cond - eps_null)
@@ -268,15 +302,18 @@ class CxrPipeline:
     """
 
     def __init__(self, unet, train_scheduler_config, autoencoder, text_encoder=None, sr=None,
-                 info: dict | None = None):
+                 info: dict | None = None, adapter=None):
         self.autoencoder, self.text_encoder, self.sr = autoencoder.eval(), text_encoder, sr
-        self.sampler = LatentSampler(unet, train_scheduler_config, text_encoder.encode if text_encoder else None)
+        self.sampler = LatentSampler(unet, train_scheduler_config, text_encoder.encode if text_encoder else None,
+                                     adapter=adapter)
         self.info = info or {}
 
     @classmethod
     def from_dir(cls, ldm_dir: Path | str, *, ae_dir: Path | str | None = None, clip_dir: Path | str | None = None,
-                 sr_dir: Path | str | None = None, use_sr: bool = True) -> CxrPipeline:
-        """Load strictly from an LDM directory; explicit dirs override the ones named in ``cxrgen_pipeline.json``."""
+                 sr_dir: Path | str | None = None, use_sr: bool = True,
+                 dkim_dir: Path | str | None = None) -> CxrPipeline:
+        """Load strictly from an LDM directory; explicit dirs override the ones named in ``cxrgen_pipeline.json``.
+        ``dkim_dir``: a DKIM adapter trained for this LDM (rule train_dkim); calls then need ``labels``."""
         from cxrgen.models.autoencoder import load_autoencoder
 
         ldm_dir = Path(ldm_dir)
@@ -303,13 +340,19 @@ class CxrPipeline:
         info.update({"ldm_dir": ldm_dir.resolve(), "autoencoder": Path(ae_dir).resolve(),
                      "text_encoder": Path(clip_dir).resolve() if text_encoder else None,
                      "super_resolution": Path(sr_dir).resolve() if sr is not None else None})
-        return cls(unet, scheduler_config, load_autoencoder(ae_dir), text_encoder, sr, info)
+        adapter = None
+        if dkim_dir is not None:
+            from cxrgen.models.dkim import load_dkim
+
+            adapter = load_dkim(dkim_dir, base_ldm_dir=ldm_dir)
+            info["dkim"] = Path(dkim_dir).resolve()
+        return cls(unet, scheduler_config, load_autoencoder(ae_dir), text_encoder, sr, info, adapter=adapter)
 
     def __call__(self, prompts: Sequence[str], seeds: Sequence[int], settings: SamplerSettings, *,
-                 sr_steps: int = 100, sr_eta: float = 0.0) -> dict[str, torch.Tensor | None]:
+                 sr_steps: int = 100, sr_eta: float = 0.0, labels=None) -> dict[str, torch.Tensor | None]:
         """``low``: decoded images (B,1,h,w) in [-1,1]; ``high``: SR outputs or None. Each image depends only on its
-        (prompt, seed), not on the other items of the batch."""
-        latents = self.sampler.sample(prompts, seeds, settings)
+        (prompt, seed), not on the other items of the batch. ``labels``: the prompts' labels (DKIM adapter only)."""
+        latents = self.sampler.sample(prompts, seeds, settings, labels=labels)
         low = decode_latents(self.autoencoder, latents.cpu())
         high = None
         if self.sr is not None:

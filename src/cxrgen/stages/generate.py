@@ -3,8 +3,10 @@
 Prompt sets (:func:`build_prompt_sets`):
 
 * ``test_reports``: one prompt per distinct report of the held-out splits (labels = the report's image labels);
-* ``templates``: class-balanced report sentences per CheXpert finding (a few templates each, with laterality variants
-  where a finding has a side; "No Finding" uses normal-study templates), ``n_per_finding`` prompts per finding.
+* ``class_balanced``: template report sentences per CheXpert finding (a few templates each, with laterality variants
+  where a finding has a side; "No Finding" uses normal-study templates), ``n_per_finding`` prompts per finding;
+* ``train_twins``: one prompt per sampled training image (its report, else a label-derived report; labels = the
+  image's), the synthetic training pool of the downstream augmentation experiments (MedCoDi-M §4.5).
 
 Generated images go into the store format of the unified store (:mod:`cxrgen.store`): 16-bit PNG blobs in shard files
 ``<out_root>/<res>px/synthetic/shard-XXXX.bin`` and ``<out_root>/index.parquet`` with one row per image, readable by
@@ -26,104 +28,12 @@ import torch
 from tqdm import tqdm
 
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
+from cxrgen.prompts import TEMPLATES, finding_prompt, label_template_report, template_variants  # noqa: F401 (re-exported)
 from cxrgen.store import ShardWriter
 from cxrgen.train.outputs import publish_dir
 
 SOURCE = "synthetic"
-PROMPT_SETS = ("test_reports", "templates")
-
-# {side}: "right" | "left" | "bilateral" variants; findings without a side have no placeholder.
-TEMPLATES: dict[str, tuple[str, ...]] = {
-    "No Finding": (
-        "The heart size is normal. The lungs are clear. No pleural effusion or pneumothorax.",
-        "No acute cardiopulmonary abnormality.",
-        "Normal chest radiograph. Cardiomediastinal silhouette within normal limits.",
-    ),
-    "Enlarged Cardiomediastinum": (
-        "The cardiomediastinal silhouette is enlarged.",
-        "Widened mediastinum.",
-        "Enlarged cardiomediastinal contours.",
-    ),
-    "Cardiomegaly": (
-        "The heart is enlarged. Cardiomegaly.",
-        "Moderate cardiomegaly.",
-        "Heart size is enlarged.",
-    ),
-    "Lung Opacity": (
-        "Opacity in the {side} lung.",
-        "There is a {side} basilar opacity.",
-        "Patchy {side} airspace opacity.",
-    ),
-    "Lung Lesion": (
-        "A nodule is seen in the {side} upper lobe.",
-        "There is a {side} lung mass.",
-        "{Side} pulmonary nodule.",
-    ),
-    "Edema": (
-        "Pulmonary edema.",
-        "Interstitial edema with vascular congestion.",
-        "Moderate pulmonary edema.",
-    ),
-    "Consolidation": (
-        "Consolidation in the {side} lower lobe.",
-        "{Side} lower lobe consolidation.",
-        "Focal {side} consolidation.",
-    ),
-    "Pneumonia": (
-        "{Side} lower lobe pneumonia.",
-        "Findings consistent with {side} pneumonia.",
-        "Airspace disease in the {side} lung concerning for pneumonia.",
-    ),
-    "Atelectasis": (
-        "{Side} basilar atelectasis.",
-        "There is atelectasis at the {side} lung base.",
-        "Subsegmental {side} atelectasis.",
-    ),
-    "Pneumothorax": (
-        "Large {side} pneumothorax.",
-        "There is a {side} apical pneumothorax.",
-        "Small {side} pneumothorax.",
-    ),
-    "Pleural Effusion": (
-        "Large {side} pleural effusion.",
-        "There is a moderate {side} pleural effusion.",
-        "Small {side} pleural effusion.",
-    ),
-    "Pleural Other": (
-        "{Side} pleural thickening.",
-        "There is {side} pleural scarring.",
-        "Calcified {side} pleural plaque.",
-    ),
-    "Fracture": (
-        "Fracture of the {side} posterior ribs.",
-        "There is a {side} rib fracture.",
-        "{Side} clavicle fracture.",
-    ),
-    "Support Devices": (
-        "An endotracheal tube is in place.",
-        "A left-sided pacemaker is present.",
-        "A central venous catheter is in place.",
-    ),
-}
-SIDES = ("right", "left", "bilateral")
-
-
-def template_variants(finding: str) -> list[tuple[str, str]]:
-    """All (sentence, laterality) variants of a finding: each template × side (or once, laterality "")."""
-    out = []
-    for template in TEMPLATES[finding]:
-        if "{side}" in template.lower():
-            out += [(template.format(side=s, Side=s.capitalize()), s) for s in SIDES]
-        else:
-            out.append((template, ""))
-    return out
-
-
-def finding_prompt(finding: str, k: int) -> str:
-    """The k-th variant (cyclic) of a finding's template report."""
-    variants = template_variants(finding)
-    return variants[k % len(variants)][0]
-
+PROMPT_SETS = ("test_reports", "class_balanced", "train_twins")
 
 def prompt_seed(base_seed: int, prompt_id: str) -> int:
     """A stable per-prompt seed (independent of set sizes and row order)."""
@@ -160,7 +70,7 @@ def build_prompt_sets(index: pd.DataFrame, cfg: dict) -> pd.DataFrame:
         for column in LABEL_COLUMNS:
             reports[column] = rows[column].to_numpy(dtype=np.float32)
         frames.append(reports)
-    if "templates" in cfg["sets"]:
+    if "class_balanced" in cfg["sets"]:
         records = []
         for finding in cfg["findings"] or CHEXPERT_LABELS:
             variants = template_variants(finding)
@@ -174,10 +84,12 @@ def build_prompt_sets(index: pd.DataFrame, cfg: dict) -> pd.DataFrame:
                 else:
                     labels[label_column("No Finding")] = 0.0
                 slug = label_column(finding).removeprefix("lbl_")
-                records.append({"prompt_id": f"tpl-{slug}-{k:04d}", "set": "templates", "prompt": sentence,
+                records.append({"prompt_id": f"tpl-{slug}-{k:04d}", "set": "class_balanced", "prompt": sentence,
                                 "laterality": side, "source_image_id": "", **labels})
         frames.append(pd.DataFrame.from_records(records, columns=["prompt_id", "set", "prompt", "laterality",
                                                                   "source_image_id", *LABEL_COLUMNS]))
+    if "train_twins" in cfg["sets"]:
+        frames.append(_train_twins(index, cfg))
     if not frames:
         raise ValueError(f"generate.sets is empty; choose from {PROMPT_SETS}")
     prompts = pd.concat(frames, ignore_index=True)
@@ -185,6 +97,28 @@ def build_prompt_sets(index: pd.DataFrame, cfg: dict) -> pd.DataFrame:
         prompts[column] = prompts[column].astype(np.float32)
     prompts["seed"] = [prompt_seed(seed, pid) for pid in prompts["prompt_id"]]
     return prompts.reset_index(drop=True)
+
+
+def _train_twins(index: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """One prompt per sampled training-split image (a synthetic twin for the downstream experiments): its report, or
+    a label-derived report when it has none; labels = that image's labels. Rows without any text are skipped."""
+    twins = cfg["train_twins"]
+    rows = index[index["split"].isin(twins["splits"])].copy()
+    if cfg["views"]:
+        rows = rows[rows["view"].isin(cfg["views"])]
+    rows = rows.sort_values("image_id")
+    texts = _texts(rows).to_numpy()
+    labels = rows[list(LABEL_COLUMNS)].to_dict("records")
+    rows["prompt"] = [text or label_template_report(lbl, image_id)
+                      for text, lbl, image_id in zip(texts, labels, rows["image_id"], strict=True)]
+    rows = rows[rows["prompt"].str.len() > 0]
+    if twins["n"] is not None and len(rows) > int(twins["n"]):
+        rows = rows.sample(n=int(twins["n"]), random_state=int(cfg["seed"])).sort_values("image_id")
+    out = pd.DataFrame({"prompt_id": "twin-" + rows["image_id"].astype(str), "set": "train_twins",
+                        "prompt": rows["prompt"], "laterality": "", "source_image_id": rows["image_id"].astype(str)})
+    for column in LABEL_COLUMNS:
+        out[column] = rows[column].to_numpy(dtype=np.float32)
+    return out
 
 
 def make_prompts(*, index_path: Path | str, cfg: dict, out_path: Path | str) -> dict:
@@ -233,7 +167,8 @@ def _provenance(pipe) -> dict[str, str]:
     from cxrgen.models.diffusion import dir_digest
 
     out = {}
-    for key, name in (("ldm_dir", "ldm"), ("autoencoder", "ae"), ("super_resolution", "sr"), ("text_encoder", "clip")):
+    for key, name in (("ldm_dir", "ldm"), ("autoencoder", "ae"), ("super_resolution", "sr"), ("text_encoder", "clip"),
+                      ("dkim", "dkim")):
         path = pipe.info.get(key)
         run_id = ""
         if path is not None and (Path(path) / "metrics.json").is_file():
@@ -245,10 +180,12 @@ def _provenance(pipe) -> dict[str, str]:
 
 def generate(*, ldm_dir: Path | str, ae_dir: Path | str | None, clip_dir: Path | str | None,
              sr_dir: Path | str | None, prompts_path: Path | str, cfg: dict, out_root: Path | str,
-             tracking_json: Path | str | None = None, job_name: str = "generate") -> dict:
+             tracking_json: Path | str | None = None, job_name: str = "generate",
+             dkim_dir: Path | str | None = None) -> dict:
     """Sample one image per prompt row of ``prompts_path`` (rule make_prompts) with the LDM in ``ldm_dir`` (rule
     train_ldm), decode with the autoencoder ``ae_dir`` and super-resolve with ``sr_dir`` (None = no SR). ``ae_dir`` /
-    ``clip_dir`` None = the ones named in ``<ldm_dir>/cxrgen_pipeline.json``. Settings from section ``generate``.
+    ``clip_dir`` None = the ones named in ``<ldm_dir>/cxrgen_pipeline.json``. ``dkim_dir``: a DKIM adapter of this
+    LDM (rule train_dkim; Diff-CXR), fed each prompt's labels. Settings from section ``generate``.
 
     Writes ``out_root`` atomically: shards ``<res>px/synthetic/shard-XXXX.bin`` at the decoded resolution and (with SR)
     the SR resolution, ``index.parquet`` (image_id, prompt_id, set, prompt, report_findings, laterality, lbl_*, seed,
@@ -263,7 +200,8 @@ def generate(*, ldm_dir: Path | str, ae_dir: Path | str | None, clip_dir: Path |
     if prompts.empty:
         raise ValueError(f"no prompts of sets {cfg['sets']} in {prompts_path}")
     torch.manual_seed(int(cfg["seed"]))
-    pipe = CxrPipeline.from_dir(ldm_dir, ae_dir=ae_dir, clip_dir=clip_dir, sr_dir=sr_dir, use_sr=sr_dir is not None)
+    pipe = CxrPipeline.from_dir(ldm_dir, ae_dir=ae_dir, clip_dir=clip_dir, sr_dir=sr_dir, use_sr=sr_dir is not None,
+                                dkim_dir=dkim_dir)
     settings = SamplerSettings(steps=int(cfg["steps"]), eta=float(cfg["eta"]),
                                guidance_scale=float(cfg["guidance_scale"]))
     provenance = _provenance(pipe)
@@ -287,7 +225,8 @@ def generate(*, ldm_dir: Path | str, ae_dir: Path | str | None, clip_dir: Path |
         for start in tqdm(range(0, len(prompts), batch_size), desc="generate", mininterval=5.0):
             batch = prompts.iloc[start : start + batch_size]
             out = pipe(batch["prompt"].tolist(), batch["seed"].tolist(), settings,
-                       sr_steps=int(cfg["sr_steps"]), sr_eta=float(cfg["sr_eta"]))
+                       sr_steps=int(cfg["sr_steps"]), sr_eta=float(cfg["sr_eta"]),
+                       labels=batch[list(LABEL_COLUMNS)] if dkim_dir is not None else None)
             outputs = {int(out["low"].shape[-1]): to_uint16(out["low"])}
             if out["high"] is not None:
                 outputs[int(out["high"].shape[-1])] = to_uint16(out["high"])
@@ -311,7 +250,7 @@ def generate(*, ldm_dir: Path | str, ae_dir: Path | str | None, clip_dir: Path |
                     offset, nbytes, digest = writers[res].append(pixels[j])
                     row[f"offset_{res}"], row[f"nbytes_{res}"], row[f"sha256_{res}"] = offset, nbytes, digest
                 rows.append(row)
-                if prompt["set"] == "templates":
+                if prompt["set"] == "class_balanced":
                     finding = _template_finding(prompt)
                     grid_images.setdefault(finding, [])
                     if len(grid_images[finding]) < int(cfg["grid_columns"]):

@@ -1,5 +1,9 @@
 """Rule ``train_clip``: contrastive image–report pretraining on the store's train split (MedCoDi-M §3.2.1), retrieval
-recall@k on the evaluation splits, the model directory that the LDM's text encoder is loaded from."""
+recall@k on the evaluation splits, the model directory that the LDM's text encoder is loaded from.
+
+Rule ``train_clip_avatls`` (:func:`train_clip_avatls`): Diff-CXR's AVA-TLS — the trained CLIP fine-tuned with an
+information squeeze after its text tower (:mod:`cxrgen.models.squeeze`), as Diff-CXR fine-tunes a pretrained VLM
+(BiomedCLIP) with its 77-token squeeze; retrieval then compares squeezed reports with images."""
 
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ import torch
 
 from cxrgen.models.clip import (
     ClipBundle,
+    attach_squeeze,
     contrastive_loss,
     encode_images,
     encode_texts,
+    load_clip,
     pretrained_clip,
     retrieval_metrics,
     save_clip,
@@ -41,7 +47,8 @@ log = logging.getLogger(__name__)
 
 def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: int, cfg: dict, seed: int,
                state_dir: Path | str, out_dir: Path | str, tracking_json: Path | str | None, job_name: str,
-               stop_after_steps: int | None = None) -> dict:
+               stop_after_steps: int | None = None, init_dir: Path | str | None = None, squeeze: bool = False,
+               rule: str = "train_clip") -> dict:
     """Train (or resume) the CLIP model and write ``out_dir`` atomically (via ``<out_dir>.tmp``).
 
     Inputs: the unified index + store; training pairs = train-split rows with a non-empty FINDINGS+IMPRESSION report
@@ -52,7 +59,10 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
     (load with :func:`cxrgen.models.clip.load_clip` / ``load_text_encoder`` / ``load_image_encoder``, or plain
     ``open_clip.create_model("local-dir:<out_dir>")``), ``metrics.json`` (final recall@1/5/10 both ways per
     evaluation split, their chance levels, loss, timings, MLflow run id), ``loss_curve.png``. Returns the metrics.
-    ``stop_after_steps`` simulates a kill (tests).
+    ``stop_after_steps`` simulates a kill (tests). ``init_dir``: start from a CLIP model directory of this stage
+    (instead of ``clip.pretrained_path`` / scratch). ``squeeze``: add an AVA-TLS squeeze (section ``clip.squeeze``;
+    its own learning rate ``clip.squeeze.lr``; towers frozen unless ``clip.squeeze.train_towers``), saved with the
+    model and used by every text embedding of it.
     """
     state_dir, out_dir = Path(state_dir), Path(out_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -78,10 +88,24 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
     device = loop_cfg.resolved_device()
 
     seed_everything(seed)
-    pretrained = bool(cfg["pretrained_path"] or cfg["pretrained_tag"])
-    bundle = pretrained_clip(cfg) if pretrained else scratch_clip(cfg, resolution)
+    pretrained = bool(init_dir or cfg["pretrained_path"] or cfg["pretrained_tag"])
+    if init_dir is not None:
+        bundle = load_clip(init_dir)
+        bundle.model.train()
+    else:
+        bundle = pretrained_clip(cfg) if pretrained else scratch_clip(cfg, resolution)
     model = bundle.model
-    optimizer = _optimizer(model, cfg, device)
+    if squeeze and bundle.squeeze is None:
+        attach_squeeze(bundle, cfg["squeeze"])
+        if bundle.squeeze.length >= bundle.context_length:
+            log.warning("clip.squeeze.length = %d does not shorten the text tower's %d tokens",
+                        bundle.squeeze.length, bundle.context_length)
+    if bundle.squeeze is not None and not cfg["squeeze"]["train_towers"]:
+        model.requires_grad_(False)
+        model.logit_scale.requires_grad_(True)  # the temperature stays learnable for the squeezed embeddings
+    modules = {"clip": model} if bundle.squeeze is None else {"clip": model, "squeeze": bundle.squeeze}
+    trainable = torch.nn.ModuleList(modules.values())  # for gradient clipping over every trained parameter
+    optimizer = _optimizer(modules, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(cfg["warmup_steps"], cfg["max_steps"]))
     max_logit = math.log(cfg["max_logit_scale"])
 
@@ -93,8 +117,10 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
     if tracking_json is not None:
         run = JobRun(tracking_json, job_name, run_id=extra["mlflow_run_id"],
                      params={"clip": cfg, "resolution": resolution, "seed": seed, "n_train_pairs": len(train_set),
-                             "model_cfg": bundle.model_cfg, "parameters": _parameters(model)},
-                     tags={"snakemake.rule": "train_clip", "config.sha256": config_digest(cfg)})
+                             "model_cfg": bundle.model_cfg, "parameters": _parameters(model),
+                             "init_dir": str(init_dir) if init_dir else None,
+                             "squeeze": bundle.squeeze.config if bundle.squeeze is not None else None},
+                     tags={"snakemake.rule": rule, "config.sha256": config_digest(cfg)})
         extra["mlflow_run_id"] = run.run_id
 
     def loader_for(start: int):
@@ -107,7 +133,7 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
             image_features = encode_images(bundle, batch["image"].to(ctx.device))
             text_features = encode_texts(bundle, batch["text"])
             loss = contrastive_loss(image_features, text_features, model.logit_scale.exp())
-        grad_norm = clip_and_step(loss, model, optimizer, loop_cfg.grad_clip)
+        grad_norm = clip_and_step(loss, trainable, optimizer, loop_cfg.grad_clip)
         with torch.no_grad():
             model.logit_scale.clamp_(0, max_logit)
         return {"loss": loss.item(), "logit_scale": float(model.logit_scale.detach().exp()), "grad_norm": grad_norm,
@@ -115,7 +141,7 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
 
     def evaluate(step: int) -> dict[str, float]:
         found = {f"{split}/{k}": v for split, ds in eval_sets.items() for k, v in _retrieval(bundle, ds, cfg).items()}
-        model.train()
+        trainable.train()
         if run and found:
             run.log_metrics(found, step)
         return found
@@ -129,12 +155,12 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
 
     started = time.perf_counter()
     try:
-        result = run_training(loop_cfg, modules={"clip": model}, optimizers={"clip": optimizer},
+        result = run_training(loop_cfg, modules=modules, optimizers={"clip": optimizer},
                               schedulers={"clip": scheduler}, loader_for=loader_for, train_step=train_step,
                               state_dir=state_dir, on_log=on_log, extra_state=extra, desc="clip")
         train_seconds = time.perf_counter() - started
         final = evaluate(result.steps_done)
-        model.eval()
+        trainable.eval()
         extra["evals"].append({"step": result.steps_done, **final})
         steps_this_run = result.steps_done - (result.resumed_from or 0)
         metrics = {
@@ -143,10 +169,14 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
             "n_train_pairs": len(train_set), "resolution": resolution, "parameters": _parameters(model),
             "pretrained": pretrained, "seconds_per_step_this_run": train_seconds / max(1, steps_this_run),
             "retrieval": final, "mlflow_run_id": extra["mlflow_run_id"],
+            "init_dir": str(init_dir) if init_dir else None, "text_tokens": bundle.context_length,
+            "squeeze": bundle.squeeze.config if bundle.squeeze is not None else None,
+            "squeeze_parameters": _parameters(bundle.squeeze) if bundle.squeeze is not None else 0,
+            "trained_parameters": sum(p.numel() for p in trainable.parameters() if p.requires_grad),
         }
         tmp = out_dir.with_name(out_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.cpu()
+        trainable.cpu()
         save_clip(bundle, tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
         _save_curve(extra["history"], extra["evals"], tmp / "loss_curve.png")
@@ -167,17 +197,39 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
         raise
 
 
-def _optimizer(model: torch.nn.Module, cfg: dict, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; weight decay on weight matrices only (CLIP/open_clip exclude gains, biases, embeddings, logit scale)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        excluded = p.ndim < 2 or "embedding" in name or "logit_scale" in name or "bias" in name
-        (no_decay if excluded else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+def _optimizer(modules: dict[str, torch.nn.Module], cfg: dict, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; weight decay on weight matrices only (CLIP/open_clip exclude gains, biases, embeddings, logit scale;
+    the squeeze's learned queries count as embeddings). The squeeze trains at its own rate ``clip.squeeze.lr``."""
+    groups = []
+    for key, module in modules.items():
+        decay, no_decay = [], []
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            excluded = p.ndim < 2 or "embedding" in name or "logit_scale" in name or "bias" in name or name == "queries"
+            (no_decay if excluded else decay).append(p)
+        lr = cfg["squeeze"]["lr"] if key == "squeeze" else cfg["lr"]
+        groups += [{"params": decay, "weight_decay": cfg["weight_decay"], "lr": lr},
+                   {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+    groups = [g for g in groups if g["params"]]
     # the fused kernel is ~5x faster on CPU for the 49k-token embedding table and gives the same resumable state
     return torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["adam_betas"]), eps=cfg["adam_eps"], fused=True)
+
+
+def train_clip_avatls(*, index_path: Path | str, store_root: Path | str, resolution: int, cfg: dict, seed: int,
+                      baseline_dir: Path | str, state_dir: Path | str, out_dir: Path | str,
+                      tracking_json: Path | str | None, job_name: str, stop_after_steps: int | None = None) -> dict:
+    """Rule ``train_clip_avatls``: fine-tune the CLIP model in ``baseline_dir`` (rule train_clip) with an AVA-TLS
+    squeeze for ``clip.squeeze.max_steps`` steps (tower learning rate ``clip.squeeze.tower_lr``, squeeze
+    ``clip.squeeze.lr``, warm-up ``clip.squeeze.warmup_steps``); everything else as :func:`train_clip`, whose outputs
+    (model dir with ``squeeze.json`` + ``squeeze.safetensors``, ``metrics.json`` with the same recall@k keys) it
+    writes to ``out_dir``. The LDM loading this directory cross-attends to ``clip.squeeze.length`` tokens."""
+    squeeze_cfg = cfg["squeeze"]
+    fine_tune = {**cfg, "max_steps": squeeze_cfg["max_steps"], "lr": squeeze_cfg["tower_lr"],
+                 "warmup_steps": squeeze_cfg["warmup_steps"], "pretrained_path": None, "pretrained_tag": None}
+    return train_clip(index_path=index_path, store_root=store_root, resolution=resolution, cfg=fine_tune, seed=seed,
+                      state_dir=state_dir, out_dir=out_dir, tracking_json=tracking_json, job_name=job_name,
+                      stop_after_steps=stop_after_steps, init_dir=baseline_dir, squeeze=True, rule="train_clip_avatls")
 
 
 def _warmup_cosine(warmup: int, total: int):
@@ -197,6 +249,8 @@ def _parameters(model: torch.nn.Module) -> int:
 @torch.no_grad()
 def _retrieval(bundle: ClipBundle, dataset: StoreImages, cfg: dict) -> dict[str, float]:
     model = bundle.model.eval()
+    if bundle.squeeze is not None:
+        bundle.squeeze.eval()
     device = next(model.parameters()).device
     image_features, text_features = [], []
     for start in range(0, len(dataset), cfg["batch_size"]):

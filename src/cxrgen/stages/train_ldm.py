@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cxrgen.labels import LABEL_COLUMNS
 from cxrgen.models.diffusion import (
     LatentSampler,
     SamplerSettings,
@@ -29,6 +31,7 @@ from cxrgen.models.diffusion import (
     cfg_drop_mask,
     decode_latents,
     denoise,
+    diffusion_target,
     drop_condition,
     make_train_scheduler,
     write_pipeline_json,
@@ -113,7 +116,8 @@ class LatentDiffusionTrainer:
             context, mask = context.to(device), mask.to(device)
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
             eps = denoise(self.unet, noisy.to(device), t.to(device), context, mask)
-        return F.mse_loss(eps.float(), noise.to(device))
+        target = diffusion_target(self.scheduler, z, noise, t)
+        return F.mse_loss(eps.float(), target.to(device))
 
     def train_step(self, indices: list[int], ctx) -> dict[str, float]:
         loss = self.loss(indices, ctx.generator, ctx.device, autocast=ctx.autocast)
@@ -152,6 +156,35 @@ class LatentDiffusionTrainer:
             self.unet.train()
 
 
+def conditioning_texts(rows: pd.DataFrame, unreported_text: str) -> pd.Series:
+    """The text each latent is trained with: its report; for report-less images, ``unreported_text`` = ``empty``
+    (Cheff: such images only teach the unconditional model) or ``label_template`` (a report built from the image's
+    labels, :func:`cxrgen.prompts.label_template_report`, so label-only sources condition the LDM too)."""
+    texts = rows["text"].fillna("").astype(str).str.strip()
+    if unreported_text == "empty":
+        return texts
+    from cxrgen.prompts import label_template_report
+
+    missing = texts.str.len() == 0
+    records = rows.loc[missing, list(LABEL_COLUMNS) + ["image_id"]].to_dict("records")
+    texts.loc[missing] = [label_template_report(r, str(r["image_id"])) for r in records]
+    return texts
+
+
+def _training_rows(cache, cfg: dict, splits: list[str], views: list[str] | None,
+                   keep_ids: set[str] | None) -> pd.DataFrame:
+    """Cache rows of ``splits``/``views`` (restricted to ``keep_ids`` if given, e.g. the LNFS-kept images) with their
+    conditioning ``text``; without text conditioning or with ``require_report`` false every row stays."""
+    rows = cache.rows(splits, views).copy()
+    if keep_ids is not None:
+        rows = rows[rows["image_id"].isin(keep_ids)]
+    conditional = cfg["conditioning"] == "text"
+    rows["text"] = conditioning_texts(rows, cfg["unreported_text"]).to_numpy() if conditional else ""
+    if conditional and cfg["require_report"]:
+        rows = rows[rows["text"].str.len() > 0]
+    return rows.reset_index(drop=True)
+
+
 def _scaled_latents(cache, rows, with_std: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     positions = rows["row"].to_numpy()
     scale = cache.scaling_factor
@@ -163,10 +196,11 @@ def _scaled_latents(cache, rows, with_std: bool) -> tuple[torch.Tensor, torch.Te
 def train_ldm(*, latents_dir: Path | str, ae_dir: Path | str, clip_dir: Path | str | None, cfg: dict, seed: int,
               out_dir: Path | str, state_dir: Path | str, tracking_json: Path | str | None = None,
               job_name: str = "train_ldm", sr_dir: Path | str | None = None,
-              stop_after_steps: int | None = None) -> dict:
+              keep_ids: set[str] | None = None, stop_after_steps: int | None = None) -> dict:
     """Train the LDM of config section ``ldm`` on the latent cache ``latents_dir`` (rule cache_latents, made by the
     autoencoder ``ae_dir``; a stale cache raises) conditioned on the text tower in ``clip_dir`` (rule train_clip;
-    unused and may be ``None`` when ``ldm.conditioning`` is ``none``).
+    unused and may be ``None`` when ``ldm.conditioning`` is ``none``). ``keep_ids`` restricts training to those image
+    ids (the LNFS-kept images of rule filter_noise); ``None`` = all.
 
     Writes ``out_dir`` atomically (``<out_dir>.tmp`` then rename): ``unet/`` (EMA weights), ``unet_raw/`` (if
     ``save_raw``), ``scheduler/`` (DDPMScheduler), ``cxrgen_pipeline.json`` (relative paths to the AE, text encoder and
@@ -181,15 +215,13 @@ def train_ldm(*, latents_dir: Path | str, ae_dir: Path | str, clip_dir: Path | s
     conditional = cfg["conditioning"] == "text"
     cache = load_latents(latents_dir, ae_dir=ae_dir)
     views = list(cfg["views"]) or None
-    require_report = bool(cfg["require_report"]) and conditional
-    train_rows = cache.rows(list(cfg["train_splits"]), views, require_report=require_report)
-    val_rows = cache.rows(list(cfg["val_splits"]), views, require_report=require_report)
+    train_rows = _training_rows(cache, cfg, list(cfg["train_splits"]), views, keep_ids)
+    val_rows = _training_rows(cache, cfg, list(cfg["val_splits"]), views, None)
     if train_rows.empty:
         raise ValueError(f"no training latents in splits {cfg['train_splits']} / views {views} of {latents_dir}")
     train_mean, train_std = _scaled_latents(cache, train_rows, with_std=cfg["latent_sampling"] == "posterior")
     val_mean, _ = _scaled_latents(cache, val_rows, with_std=False)
-    texts = train_rows["text"].fillna("").astype(str).tolist()
-    val_texts = val_rows["text"].fillna("").astype(str).tolist()
+    texts, val_texts = train_rows["text"].tolist(), val_rows["text"].tolist()
 
     text_encoder = None
     if conditional:

@@ -16,7 +16,8 @@ def main(smk) -> None:
 
     metrics = generate(ldm_dir=smk.input.ldm, ae_dir=smk.input.autoencoder, clip_dir=smk.input.clip,
                        sr_dir=smk.input.sr, prompts_path=smk.input.prompts, cfg=dict(smk.params.cfg),
-                       out_root=smk.output.store, tracking_json=smk.input.tracking, job_name=smk.rule)
+                       out_root=smk.output.store, tracking_json=smk.input.tracking,
+                       job_name=f"{smk.rule}:{smk.wildcards.variant}", dkim_dir=smk.input.get("dkim"))
     shutil.copyfile(Path(smk.output.store) / "grid.png", smk.output.grid)
     print(metrics)
 

@@ -1,4 +1,4 @@
-"""Adapter for rule train_ldm: report-conditioned latent diffusion (Cheff schedule, CFG dropout, EMA)."""
+"""Adapter for rule train_ldm: report-conditioned latent diffusion (Cheff schedule, CFG dropout, EMA), per variant."""
 
 from typing import TYPE_CHECKING
 
@@ -12,9 +12,15 @@ def main(smk) -> None:
     setup_job(smk.log[0], smk.threads)
     from cxrgen.stages.train_ldm import train_ldm
 
+    keep_ids = None
+    if "lnfs" in smk.input.keys():  # Diff-CXR LNFS: train on the images the noise filter kept
+        from cxrgen.stages.filter_noise import kept_image_ids
+
+        keep_ids = kept_image_ids(smk.input.lnfs)
     metrics = train_ldm(latents_dir=smk.input.latents, ae_dir=smk.input.autoencoder, clip_dir=smk.input.clip,
                         cfg=dict(smk.params.cfg), seed=smk.params.seed, out_dir=smk.output.model,
-                        state_dir=smk.params.state_dir, tracking_json=smk.input.tracking, job_name=smk.rule)
+                        state_dir=smk.params.state_dir, tracking_json=smk.input.tracking,
+                        job_name=f"{smk.rule}:{smk.wildcards.ldm_variant}", keep_ids=keep_ids)
     print(metrics)
 
 

@@ -1,0 +1,69 @@
+"""Rule ``report_avatls``: the AVA-TLS ablation's retrieval table (markdown fragment) from the ``metrics.json`` of the
+baseline CLIP (rule train_clip) and of the squeezed CLIP (rule train_clip_avatls), both measured on the same evaluation
+pairs by :func:`cxrgen.models.clip.retrieval_metrics`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+KS = (1, 5, 10)
+DIRECTIONS = {"i2t": "image → report", "t2i": "report → image"}
+
+
+def _metrics(model_dir: Path | str) -> dict:
+    path = Path(model_dir) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; {model_dir} is not a finished CLIP model directory")
+    return json.loads(path.read_text())
+
+
+def avatls_markdown(baseline: dict, avatls: dict) -> str:
+    """The fragment: setup line, one table row per (split, direction, k) with baseline, AVA-TLS and chance recall."""
+    squeeze = avatls.get("squeeze") or {}
+    if not squeeze:
+        raise ValueError("the AVA-TLS metrics describe no squeeze (expected the output of rule train_clip_avatls)")
+    base_r, sq_r = baseline["retrieval"], avatls["retrieval"]
+    splits = sorted({k.split("/")[0] for k in base_r} & {k.split("/")[0] for k in sq_r})
+    lines = [
+        "## AVA-TLS: report retrieval with and without the information squeeze",
+        "",
+        f"Text tokens the LDM cross-attends to: {baseline.get('text_tokens', avatls.get('text_tokens'))} (baseline) → "
+        f"{squeeze['length']} (squeezed; {squeeze['layers']} cross-attention block(s), "
+        f"{avatls.get('squeeze_parameters', 0):,} parameters). The squeezed model is the baseline fine-tuned for "
+        f"{avatls['steps']} steps with the squeeze ({avatls.get('trained_parameters', 0):,} trained parameters, "
+        f"{avatls['seconds_per_step_this_run']:.2f} s/step; the baseline trained at "
+        f"{baseline['seconds_per_step_this_run']:.2f} s/step, each measured in its own job). Recall@k: fraction of queries whose match is among the k best; identical "
+        "reports count as one candidate; chance = expected recall of a random ranking.",
+        "",
+        "| split | pairs (unique reports) | direction | k | baseline | AVA-TLS | chance |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for split in splits:
+        pairs = f"{int(base_r[f'{split}/pairs'])} ({int(base_r[f'{split}/unique_texts'])})"
+        if (base_r[f"{split}/pairs"], base_r[f"{split}/unique_texts"]) != (sq_r[f"{split}/pairs"],
+                                                                           sq_r[f"{split}/unique_texts"]):
+            raise ValueError(f"split {split}: the two models were evaluated on different pairs")
+        for direction, name in DIRECTIONS.items():
+            for k in KS:
+                key = f"{split}/{direction}_recall_at_{k}"
+                if key not in base_r or key not in sq_r:
+                    continue
+                lines.append(f"| {split} | {pairs} | {name} | {k} | {base_r[key]:.3f} | {sq_r[key]:.3f} | "
+                             f"{base_r[key + '_chance']:.3f} |")
+    lines += ["", f"Baseline: {baseline['steps']} steps on {baseline['n_train_pairs']} train pairs at "
+                  f"{baseline['resolution']} px (MLflow run {baseline.get('mlflow_run_id')}); AVA-TLS: MLflow run "
+                  f"{avatls.get('mlflow_run_id')}.", ""]
+    return "\n".join(lines)
+
+
+def write_avatls_report(*, baseline_dir: Path | str, avatls_dir: Path | str, out_path: Path | str) -> str:
+    """Write :func:`avatls_markdown` of the two model directories to ``out_path`` (atomically); returns the text."""
+    text = avatls_markdown(_metrics(baseline_dir), _metrics(avatls_dir))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out_path)
+    return text

@@ -1,0 +1,34 @@
+# Diff-CXR conditioning mechanisms (arXiv 2410.20165 §3): the AVA-TLS retrieval fragment (the squeezed CLIP itself is
+# rule train_clip_avatls in train.smk) and DKIM, the disease-knowledge adapter trained on a frozen LDM (stage 2).
+
+
+rule report_avatls:
+    input:
+        baseline="results/models/clip",
+        avatls="results/models/clip_avatls",
+    output:
+        report="results/reports/diffcxr/avatls.md",
+    log:
+        "results/logs/report_avatls/report_avatls.log",
+    threads: 1
+    script:
+        "../scripts/report/report_avatls.py"
+
+
+rule train_dkim:
+    input:
+        unpack(train_dkim_inputs),
+    output:
+        model=protected(directory("results/models/dkim/{ldm_variant}")),
+    params:
+        cfg=config["dkim"],
+        ldm_cfg=config["ldm"],
+        seed=config["seed"],
+        state_dir=dkim_state_dir,
+    log:
+        "results/logs/train_dkim/{ldm_variant}.log",
+    wildcard_constraints:
+        ldm_variant=r"[a-z0-9][a-z0-9-]*",
+    threads: 2
+    script:
+        "../scripts/train/train_dkim.py"

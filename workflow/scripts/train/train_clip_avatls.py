@@ -1,0 +1,23 @@
+"""Adapter for rule train_clip_avatls: the trained CLIP fine-tuned with the AVA-TLS information squeeze (Diff-CXR)."""
+
+from typing import TYPE_CHECKING
+
+from cxrgen.logutil import setup_job
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+
+def main(smk) -> None:
+    setup_job(smk.log[0], smk.threads)
+    from cxrgen.stages.train_clip import train_clip_avatls
+
+    metrics = train_clip_avatls(index_path=smk.input.index, store_root=smk.params.store_root,
+                                resolution=smk.params.resolution, cfg=dict(smk.params.cfg), seed=smk.params.seed,
+                                baseline_dir=smk.input.baseline, state_dir=smk.params.state_dir,
+                                out_dir=smk.output.model, tracking_json=smk.input.tracking, job_name=smk.rule)
+    print(metrics)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821

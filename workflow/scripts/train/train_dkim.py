@@ -1,0 +1,28 @@
+"""Adapter for rule train_dkim: Diff-CXR's disease-knowledge adapter, trained with the base LDM frozen (stage 2)."""
+
+from typing import TYPE_CHECKING
+
+from cxrgen.logutil import setup_job
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+
+def main(smk) -> None:
+    setup_job(smk.log[0], smk.threads)
+    from cxrgen.stages.train_dkim import train_dkim
+
+    keep_ids = None
+    if "lnfs" in smk.input.keys():  # the base LDM of this variant trained on the LNFS-kept images: so does DKIM
+        from cxrgen.stages.filter_noise import kept_image_ids
+
+        keep_ids = kept_image_ids(smk.input.lnfs)
+    metrics = train_dkim(ldm_dir=smk.input.ldm, latents_dir=smk.input.latents, clip_dir=smk.input.clip,
+                         cfg=dict(smk.params.cfg), ldm_cfg=dict(smk.params.ldm_cfg), seed=smk.params.seed,
+                         out_dir=smk.output.model, state_dir=smk.params.state_dir, tracking_json=smk.input.tracking,
+                         job_name=f"{smk.rule}:{smk.wildcards.ldm_variant}", keep_ids=keep_ids)
+    print(metrics)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
