@@ -13,7 +13,7 @@ def main(smk) -> None:
     from cxrgen.stages.train_dkim import train_dkim
 
     keep_ids = None
-    if "lnfs" in smk.input.keys():  # the base LDM of this variant trained on the LNFS-kept images: so does DKIM
+    if smk.input.get("lnfs"):  # the base LDM of this variant trained on the LNFS-kept images: so does DKIM
         from cxrgen.stages.filter_noise import kept_image_ids
 
         keep_ids = kept_image_ids(smk.input.lnfs)

@@ -13,7 +13,7 @@ def main(smk) -> None:
     from cxrgen.stages.train_ldm import train_ldm
 
     keep_ids = None
-    if "lnfs" in smk.input.keys():  # Diff-CXR LNFS: train on the images the noise filter kept
+    if smk.input.get("lnfs"):  # Diff-CXR LNFS: train on the images the noise filter kept
         from cxrgen.stages.filter_noise import kept_image_ids
 
         keep_ids = kept_image_ids(smk.input.lnfs)

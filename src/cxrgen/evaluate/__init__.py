@@ -1,0 +1,1 @@
+"""Evaluation: the in-domain DenseNet classifier (feature extractor and judge) and the downstream experiments."""

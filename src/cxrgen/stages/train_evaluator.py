@@ -1,0 +1,121 @@
+"""Rule ``train_evaluator``: the in-domain DenseNet classifier on the real train split, selected on the val split
+(:mod:`cxrgen.evaluate.classifier`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrgen.evaluate.classifier import (
+    checkpoint_extra,
+    multilabel_metrics,
+    predict_rows,
+    save_curve,
+    save_evaluator,
+    train_classifier,
+    with_store_root,
+)
+from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS
+from cxrgen.train.data import select_rows
+from cxrgen.train.loop import Interrupted
+from cxrgen.train.outputs import publish_dir
+from cxrgen.train.tracking import JobRun, config_digest
+
+log = logging.getLogger(__name__)
+
+
+def labelled_rows(index: pd.DataFrame, split: str, cfg: dict) -> pd.DataFrame:
+    """Rows of ``split`` (restricted to ``cfg`` views/sources) with at least one known label, by image id."""
+    rows = select_rows(index, splits=[split], views=list(cfg["views"]) or None, sources=list(cfg["sources"]) or None)
+    return rows[rows[list(LABEL_COLUMNS)].notna().any(axis=1)].reset_index(drop=True)
+
+
+def train_evaluator(*, index_path: Path | str, store_root: Path | str, resolution: int, cfg: dict, seed: int,
+                    state_dir: Path | str, out_dir: Path | str, tracking_json: Path | str | None, job_name: str,
+                    stop_after_steps: int | None = None) -> dict:
+    """Train (or resume) the evaluator and publish ``out_dir`` atomically.
+
+    Inputs: the unified index + store (``resolution`` px); train = train-split rows with at least one known label,
+    val = the same for the val split (model selection and the reported AUROC); ``cfg`` = the validated
+    ``evaluator`` section; ``state_dir`` = resumable checkpoints (not an output).
+    Outputs in ``out_dir``: ``evaluator.json`` + ``model.safetensors`` (:func:`~cxrgen.evaluate.classifier.
+    load_evaluator`), ``metrics.json`` (val AUROC/F1 per finding with micro/macro/weighted averages of the selected
+    weights, the selected step, sizes, timings, MLflow run id) and ``loss_curve.png``. Returns the metrics.
+    """
+    state_dir, out_dir = Path(state_dir), Path(out_dir)
+    index = pd.read_parquet(index_path)
+    train = with_store_root(labelled_rows(index, "train", cfg), store_root)
+    val = with_store_root(labelled_rows(index, "val", cfg), store_root)
+    if train.empty:
+        raise ValueError("train_evaluator: no labelled train-split images among the selected "
+                         f"views {list(cfg['views']) or 'all'} / sources {list(cfg['sources']) or 'all'}")
+    if val.empty:
+        log.warning("train_evaluator: no labelled val images; the last weights are kept and no val AUROC is given")
+    extra = {"mlflow_run_id": None, **checkpoint_extra(state_dir)}
+    run = None
+    if tracking_json is not None:
+        run = JobRun(Path(tracking_json), job_name, run_id=extra["mlflow_run_id"],
+                     params={"evaluator": cfg, "resolution": resolution, "seed": seed, "n_train": len(train),
+                             "n_val": len(val)},
+                     tags={"snakemake.rule": "train_evaluator", "config.sha256": config_digest(cfg)})
+        extra["mlflow_run_id"] = run.run_id
+
+    def on_log(metrics: dict, step: int) -> None:
+        if run:
+            run.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step)
+
+    def on_eval(metrics: dict, step: int) -> None:
+        if run:
+            run.log_metrics({k.replace(" ", "_"): v for k, v in metrics.items() if np.isfinite(v)}, step)
+
+    try:
+        trained = train_classifier(train, cfg=cfg, resolution=resolution, seed=seed, state_dir=state_dir,
+                                   val_rows=val if len(val) else None, extra_state=extra, on_log=on_log,
+                                   on_eval=on_eval, stop_after_steps=stop_after_steps, desc="evaluator")
+        val_metrics = None
+        if len(val):
+            val_rows = val.sort_values("image_id").head(int(cfg["val_max_images"]))
+            probs = predict_rows(trained.evaluator, val_rows)
+            val_metrics = multilabel_metrics(probs, val_rows[list(LABEL_COLUMNS)].to_numpy(np.float64),
+                                             CHEXPERT_LABELS)
+        metrics = {
+            "steps": trained.steps, "resumed_from": trained.resumed_from, "selection": trained.selection,
+            "selected_step": trained.selected_step, "n_train": len(train), "n_val": len(val),
+            "resolution": resolution, "parameters": sum(p.numel() for p in trained.evaluator.model.parameters()),
+            "feature_dim": trained.evaluator.feature_dim, "train_seconds_this_run": trained.seconds,
+            "seconds_per_step_this_run": trained.seconds / max(1, trained.steps - (trained.resumed_from or 0)),
+            "final_train_loss": trained.history[-1]["loss"] if trained.history else None,
+            "val": val_metrics, "mlflow_run_id": extra["mlflow_run_id"],
+        }
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_evaluator(trained.evaluator, tmp, extra={"selected_step": trained.selected_step, "seed": seed,
+                                                       "n_train": len(train)})
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        save_curve(trained.history, trained.evals, tmp / "loss_curve.png",
+                   title=f"evaluator: {len(train)} train images, {resolution} px")
+        publish_dir(tmp, out_dir)
+        if run:
+            if val_metrics:
+                final = {f"val_selected/auroc/{k.replace(' ', '_')}": v["auroc"]
+                         for k, v in val_metrics["per_finding"].items() if v["auroc"] is not None}
+                final.update({f"val_selected/auroc_{k}": v for k, v in val_metrics["auroc"].items() if v is not None})
+                run.log_metrics(final, trained.selected_step)
+            for name in ("loss_curve.png", "metrics.json"):
+                run.log_artifact(out_dir / name)
+            run.set_tags({"cxrgen.output": str(out_dir.resolve())})
+            run.finish("FINISHED")
+        return metrics
+    except Interrupted:
+        if run:
+            run.finish("KILLED")
+        raise
+    except BaseException:
+        if run:
+            run.finish("FAILED")
+        raise
