@@ -12,6 +12,7 @@ import pandas as pd
 
 from cxrgen.labels import LABEL_COLUMNS, apply_label_policy
 from cxrgen.sources.base import SPLITS
+from cxrgen.text.labeler import label_reports
 
 _SPLIT_RANK = {"train": 0, "val": 1, "test": 2}
 
@@ -65,8 +66,14 @@ def find_duplicates(index: pd.DataFrame, source_priority: list[str]) -> pd.DataF
 
 
 def unify(index_parts: list[Path], rejection_parts: list[Path], *, label_policy: dict, val_fraction: float,
-          test_fraction: float, source_priority: list[str], seed: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Returns (index, rejections, summary)."""
+          test_fraction: float, source_priority: list[str], seed: int,
+          labeler_sources: list[str] | tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Returns (index, rejections, summary).
+
+    ``labeler_sources``: sources whose raw labels are replaced by the rule-based report labeler's output
+    (:mod:`cxrgen.text.labeler`) from their FINDINGS/IMPRESSION text — IU-Xray ships no CheXpert labels, only MeSH
+    indexing (positives only). Column ``label_source`` says where each row's labels come from: ``dataset`` or
+    ``labeler`` (machine labels, not human annotations)."""
     parts = [pd.read_parquet(p) for p in index_parts]
     index = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
     rejections = pd.concat([pd.read_parquet(p) for p in rejection_parts], ignore_index=True)
@@ -85,6 +92,14 @@ def unify(index_parts: list[Path], rejection_parts: list[Path], *, label_policy:
 
     index = index.sort_values(["source", "image_id"]).reset_index(drop=True)
     index["split"] = assign_splits(index, val_fraction, test_fraction, seed) if len(index) else []
+    index["label_source"] = "dataset"
+    machine = index["source"].isin(list(labeler_sources)).to_numpy()
+    if machine.any():
+        labels = label_reports(index.loc[machine, "report_findings"].tolist(),
+                               index.loc[machine, "report_impression"].tolist())
+        for j, col in enumerate(LABEL_COLUMNS):
+            index.loc[machine, "raw_" + col] = labels[:, j]
+        index.loc[machine, "label_source"] = "labeler"
     raw = index[["raw_" + c for c in LABEL_COLUMNS]].to_numpy(dtype=np.float32)
     applied = apply_label_policy(raw, label_policy["uncertain"], label_policy["blank"])
     for j, col in enumerate(LABEL_COLUMNS):

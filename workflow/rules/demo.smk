@@ -4,12 +4,14 @@
 rule build_demo_sources:
     output:
         meta="results/sources/_meta/{source}.json",
+        noise="results/sources/_meta/{source}.noise.parquet",  # ground truth of the injected noisy films (LNFS)
     params:
         out_root=demo_out_root,
         n_images=demo_image_count,
         seed=config["seed"],
         downscale=config["demo"]["downscale"],
         bad_fraction=config["demo"]["bad_fraction"],
+        noise_fraction=config["demo"]["noise_fraction"],
     log:
         "results/logs/build_demo_sources/{source}.log",
     threads: 1

@@ -15,6 +15,7 @@ rule unify_store:
         val_fraction=config["unify"]["splits"]["val_fraction"],
         test_fraction=config["unify"]["splits"]["test_fraction"],
         source_priority=config["unify"]["source_priority"],
+        labeler_sources=config["labeler"]["sources"],  # labels from the report labeler (label_source = labeler)
         seed=config["seed"],
     log:
         "results/logs/unify_store/unify_store.log",

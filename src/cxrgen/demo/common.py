@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrgen.demo.noise import NoiseLog
+
 _GIVEN = ("Margarethe", "Ottilie", "Bartholomew", "Leopoldine", "Evangelos", "Theodora", "Casimir", "Henrietta",
           "Wendelin", "Philippa", "Anselm", "Rosalind", "Ignatius", "Clementine", "Zebulon", "Ermengarde")
 _FAMILY = ("Quackenbush", "Featherstonehaugh", "Vandersloot", "Brightwater", "Oglethorpe", "Pennywhistle",
@@ -67,6 +69,8 @@ class DemoContext:
     downscale: float  # demo films are `downscale` times smaller in pixels, with `downscale` times larger spacing
     bad_fraction: float = 0.03  # share of deliberately bad files (truncated, non-chest, no pixels, orphan, …)
     phi: PhiRegistry = field(default_factory=PhiRegistry)
+    noise_fraction: float = 0.0  # share of sound files turned into ingestible noisy films (cxrgen.demo.noise)
+    noise: NoiseLog = field(default_factory=NoiseLog)  # the noisy files written (ground truth for LNFS)
 
     def rng(self, *key: object) -> np.random.Generator:
         """A deterministic, independent stream per key (e.g. ``ctx.rng("mimic", "rows")``)."""

@@ -13,8 +13,9 @@ def main(smk) -> None:
     setup_logging(smk.log[0])
     meta = build_demo_source(
         smk.wildcards.source, smk.params.out_root, smk.output.meta, n_images=smk.params.n_images,
-        seed=smk.params.seed, downscale=smk.params.downscale, bad_fraction=smk.params.bad_fraction)
-    print(f"{meta['source']}: {meta['files_written']} files in {meta['seconds']} s")
+        seed=smk.params.seed, downscale=smk.params.downscale, bad_fraction=smk.params.bad_fraction,
+        noise_fraction=smk.params.noise_fraction, noise_path=smk.output.noise)
+    print(f"{meta['source']}: {meta['files_written']} files ({meta['noisy_files']} noisy) in {meta['seconds']} s")
 
 
 if "snakemake" in globals():

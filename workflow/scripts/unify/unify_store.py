@@ -17,7 +17,7 @@ def main(smk) -> None:
         [Path(p) for p in smk.input.index_parts], [Path(p) for p in smk.input.rejection_parts],
         label_policy=dict(smk.params.label_policy), val_fraction=smk.params.val_fraction,
         test_fraction=smk.params.test_fraction, source_priority=list(smk.params.source_priority),
-        seed=smk.params.seed)
+        seed=smk.params.seed, labeler_sources=list(smk.params.labeler_sources))
     index.to_parquet(smk.output.index, index=False)
     rejections.to_parquet(smk.output.rejections, index=False)
     Path(smk.output.summary).write_text(json.dumps(summary, indent=1))

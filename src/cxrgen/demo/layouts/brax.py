@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrgen.demo import noise as demo_noise
 from cxrgen.demo.badfiles import DICOM_FILM_MIX, plan_bad_files, remove_missing
 from cxrgen.demo.common import DemoContext, txrv_data_dir
 from cxrgen.demo.films import FilmStyle, demo_size, render, write_film
@@ -80,6 +81,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
         studies[tuple(key)] = {"study_uid": _digits_uid(rng, "."), "series_uid": _digits_uid(rng, "."),
                                "accession": str(int(rng.integers(10**11, 10**12))), "date": date.strftime("%Y%m%d")}
     bad = plan_bad_files(range(len(rows)), ctx.bad_fraction, ctx.rng("brax", "bad_files"), DICOM_FILM_MIX)
+    noisy = demo_noise.plan_for(ctx, "brax", range(len(rows)), bad)
     sheet = []
     for i, row in rows.iterrows():
         st = studies[(row["patient"], row["study"])]
@@ -98,6 +100,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
         pixels = render(render_view, h, w, demo_spacing, findings, seed=int(item_rng.integers(2**31)), sex=sex,
                         age=float(row["Age"]))
         path = root / "Anonymized_DICOMs" / rel_dir / f"image-{image_uid}.dcm"
+        pixels = demo_noise.inject(ctx, "brax", row["Path"], noisy.get(i), pixels, path.relative_to(root).as_posix())
         kind = bad.get(i)
         write_film(path, pixels, _film_style(item_rng), demo_spacing, view_position=view or None,
                    patient_id=patient_ids[row["patient"]], phi=ctx.phi.fake_person(item_rng),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrgen.demo import noise as demo_noise
 from cxrgen.demo.badfiles import IMAGE_FILE_MIX, plan_bad_files
 from cxrgen.demo.common import DemoContext
 from cxrgen.demo.phantom import PhantomSpec, render_phantom
@@ -63,6 +64,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
 
     keys = rows["Path"].tolist()
     bad = plan_bad_files(keys, ctx.bad_fraction, ctx.rng("chexpert", "bad"), IMAGE_FILE_MIX)
+    noisy = demo_noise.plan_for(ctx, "chexpert", keys, bad)
     height, width = film_size(ctx.downscale)
     for record in rows.to_dict("records"):
         kind = bad.get(record["Path"])
@@ -74,6 +76,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
                            sex={"Male": "M", "Female": "F"}.get(record["Sex"], "U"), age=float(record["Age"]),
                            findings=chexpert_findings(record), seed=phantom_seed(ctx, "chexpert", record["Path"]))
         image = render_phantom(spec)
+        image = demo_noise.inject(ctx, "chexpert", record["Path"], noisy.get(record["Path"]), image, record["Path"])
         save_image(root / record["Path"], image_pixels(image, kind), "JPEG", kind)
 
     listed = rows[[bad.get(k) != "orphan_file" for k in keys]].drop(columns="_patient")

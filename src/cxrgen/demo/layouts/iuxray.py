@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrgen.demo import noise as demo_noise
 from cxrgen.demo.badfiles import DICOM_FILM_MIX, plan_bad_files, remove_missing
 from cxrgen.demo.common import DemoContext, txrv_data_dir
 from cxrgen.demo.films import FilmStyle, demo_size, render, write_film
@@ -94,6 +95,9 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
     items = [(name, image_id) for name in chosen for image_id in parsed[name]["image_ids"]]
     bad = plan_bad_files(range(len(items)), ctx.bad_fraction, ctx.rng("iuxray", "bad_files"), DICOM_FILM_MIX)
     orphan_reports = {items[i][0] for i, kind in bad.items() if kind == "orphan_file"}
+    # images of a report left out are rejected at ingestion (no metadata): never noisy, or the truth would list them
+    noisy = demo_noise.plan_for(ctx, "iuxray", range(len(items)),
+                                set(bad) | {i for i, (name, _) in enumerate(items) if name in orphan_reports})
     for name in chosen:
         if name not in orphan_reports:  # an orphan image's report XML is left out, so the image has no metadata
             (root / REPORT_DIR).mkdir(parents=True, exist_ok=True)
@@ -113,6 +117,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
         h, w, demo_spacing = demo_size(rows, cols, spacing, ctx)
         pixels = render(render_view, h, w, demo_spacing, findings, seed=int(item_rng.integers(2**31)))
         path = image_dir / dicom_name(image_id)
+        pixels = demo_noise.inject(ctx, "iuxray", image_id, noisy.get(i), pixels, path.relative_to(root).as_posix())
         kind = bad.get(i)
         patient_number = rep["uid"][3:] if rep["uid"] else Path(name).stem
         write_film(path, pixels, style, demo_spacing,

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrgen.demo import noise as demo_noise
 from cxrgen.demo.badfiles import DICOM_FILM_MIX, plan_bad_files, remove_missing
 from cxrgen.demo.common import DemoContext
 from cxrgen.demo.films import FilmStyle, demo_size, render, write_film
@@ -143,6 +144,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
     images = images[:n_images]
 
     bad = plan_bad_files(range(len(images)), ctx.bad_fraction, ctx.rng("mimic", "bad_files"), DICOM_FILM_MIX)
+    noisy = demo_noise.plan_for(ctx, "mimic", range(len(images)), bad)
     meta_rows, split_rows, label_rows = [], [], {}
     for i, image in enumerate(images):
         st = studies[image["study_index"]]
@@ -164,6 +166,8 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
         findings = {k: sides.get(k, "") for k, v in labels.items() if v == 1.0 and k != "No Finding"}
         pixels = render(base_view, h, w, demo_spacing, findings, seed=int(item_rng.integers(2**31)))
         path = study_dir / f"s{st['study']}" / f"{image['dicom_id']}.dcm"
+        pixels = demo_noise.inject(ctx, "mimic", image["dicom_id"], noisy.get(i), pixels,
+                                   path.relative_to(root).as_posix())
         kind = bad.get(i)
         write_film(path, pixels, _film_style(item_rng), demo_spacing, view_position=view,
                    patient_id=str(st["subject"]), phi=ctx.phi.fake_person(item_rng),

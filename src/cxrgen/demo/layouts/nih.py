@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrgen.demo import noise as demo_noise
 from cxrgen.demo.badfiles import IMAGE_FILE_MIX, plan_bad_files
 from cxrgen.demo.common import DemoContext, txrv_data_dir
 from cxrgen.demo.phantom import PhantomSpec, render_phantom
@@ -56,6 +57,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
     rows = rows.reset_index(drop=True)
     keys = rows["Image Index"].tolist()
     bad = plan_bad_files(keys, ctx.bad_fraction, ctx.rng("nih", "bad"), IMAGE_FILE_MIX)
+    noisy = demo_noise.plan_for(ctx, "nih", keys, bad)
 
     size = max(16, int(round(RELEASE_PNG_WIDTH / ctx.downscale)))
     for record in rows.to_dict("records"):
@@ -71,6 +73,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
                            age=float(record["Patient Age"]), findings=nih_findings(record["Finding Labels"]),
                            seed=phantom_seed(ctx, "nih", key))
         image = render_phantom(spec)
+        image = demo_noise.inject(ctx, "nih", key, noisy.get(key), image, f"images/{key}")
         save_image(root / "images" / key, image_pixels(image, kind), "PNG", kind)
 
     listed = rows[[bad.get(k) != "orphan_file" for k in keys]]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrgen.demo import noise as demo_noise
 from cxrgen.demo.badfiles import IMAGE_FILE_MIX, plan_bad_files
 from cxrgen.demo.common import DemoContext
 from cxrgen.demo.phantom import PhantomSpec, render_phantom
@@ -77,6 +78,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
 
     keys = rows["ImageID"].tolist()
     bad = plan_bad_files(keys, ctx.bad_fraction, ctx.rng("padchest", "bad"), IMAGE_FILE_MIX)
+    noisy = demo_noise.plan_for(ctx, "padchest", keys, bad)
     for record in rows.to_dict("records"):
         key = record["ImageID"]
         kind = bad.get(key)
@@ -97,6 +99,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
                            age=age, findings=padchest_findings(record["LabelsLocalizationsBySentence"]),
                            seed=phantom_seed(ctx, "padchest", key))
         image = render_phantom(spec)
+        image = demo_noise.inject(ctx, "padchest", key, noisy.get(key), image, f"{record['ImageDir']}/{key}")
         pixels = image_pixels(image, kind, bits_stored=int(record["BitsStored_DICOM"]), dtype=np.uint16)
         save_image(root / record["ImageDir"] / key, pixels, "PNG", kind)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrgen.demo import noise as demo_noise
 from cxrgen.demo.badfiles import DICOM_FILM_MIX, plan_bad_files, remove_missing
 from cxrgen.demo.common import DemoContext, txrv_data_dir
 from cxrgen.demo.films import FilmStyle, demo_size, render, write_film
@@ -86,6 +87,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
     rng = ctx.rng("vindr", "layout")
     image_ids = sample_images(table, n_images, rng)
     bad = plan_bad_files(range(len(image_ids)), ctx.bad_fraction, ctx.rng("vindr", "bad_files"), DICOM_FILM_MIX)
+    noisy = demo_noise.plan_for(ctx, "vindr", range(len(image_ids)), bad)
     by_image = dict(tuple(table[table["image_id"].isin(image_ids)].groupby("image_id")))
     csv_parts = []
     for i, image_id in enumerate(image_ids):
@@ -111,6 +113,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
         kind = bad.get(i)
         file_id = image_id if kind != "orphan_file" else "".join(f"{int(v):08x}" for v in item_rng.integers(0, 2**32, 4))
         path = root / "train" / f"{file_id}.dicom"
+        pixels = demo_noise.inject(ctx, "vindr", image_id, noisy.get(i), pixels, path.relative_to(root).as_posix())
         write_film(path, pixels, _film_style(item_rng, spacing is not None), demo_spacing, view_position="PA",
                    patient_id=file_id, phi=ctx.phi.fake_person(item_rng), uid_seed=("vindr", ctx.seed, file_id),
                    bad_kind=kind)
