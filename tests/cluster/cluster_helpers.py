@@ -31,7 +31,13 @@ FAKE_GPUS = 2  # two GPU jobs can run side by side (2 cores): concurrent MLflow 
 UNAVAILABLE = 3  # slurm-local.sh exit status: cannot install/start SLURM here (not root, no apt, apt failed)
 
 # Rules that must run on the GPU partition with a GPU (slurm/config.yaml); everything else on the default `cpu`.
-GPU_RULES = {"train_clip", "train_autoencoder", "cache_latents", "train_ldm", "train_sr", "finetune_sr", "generate"}
+def _gpu_rules() -> set[str]:
+    resources = yaml.safe_load((ROOT / "slurm" / "config.yaml").read_text())["set-resources"]
+    return {rule for rule, res in resources.items() if isinstance(res, dict) and res.get("gpu")}
+
+
+GPU_RULES = _gpu_rules()
+assert {"train_ldm", "generate", "train_evaluator"} <= GPU_RULES, GPU_RULES
 
 
 def on_ci() -> bool:
