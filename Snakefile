@@ -17,7 +17,11 @@ include: "workflow/rules/unify.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/tracking.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/conditioning.smk"
+include: "workflow/rules/filter.smk"
 include: "workflow/rules/generate.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/evaluate_metrics.smk"
 
 
 rule all:

@@ -40,11 +40,13 @@ def test_dry_run_with_slurm_profile_shows_full_dag():
     out = run([*SNAKEMAKE, "-n", "--forceall", "--profile", "slurm"])
     for rule in ("build_demo_sources", "index_source", "ingest_shard", "unify_store", "report_data", "init_tracking",
                  "train_clip", "train_autoencoder", "cache_latents", "train_ldm", "train_sr", "finetune_sr",
-                 "build_prompts", "generate"):
+                 "build_prompts", "generate", "train_clip_avatls", "report_avatls", "train_evaluator",
+                 "run_downstream", "report_downstream", "filter_noise", "evaluate_labeler"):
         assert rule in out
     assert "Using profiles slurm" in out
     blocks = {block.split(":", 1)[0].strip(): block for block in out.split("rule ")[1:]}
-    for rule in ("train_clip", "train_autoencoder", "train_ldm", "train_sr", "finetune_sr", "generate"):
+    for rule in ("train_clip", "train_autoencoder", "train_ldm", "train_sr", "finetune_sr", "generate",
+                 "train_clip_avatls", "train_evaluator", "run_downstream"):
         assert "slurm_partition=gpu" in blocks[rule] and "gpu=1" in blocks[rule], rule
     for rule in ("ingest_shard", "unify_store"):
         assert "slurm_partition=cpu" in blocks[rule] and "gpu=" not in blocks[rule], rule
@@ -154,9 +156,9 @@ def test_generative_chain_outputs(tiny_run):
         assert list((tiny_run / "results/state" / rule).glob("ckpt-*.pt")), rule  # resumable state kept apart
 
     prompts = pd.read_parquet(tiny_run / "results/synthetic/prompts.parquet")
-    synthetic = pd.read_parquet(tiny_run / "results/synthetic/store/index.parquet")
+    synthetic = pd.read_parquet(tiny_run / "results/synthetic/cheff/store/index.parquet")
     assert len(synthetic) == len(prompts) and set(synthetic["prompt_id"]) == set(prompts["prompt_id"])
-    image = ShardStore(tiny_run / "results/synthetic/store", synthetic, verify=True).read(0, 64)
+    image = ShardStore(tiny_run / "results/synthetic/cheff/store", synthetic, verify=True).read(0, 64)
     assert image.shape == (64, 64)
 
     info = json.loads((tiny_run / "results/tracking/run.json").read_text())
@@ -167,9 +169,42 @@ def test_generative_chain_outputs(tiny_run):
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
+def test_lnfs_and_labeler_outputs(tiny_run):
+    """LNFS lists every cached image exactly once (never deletes), its fragment reports precision/recall against the
+    injected demo noise, and the IU-Xray rows carry labeler labels marked as such."""
+    from cxrgen.stages.filter_noise import kept_image_ids
+
+    filtered = pd.read_parquet(tiny_run / "results/lnfs/filtered_index.parquet")
+    latents = pd.read_parquet(tiny_run / "results/latents/latents_index.parquet")
+    assert sorted(filtered["image_id"]) == sorted(latents["image_id"]) and filtered["image_id"].is_unique
+    assert kept_image_ids(tiny_run / "results/lnfs/filtered_index.parquet") == set(
+        filtered.loc[~filtered["removed"], "image_id"])
+    truth = pd.concat([pd.read_parquet(p) for p in (tiny_run / "results/sources/_meta").glob("*.noise.parquet")])
+    assert len(truth) > 0
+    assert "precision" in (tiny_run / "results/reports/lnfs/lnfs.md").read_text()
+    index = pd.read_parquet(tiny_run / "results/store/index.parquet")
+    assert set(index.loc[index["source"] == "iuxray", "label_source"]) == {"labeler"}
+    assert set(index.loc[index["source"] != "iuxray", "label_source"]) == {"dataset"}
+    assert "IU-Xray MeSH" in (tiny_run / "results/reports/labeler/labeler.md").read_text()
+
+
 def test_data_report_written(tiny_run):
     html = (tiny_run / "results/reports/data/data_report.html").read_text()
     assert "<img" in html and "mimic" in html
+
+
+def test_evaluator_and_downstream_outputs(tiny_run):
+    import torch
+
+    from cxrgen.evaluate.classifier import load_evaluator
+
+    evaluator = load_evaluator(tiny_run / "results/models/evaluator")
+    assert evaluator.resolution == 32 and evaluator.predict_proba(torch.rand(2, 1, 64, 64)).shape == (2, 14)
+    for experiment in ("anonymisation", "imbalance", "scarcity", "low_data"):
+        metrics = json.loads((tiny_run / f"results/downstream/{experiment}/0/metrics.json").read_text())
+        assert metrics["arms"] and all(a["test"]["n_images"] == metrics["n_test"] for a in metrics["arms"].values())
+    markdown = (tiny_run / "results/reports/downstream/downstream.md").read_text()
+    assert "### Scarcity" in markdown and "n=1, no CI" in markdown
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -10,9 +10,25 @@ RESOLUTIONS = config["ingest"]["resolutions"]
 LOW_RES, HIGH_RES = min(RESOLUTIONS), max(RESOLUTIONS)  # Cheff: LDM/AE at x_LR (256), SR x_LR -> x_HR (1024)
 
 
+# Generated variants (generate.variants) and the LDMs they need: diffcxr-dkim samples the cheff LDM with the DKIM
+# adapter; every other variant has its own LDM (trained on LNFS-kept images and/or with the AVA-TLS text encoder).
+VARIANTS = list(config["generate"]["variants"])
+LNFS_LDM_VARIANTS = ("diffcxr-lnfs", "diffcxr")
+DKIM_VARIANTS = ("diffcxr-dkim", "diffcxr")
+
+
+def ldm_variant_of(variant):
+    return "cheff" if variant == "diffcxr-dkim" else variant
+
+
+LDM_VARIANTS = sorted({ldm_variant_of(v) for v in VARIANTS})
+
+
 wildcard_constraints:
     source="|".join(SOURCES),
     shard=r"\d{4}",
+    variant="|".join(VARIANTS),
+    ldm_variant="cheff|diffcxr-lnfs|diffcxr-avatls|diffcxr",
 
 
 def is_demo(source):
@@ -45,7 +61,15 @@ def final_targets():
         "results/store/index.parquet",
         "results/store/summary.json",
         "results/reports/data/data_report.html",
-        "results/synthetic/sample_grid.png",
+        *[f"results/synthetic/{v}/sample_grid.png" for v in VARIANTS],
+        "results/reports/diffcxr/avatls.md",  # AVA-TLS retrieval with / without the squeeze (rule report_avatls)
+        "results/lnfs/filtered_index.parquet",  # Diff-CXR LNFS (rule filter_noise)
+        "results/reports/labeler/labeler.md",  # report labeler measurement (rule evaluate_labeler)
+        "results/models/evaluator",  # in-domain DenseNet classifier (rule train_evaluator)
+        "results/reports/downstream/downstream.md",  # downstream experiments table (rule report_downstream)
+        "results/reports/downstream/downstream.png",
+        *eval_targets(),  # metric harness per variant + reconstruction (workflow/rules/evaluate_metrics.smk)
+        "results/summary.md",  # headline tables for terminal readers (rule write_summary)
     ]
 
 
@@ -85,6 +109,18 @@ def autoencoder_inputs(wildcards):
     return inputs
 
 
+def filter_noise_inputs(wildcards):
+    """Latents and store for LNFS, plus the demo sources' noise ground truth and ingestion manifests (the truth's
+    rel_path -> image_id join) for measuring precision/recall; real sources have no truth."""
+    demo = [s for s in SOURCES if is_demo(s)]
+    return {
+        "latents": "results/latents",
+        "index": "results/store/index.parquet",
+        "truth": [f"results/sources/_meta/{s}.noise.parquet" for s in demo],
+        "manifests": [f"results/ingest/{s}/manifest.parquet" for s in demo],
+    }
+
+
 def store_root_of_index(wildcards, input):
     return str(Path(input.index).parent)
 
@@ -95,3 +131,108 @@ def store_root_of_blobs(wildcards, output):
 
 def results_dir_of_tracking(wildcards, output):
     return str(Path(output[0]).parents[1])  # results/tracking/run.json
+
+
+# Generated/LDM variants whose LDM cross-attends to the AVA-TLS squeezed CLIP (rule train_clip_avatls).
+AVATLS_LDM_VARIANTS = ("diffcxr-avatls", "diffcxr")
+
+
+def clip_dir_of_ldm_variant(wildcards):
+    """The text encoder an LDM variant was trained with (the DKIM templates are embedded by the same one)."""
+    if wildcards.ldm_variant in AVATLS_LDM_VARIANTS:
+        return "results/models/clip_avatls"
+    return "results/models/clip"
+
+
+def dkim_state_dir(wildcards):
+    return f"results/state/train_dkim/{wildcards.ldm_variant}"
+
+
+# --- metric harness (workflow/rules/evaluate_metrics.smk) ---
+def eval_variants():
+    """Generated variants the metric harness evaluates (section generate.variants)."""
+    return list(config["generate"].get("variants", ["cheff"]))
+
+
+def eval_resolution():
+    """Store resolution images are evaluated at: evaluation.resolution, or x_HR (the generators' final output)."""
+    return config["evaluation"]["resolution"] or HIGH_RES
+
+
+def eval_targets():
+    """Every report-registered output of the metric harness (so `snakemake --report` finds them)."""
+    per_variant = ["distribution.html", "distribution.png", "fidelity.html", "fidelity.png", "real_vs_generated.png",
+                   "memorisation.html", "memorisation_distances.png", "memorisation_pairs.png"]
+    return [f"results/eval/{v}/{name}" for v in eval_variants() for name in per_variant] + [
+        "results/eval/reconstruction/reconstruction.html", "results/eval/reconstruction/reconstruction.png"]
+
+
+def summary_fragments(wildcards=None):
+    """Markdown fragments concatenated (in this order) into results/summary.md by rule write_summary. Stages that
+    write a fragment for terminal readers add its path here."""
+    return [
+        "results/reports/data/data_report.md",
+        "results/reports/eval/reconstruction.md",
+        *[f"results/reports/eval/{kind}_{v}.md" for v in eval_variants()
+          for kind in ("distribution", "fidelity", "memorisation")],
+        "results/reports/downstream/downstream.md",
+        "results/reports/lnfs/lnfs.md",
+        "results/reports/diffcxr/avatls.md",
+        "results/reports/labeler/labeler.md",
+    ]
+
+
+# --- evaluator and downstream experiments (workflow/rules/evaluate.smk) ---
+def downstream_synthetic_store(wildcards):
+    """The generated store whose train twins form the synthetic pool (downstream.variant)."""
+    return f"results/synthetic/{config['downstream']['variant']}/store"
+
+
+def downstream_state_dir(wildcards):
+    return f"results/state/run_downstream/{wildcards.experiment}/{wildcards.seed}"
+
+
+def downstream_metrics_files(wildcards=None):
+    return [f"results/downstream/{e}/{s}/metrics.json" for e in config["downstream"]["experiments"]
+            for s in config["downstream"]["seeds"]]
+
+
+# --- generative core (workflow/rules/train.smk, generate.smk) ---
+def train_ldm_inputs(wildcards):
+    inputs = {"latents": "results/latents", "autoencoder": "results/models/autoencoder",
+              "clip": clip_dir_of_ldm_variant(wildcards), "tracking": ancient("results/tracking/run.json")}
+    if wildcards.ldm_variant in LNFS_LDM_VARIANTS:
+        inputs["lnfs"] = "results/lnfs/filtered_index.parquet"
+    return inputs
+
+
+def ldm_state_dir(wildcards):
+    return f"results/state/train_ldm/{wildcards.ldm_variant}"
+
+
+def generate_inputs(wildcards):
+    ldm_variant = ldm_variant_of(wildcards.variant)
+    inputs = {"prompts": "results/synthetic/prompts.parquet", "ldm": f"results/models/ldm/{ldm_variant}",
+              "autoencoder": "results/models/autoencoder", "sr": "results/models/sr",
+              "clip": "results/models/clip_avatls" if ldm_variant in AVATLS_LDM_VARIANTS else "results/models/clip",
+              "tracking": ancient("results/tracking/run.json")}
+    if wildcards.variant in DKIM_VARIANTS:
+        inputs["dkim"] = f"results/models/dkim/{ldm_variant}"
+    return inputs
+
+
+def generate_cfg(wildcards):
+    """Section generate for one variant: the synthetic train twins (the downstream experiments' pool) are only
+    generated for the variant the experiments use (downstream.variant)."""
+    cfg = dict(config["generate"])
+    if wildcards.variant != config["downstream"]["variant"]:
+        cfg["sets"] = [s for s in cfg["sets"] if s != "train_twins"]
+    return cfg
+
+
+def train_dkim_inputs(wildcards):
+    inputs = {"ldm": f"results/models/ldm/{wildcards.ldm_variant}", "latents": "results/latents",
+              "clip": clip_dir_of_ldm_variant(wildcards), "tracking": ancient("results/tracking/run.json")}
+    if wildcards.ldm_variant in LNFS_LDM_VARIANTS:
+        inputs["lnfs"] = "results/lnfs/filtered_index.parquet"
+    return inputs

@@ -1,0 +1,365 @@
+"""Metric implementations of the evaluation harness: pure functions on arrays, no I/O.
+
+* Distribution: Fréchet distance (FID when the features are Inception's) and KID (unbiased polynomial-kernel MMD²
+  averaged over random subsets) on feature arrays ``[N, D]``; a real-vs-real floor from two disjoint halves.
+* Uncertainty: percentile bootstrap over independently resampled sets (seeded, configurable resamples).
+* Pixel fidelity: MSE, PSNR, SSIM and MS-SSIM per image (images in [0, 1], data range 1); MS-SSIM only when the image
+  is large enough for its scales (:func:`ms_ssim_unavailable_reason`).
+* Classification: AUROC and F1 per finding with micro / macro / weighted averages (MedCoDi-M Table 3 layout);
+  findings without both classes among the known labels are skipped and counted.
+
+The Fréchet trace term is computed as a nuclear norm: tr sqrt(S1 S2) = ||S1^½ S2^½||_* (the singular values of
+S1^½ S2^½ are the square roots of the eigenvalues of S1 S2), which is exact, real and stable where ``sqrtm`` of a
+rank-deficient product returns complex noise; with fewer samples than dimensions the same norm is taken of the n×m
+cross product of the centred feature matrices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+# --------------------------------------------------------------------------------------------------- distribution
+
+
+def _centred(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"need a [N >= 2, D] feature array, got shape {x.shape}")
+    mean = x.mean(axis=0)
+    return mean, x - mean
+
+
+def _psd_sqrt(cov: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh(cov)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (unbiased covariances, ddof=1):
+    ||mu_a - mu_b||² + tr(S_a) + tr(S_b) - 2 tr sqrt(S_a S_b)."""
+    mean_a, a = _centred(features_a)
+    mean_b, b = _centred(features_b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
+    na, nb, dim = len(a), len(b), a.shape[1]
+    trace_a = float((a * a).sum()) / (na - 1)
+    trace_b = float((b * b).sum()) / (nb - 1)
+    if min(na, nb) < dim:  # S = X^T X / (n-1): nuclear norm of the n×m cross product
+        cross = np.linalg.svd(a @ b.T, compute_uv=False).sum() / np.sqrt((na - 1) * (nb - 1))
+    else:
+        root_a = _psd_sqrt(a.T @ a / (na - 1))
+        root_b = _psd_sqrt(b.T @ b / (nb - 1))
+        cross = np.linalg.svd(root_a @ root_b, compute_uv=False).sum()
+    value = float(((mean_a - mean_b) ** 2).sum()) + trace_a + trace_b - 2.0 * float(cross)
+    return max(value, 0.0)
+
+
+def polynomial_mmd2(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None,
+                    coef: float = 1.0) -> float:
+    """Unbiased MMD² with the kernel k(a, b) = (gamma a·b + coef)^degree (gamma None = 1 / D), for two equal-size
+    sets (the KID estimator of Bińkowski et al. 2018, as torchmetrics/torch-fidelity compute it)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    m = len(x)
+    if len(y) != m or m < 2:
+        raise ValueError(f"need two equal-size sets of at least 2 samples, got {len(x)} and {len(y)}")
+    gamma = 1.0 / x.shape[1] if gamma is None else gamma
+    k_xx = (x @ x.T * gamma + coef) ** degree
+    k_yy = (y @ y.T * gamma + coef) ** degree
+    k_xy = (x @ y.T * gamma + coef) ** degree
+    within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    return float(within - 2.0 * k_xy.sum() / (m * m))
+
+
+def kernel_inception_distance(features_a: np.ndarray, features_b: np.ndarray, *, subset_size: int, subsets: int,
+                              seed: int, degree: int = 3) -> tuple[float, float, int]:
+    """KID: mean and standard deviation of :func:`polynomial_mmd2` over ``subsets`` random subsets (drawn without
+    replacement within a subset) of ``min(subset_size, N_a, N_b)`` samples of each set. Returns (mean, std, the
+    subset size used)."""
+    rng = np.random.default_rng(seed)
+    size = min(int(subset_size), len(features_a), len(features_b))
+    values = [polynomial_mmd2(features_a[rng.choice(len(features_a), size, replace=False)],
+                              features_b[rng.choice(len(features_b), size, replace=False)], degree=degree)
+              for _ in range(int(subsets))]
+    return float(np.mean(values)), float(np.std(values)), size
+
+
+def disjoint_halves(groups: Sequence, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint index sets of about equal size such that no group (patient) is in both: the real-vs-real floor
+    compares them. Groups are shuffled with ``seed`` and assigned greedily to the smaller half."""
+    groups = np.asarray(groups)
+    names, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(names))
+    side = np.zeros(len(names), dtype=int)
+    sizes = [0, 0]
+    for g in order:
+        s = 0 if sizes[0] <= sizes[1] else 1
+        side[g] = s
+        sizes[s] += counts[g]
+    member = side[inverse]
+    return np.flatnonzero(member == 0), np.flatnonzero(member == 1)
+
+
+# --------------------------------------------------------------------------------------------------- bootstrap
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a percentile bootstrap interval (``low``/``high`` None when not computable)."""
+
+    value: float | None
+    low: float | None
+    high: float | None
+    method: str
+
+    def as_dict(self) -> dict:
+        return {"value": self.value, "ci_low": self.low, "ci_high": self.high, "ci_method": self.method}
+
+
+def bootstrap(statistic: Callable[..., float | None], sizes: Sequence[int], *, resamples: int, seed: int
+              ) -> np.ndarray:
+    """``statistic(*index_arrays)`` on ``resamples`` bootstrap draws; each of the ``len(sizes)`` sets is resampled
+    with replacement independently (index arrays into that set). Returns the finite values (a statistic may return
+    None/NaN on a degenerate draw, e.g. a resample with one class only)."""
+    values = [v for v in bootstrap_draws(statistic, sizes, resamples=resamples, seed=seed)
+              if v is not None and np.isfinite(v)]
+    return np.asarray(values, dtype=np.float64)
+
+
+def bootstrap_draws(statistic: Callable[..., object], sizes: Sequence[int], *, resamples: int, seed: int) -> list:
+    """The raw results of ``statistic(*index_arrays)`` on ``resamples`` draws (any return type)."""
+    rng = np.random.default_rng(seed)
+    return [statistic(*[rng.integers(0, n, n) for n in sizes]) for _ in range(int(resamples))]
+
+
+def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
+    if len(values) == 0:
+        return None, None
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def bootstrap_interval(statistic: Callable[..., float | None], sizes: Sequence[int], *, resamples: int,
+                       confidence: float, seed: int) -> Interval:
+    """Point estimate on the full sets plus the percentile interval of :func:`bootstrap`."""
+    value = statistic(*[np.arange(n) for n in sizes])
+    if value is None or not np.isfinite(value):
+        return Interval(None, None, None, describe_bootstrap(resamples, confidence))
+    low, high = percentile_interval(bootstrap(statistic, sizes, resamples=resamples, seed=seed), confidence)
+    return Interval(float(value), low, high, describe_bootstrap(resamples, confidence))
+
+
+def mean_interval(values: np.ndarray, *, resamples: int, confidence: float, seed: int) -> Interval:
+    """Mean of per-item values (NaN/inf dropped) with a percentile bootstrap interval over items."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return Interval(None, None, None, describe_bootstrap(resamples, confidence))
+    return bootstrap_interval(lambda idx: float(values[idx].mean()), [len(values)], resamples=resamples,
+                              confidence=confidence, seed=seed)
+
+
+def describe_bootstrap(resamples: int, confidence: float) -> str:
+    return f"percentile bootstrap, {int(resamples)} resamples, {confidence:.0%}"
+
+
+# --------------------------------------------------------------------------------------------------- pixel metrics
+
+
+def _as_batch(images) -> torch.Tensor:
+    import torch
+
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images).double()
+    if x.ndim == 2:
+        x = x[None, None]
+    elif x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"expected images [B, 1, H, W], [B, H, W] or [H, W], got {tuple(x.shape)}")
+    return x
+
+
+def mse(pred, target) -> np.ndarray:
+    """Per-image mean squared error of images in [0, 1]."""
+    p, t = _as_batch(pred), _as_batch(target)
+    return ((p - t) ** 2).flatten(1).mean(dim=1).numpy()
+
+
+def psnr(pred, target, data_range: float = 1.0) -> np.ndarray:
+    """Per-image PSNR in dB (inf for identical images)."""
+    errors = mse(pred, target)
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(data_range**2 / errors)
+
+
+SSIM_KERNEL, SSIM_SIGMA = 11, 1.5  # Wang et al. 2004: 11×11 Gaussian window, σ = 1.5
+MS_SSIM_SCALES = 5  # Wang et al. 2003: five scales
+
+
+def _gaussian_window(size: int = SSIM_KERNEL, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    import torch
+
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def ssim(pred, target, data_range: float = 1.0) -> np.ndarray:
+    """Per-image SSIM (Wang et al. 2004: Gaussian 11×11 window, σ 1.5, K1 0.01, K2 0.03, statistics over the
+    window positions fully inside the image; equals ``skimage.metrics.structural_similarity(gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False)``)."""
+    import torch.nn.functional as F
+
+    p, t = _as_batch(pred), _as_batch(target)
+    if min(p.shape[-2:]) < SSIM_KERNEL:
+        raise ValueError(f"SSIM needs images of at least {SSIM_KERNEL} px, got {tuple(p.shape[-2:])}")
+    window = _gaussian_window()
+
+    def blur(x):
+        return F.conv2d(x, window)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_p, mu_t = blur(p), blur(t)
+    var_p = blur(p * p) - mu_p**2
+    var_t = blur(t * t) - mu_t**2
+    cov = blur(p * t) - mu_p * mu_t
+    ssim_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
+    return ssim_map.flatten(1).mean(dim=1).numpy()
+
+
+def ms_ssim_unavailable_reason(size: int, kernel_size: int = SSIM_KERNEL, scales: int = MS_SSIM_SCALES) -> str | None:
+    """None if MS-SSIM with ``scales`` scales fits an image of side ``size``, else the reason (the coarsest scale,
+    ``size / 2^(scales-1)``, must exceed the window)."""
+    needed = (kernel_size - 1) * 2 ** (scales - 1)
+    if size > needed:
+        return None
+    return (f"MS-SSIM needs images larger than {needed} px for {scales} scales with an {kernel_size}-px window; "
+            f"these are {size} px")
+
+
+def ms_ssim(pred, target, data_range: float = 1.0) -> np.ndarray:
+    """Per-image MS-SSIM (Wang et al. 2003: 5 scales, the standard weights; torchmetrics' implementation). Raises
+    ValueError when the size is too small."""
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
+    p, t = _as_batch(pred), _as_batch(target)
+    reason = ms_ssim_unavailable_reason(min(p.shape[-2:]))
+    if reason:
+        raise ValueError(reason)
+    return multiscale_structural_similarity_index_measure(p, t, gaussian_kernel=True, sigma=SSIM_SIGMA,
+                                                          kernel_size=SSIM_KERNEL, data_range=data_range,
+                                                          reduction="none").numpy()
+
+
+# --------------------------------------------------------------------------------------------------- classification
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties); None without both classes."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(labels, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos = int((y == 1).sum())
+    n_neg = int((y == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(s)
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def f1_score(labels: np.ndarray, predictions: np.ndarray) -> float | None:
+    """F1 of binary predictions; None when there is no positive label and no positive prediction."""
+    y = np.asarray(labels) == 1
+    p = np.asarray(predictions).astype(bool)
+    tp, fp, fn = int((y & p).sum()), int((~y & p).sum()), int((y & ~p).sum())
+    if tp + fp + fn == 0:
+        return None
+    return 2.0 * tp / (2.0 * tp + fp + fn)
+
+
+def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """The score threshold (predict positive when score >= threshold) that maximises F1 on (labels, scores): the
+    midpoint between the chosen score and the next lower one. None without both classes."""
+    y = np.asarray(labels, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    if not ((y == 1).any() and (y == 0).any()):
+        return None
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order] == 1
+    tp = np.cumsum(y_sorted)
+    fp = np.cumsum(~y_sorted)
+    fn = y_sorted.sum() - tp
+    last_of_tie = np.r_[s_sorted[1:] != s_sorted[:-1], True]  # a threshold cannot split tied scores
+    f1 = np.where(last_of_tie, 2 * tp / np.maximum(2 * tp + fp + fn, 1), -1.0)
+    k = int(np.argmax(f1))
+    below = s_sorted[k + 1] if k + 1 < len(s_sorted) else s_sorted[k] - 1e-6
+    return float((s_sorted[k] + below) / 2.0)
+
+
+def choose_thresholds(labels: np.ndarray, scores: np.ndarray, rule: str, fixed: float) -> np.ndarray:
+    """Per-finding decision thresholds. ``rule`` "fixed": ``fixed`` everywhere; "val_max_f1": the F1-maximising
+    threshold on these (validation) labels and scores, ``fixed`` for findings without both classes."""
+    k = labels.shape[1]
+    if rule == "fixed":
+        return np.full(k, float(fixed))
+    if rule != "val_max_f1":
+        raise ValueError(f"threshold rule must be 'fixed' or 'val_max_f1', got {rule!r}")
+    out = np.full(k, float(fixed))
+    for j in range(k):
+        known = ~np.isnan(labels[:, j])
+        best = best_f1_threshold(labels[known, j], scores[known, j])
+        if best is not None:
+            out[j] = best
+    return out
+
+
+def multilabel_scores(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray,
+                      findings: Sequence[str]) -> dict:
+    """AUROC and F1 per finding over its known (non-NaN) labels, plus averages over the *evaluable* findings (both
+    classes present among the known labels; the others are listed under ``skipped``):
+
+    * macro: unweighted mean over findings; weighted: mean weighted by each finding's positives (support);
+    * micro AUROC: one ROC over all known (image, finding) pairs of the evaluable findings (scores pooled);
+    * micro F1: from the summed TP/FP/FN over the same pairs at the per-finding thresholds.
+    """
+    labels = np.asarray(labels, dtype=np.float64)
+    probs = np.asarray(probs, dtype=np.float64)
+    per, skipped = {}, []
+    pooled_y, pooled_p, tp, fp, fn = [], [], 0, 0, 0
+    for j, name in enumerate(findings):
+        known = ~np.isnan(labels[:, j])
+        y, p = labels[known, j], probs[known, j]
+        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+        if n_pos == 0 or n_neg == 0:
+            skipped.append({"finding": name, "n_pos": n_pos, "n_neg": n_neg})
+            continue
+        predicted = p >= thresholds[j]
+        per[name] = {"auroc": auroc(y, p), "f1": f1_score(y, predicted), "n_pos": n_pos, "n_neg": n_neg,
+                     "threshold": float(thresholds[j])}
+        pooled_y.append(y)
+        pooled_p.append(p)
+        tp += int((predicted & (y == 1)).sum())
+        fp += int((predicted & (y == 0)).sum())
+        fn += int((~predicted & (y == 1)).sum())
+    result = {"per_finding": per, "skipped": skipped, "n_images": len(labels), "n_evaluable": len(per)}
+    if not per:
+        result["auroc"] = {"micro": None, "macro": None, "weighted": None}
+        result["f1"] = {"micro": None, "macro": None, "weighted": None}
+        return result
+    support = np.array([v["n_pos"] for v in per.values()], dtype=np.float64)
+    for key in ("auroc", "f1"):
+        values = np.array([v[key] if v[key] is not None else 0.0 for v in per.values()])
+        result[key] = {"macro": float(values.mean()), "weighted": float(np.average(values, weights=support))}
+    result["auroc"]["micro"] = auroc(np.concatenate(pooled_y), np.concatenate(pooled_p))
+    result["f1"]["micro"] = 2.0 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
+    return result
+

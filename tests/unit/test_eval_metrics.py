@@ -1,0 +1,208 @@
+"""Metric implementations of the evaluation harness against known values and reference libraries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cxrgen.evaluate import metrics as M
+from cxrgen.evaluate.distribution import COMPARISONS, distribution_metrics
+
+KID_CFG = {"subset_size": 50, "subsets": 20, "degree": 3, "bootstrap_subsets": 2}
+
+
+def features(n, dim, seed, shift=0.0, scale=1.0):
+    return np.random.default_rng(seed).normal(shift, scale, size=(n, dim))
+
+
+# ---------------------------------------------------------------------------------------------- FID / KID
+
+
+@pytest.mark.parametrize("n, dim", [(40, 64), (300, 16)])  # fewer samples than dimensions, and more
+def test_fid_of_identical_sets_is_zero(n, dim):
+    a = features(n, dim, 0)
+    assert M.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert M.frechet_distance(a, a.copy()[::-1]) == pytest.approx(0.0, abs=1e-6)  # order does not matter
+
+
+@pytest.mark.parametrize("na, nb, dim", [(40, 55, 64), (300, 250, 16), (30, 30, 30)])
+def test_fid_matches_torchmetrics_on_the_same_features(na, nb, dim):
+    from torchmetrics.image.fid import _compute_fid
+
+    a, b = features(na, dim, 1), features(nb, dim, 2, shift=0.3, scale=1.3)
+    ta, tb = torch.tensor(a), torch.tensor(b)
+    expected = float(_compute_fid(ta.mean(0), torch.cov(ta.T), tb.mean(0), torch.cov(tb.T)))
+    assert M.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fid_grows_with_the_shift_and_is_symmetric():
+    a = features(200, 8, 3)
+    near, far = features(200, 8, 4, shift=0.2), features(200, 8, 4, shift=1.0)
+    assert M.frechet_distance(a, near) < M.frechet_distance(a, far)
+    assert M.frechet_distance(a, far) == pytest.approx(M.frechet_distance(far, a), rel=1e-9)
+    # two Gaussians with identity covariance: FID -> ||mu_a - mu_b||^2 = 8 * 1.0^2
+    big_a, big_b = features(20000, 8, 5), features(20000, 8, 6, shift=1.0)
+    assert M.frechet_distance(big_a, big_b) == pytest.approx(8.0, rel=0.03)
+
+
+def test_polynomial_mmd_matches_torchmetrics():
+    from torchmetrics.image.kid import poly_mmd
+
+    a, b = features(60, 32, 7), features(60, 32, 8, shift=0.5)
+    expected = float(poly_mmd(torch.tensor(a), torch.tensor(b), degree=3, gamma=None, coef=1.0))
+    assert M.polynomial_mmd2(a, b) == pytest.approx(expected, rel=1e-9)
+    # KID with one subset covering every sample is the plain MMD (the subset order does not change it)
+    kid, std, size = M.kernel_inception_distance(a, b, subset_size=1000, subsets=1, seed=0)
+    assert size == 60 and std == 0.0 and kid == pytest.approx(expected, rel=1e-9)
+
+
+def test_kid_is_unbiased_near_zero_for_one_distribution():
+    a, b = features(400, 16, 9), features(400, 16, 10)
+    kid, std, _ = M.kernel_inception_distance(a, b, subset_size=100, subsets=50, seed=0)
+    shifted, _, _ = M.kernel_inception_distance(a, features(400, 16, 11, shift=0.5), subset_size=100, subsets=50,
+                                                seed=0)
+    assert abs(kid) < 3 * std / np.sqrt(50) + 1e-3
+    assert shifted > 20 * abs(kid)
+
+
+def test_disjoint_halves_keep_patients_apart():
+    groups = np.repeat([f"p{i}" for i in range(30)], np.arange(30) % 4 + 1)
+    a, b = M.disjoint_halves(groups, seed=0)
+    assert set(groups[a]).isdisjoint(groups[b])
+    assert len(a) + len(b) == len(groups) and abs(len(a) - len(b)) <= 4
+    again = M.disjoint_halves(groups, seed=0)
+    assert np.array_equal(a, again[0])
+
+
+def test_distribution_metrics_floor_and_protocol():
+    reference = features(120, 8, 12)
+    groups = np.repeat(np.arange(60), 2)
+    good, bad = features(120, 8, 13), features(120, 8, 14, shift=1.5)
+    out_good = distribution_metrics(good, reference, groups, n=None, kid_cfg=KID_CFG, resamples=30, confidence=0.9,
+                                    seed=0)
+    out_bad = distribution_metrics(bad, reference, groups, n=100, kid_cfg=KID_CFG, resamples=30, confidence=0.9,
+                                   seed=0)
+    assert set(out_good) == set(COMPARISONS)
+    floor = out_good[COMPARISONS[2]]
+    assert floor["n_a"] + floor["n_b"] == 120
+    assert out_good[COMPARISONS[1]]["n_a"] == floor["n_a"] and out_good[COMPARISONS[1]]["n_b"] == floor["n_b"]
+    assert out_bad[COMPARISONS[0]]["n_a"] == 100 and out_bad[COMPARISONS[0]]["n_b"] == 100
+    assert out_bad[COMPARISONS[1]]["fid"]["value"] > 5 * out_good[COMPARISONS[1]]["fid"]["value"]
+    for entry in (out_good[COMPARISONS[1]]["fid"], out_bad[COMPARISONS[0]]["kid"]):
+        assert entry["ci_low"] <= entry["ci_high"] and "bootstrap" in entry["ci_method"]
+    assert out_bad[COMPARISONS[1]]["fid"]["ci_low"] > out_good[COMPARISONS[1]]["fid"]["ci_high"]
+
+
+# ---------------------------------------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_interval_coverage_of_a_mean():
+    """95% percentile intervals of a sample mean cover the true mean in about 95% of repeated experiments."""
+    rng = np.random.default_rng(0)
+    covered = 0
+    trials = 200
+    for t in range(trials):
+        sample = rng.normal(2.0, 1.0, 60)
+        ci = M.mean_interval(sample, resamples=300, confidence=0.95, seed=t)
+        covered += ci.low <= 2.0 <= ci.high
+    assert 0.88 <= covered / trials <= 0.99
+
+
+def test_bootstrap_is_seeded_and_reports_its_method():
+    values = np.arange(20.0)
+    a = M.mean_interval(values, resamples=100, confidence=0.9, seed=3)
+    b = M.mean_interval(values, resamples=100, confidence=0.9, seed=3)
+    assert a == b and a.value == pytest.approx(9.5) and a.low < 9.5 < a.high
+    assert a.method == "percentile bootstrap, 100 resamples, 90%"
+    assert M.mean_interval(np.array([np.nan]), resamples=10, confidence=0.9, seed=0).value is None
+
+
+# ---------------------------------------------------------------------------------------------- pixels
+
+
+def test_psnr_ssim_of_known_pairs_match_skimage(synthetic_radiograph):
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    clean = synthetic_radiograph(64, 64, seed=1)
+    noisy = np.clip(clean + np.random.default_rng(2).normal(0, 0.05, clean.shape), 0, 1)
+    assert M.mse(noisy, clean)[0] == pytest.approx(np.mean((noisy - clean) ** 2))
+    assert M.psnr(noisy, clean)[0] == pytest.approx(peak_signal_noise_ratio(clean, noisy, data_range=1.0), rel=1e-9)
+    expected = structural_similarity(clean, noisy, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                     use_sample_covariance=False)
+    assert M.ssim(noisy, clean)[0] == pytest.approx(expected, abs=2e-3)
+    assert M.ssim(clean, clean)[0] == pytest.approx(1.0)
+    assert np.isinf(M.psnr(clean, clean)[0])
+    # a constant offset of 0.1 has MSE 0.01 -> PSNR exactly 20 dB
+    assert M.psnr(np.full((8, 8), 0.5), np.full((8, 8), 0.4))[0] == pytest.approx(20.0)
+
+
+def test_ms_ssim_only_where_five_scales_fit(synthetic_radiograph):
+    assert "160" in M.ms_ssim_unavailable_reason(128)
+    assert M.ms_ssim_unavailable_reason(192) is None
+    small = synthetic_radiograph(64, 64)
+    with pytest.raises(ValueError, match="MS-SSIM needs"):
+        M.ms_ssim(small, small)
+    big = synthetic_radiograph(192, 192, seed=3)
+    blurred = torch.nn.functional.avg_pool2d(torch.tensor(big)[None, None], 3, 1, 1)[0, 0].numpy()
+    assert M.ms_ssim(big, big)[0] == pytest.approx(1.0, abs=1e-6)
+    assert 0.5 < M.ms_ssim(blurred, big)[0] < 1.0
+
+
+# ---------------------------------------------------------------------------------------------- classification
+
+
+def test_auroc_hand_made_cases_and_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    assert M.auroc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert M.auroc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
+    assert M.auroc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+    assert M.auroc([0, 0, 1], [0.1, 0.4, 0.3]) == 0.5  # one of two negative/positive pairs ordered
+    assert M.auroc([1, 1], [0.2, 0.3]) is None
+    rng = np.random.default_rng(0)
+    y, s = rng.integers(0, 2, 200), np.round(rng.random(200), 1)  # with ties
+    assert M.auroc(y, s) == pytest.approx(roc_auc_score(y, s))
+
+
+def test_f1_and_threshold_rules():
+    assert M.f1_score([1, 1, 0, 0], [1, 0, 1, 0]) == 0.5  # tp 1, fp 1, fn 1
+    assert M.f1_score([1, 1, 0], [1, 1, 0]) == 1.0
+    assert M.f1_score([0, 0], [0, 0]) is None
+    threshold = M.best_f1_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.7])
+    assert 0.3 < threshold <= 0.6
+    labels = np.array([[0, 1], [0, np.nan], [1, 1], [1, 1]], dtype=float)
+    scores = np.array([[0.1, 0.9], [0.3, 0.5], [0.6, 0.2], [0.7, 0.8]])
+    fixed = M.choose_thresholds(labels, scores, "fixed", 0.5)
+    assert fixed.tolist() == [0.5, 0.5]
+    chosen = M.choose_thresholds(labels, scores, "val_max_f1", 0.5)
+    assert 0.3 < chosen[0] <= 0.6 and chosen[1] == 0.5  # second finding has no negative: fallback
+    with pytest.raises(ValueError, match="val_max_f1"):
+        M.choose_thresholds(labels, scores, "youden", 0.5)
+
+
+def test_multilabel_scores_averages_and_skips():
+    nan = np.nan
+    labels = np.array([[1, 0, 1], [0, 0, nan], [1, 1, 1], [0, 1, 1]], dtype=float)
+    probs = np.array([[0.9, 0.2, 0.7], [0.2, 0.6, 0.1], [0.6, 0.7, 0.9], [0.4, 0.4, 0.8]])
+    out = M.multilabel_scores(labels, probs, np.full(3, 0.5), ["A", "B", "C"])
+    assert out["n_evaluable"] == 2 and out["skipped"] == [{"finding": "C", "n_pos": 3, "n_neg": 0}]
+    a, b = out["per_finding"]["A"], out["per_finding"]["B"]
+    assert a["auroc"] == 1.0 and a["f1"] == 1.0
+    assert b["auroc"] == 0.75  # positives 0.7, 0.4 vs negatives 0.2, 0.6: 3 of 4 pairs ordered
+    assert b["f1"] == pytest.approx(0.5)  # predicted {row1, row2}, true {row2, row3}: tp 1, fp 1, fn 1
+    assert out["auroc"]["macro"] == pytest.approx(0.875)
+    assert out["auroc"]["weighted"] == pytest.approx(0.875)  # 2 positives each
+    assert out["f1"]["micro"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))  # tp 3, fp 1, fn 1 over A and B
+    pooled = M.auroc(np.r_[labels[:, 0], labels[:, 1]], np.r_[probs[:, 0], probs[:, 1]])
+    assert out["auroc"]["micro"] == pytest.approx(pooled)
+
+
+def test_weighted_average_uses_positive_support():
+    # finding A: 1 positive, perfectly ranked; finding B: 3 positives, perfectly reversed
+    labels = np.array([[1, 1], [0, 1], [0, 1], [0, 0]], dtype=float)
+    probs = np.array([[0.9, 0.1], [0.1, 0.2], [0.2, 0.3], [0.3, 0.9]])
+    out = M.multilabel_scores(labels, probs, np.full(2, 0.5), ["A", "B"])
+    assert out["per_finding"]["A"]["auroc"] == 1.0 and out["per_finding"]["B"]["auroc"] == 0.0
+    assert out["auroc"]["macro"] == pytest.approx(0.5)
+    assert out["auroc"]["weighted"] == pytest.approx(0.25)  # (1 * 1.0 + 3 * 0.0) / 4
