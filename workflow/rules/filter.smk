@@ -11,7 +11,7 @@ rule filter_noise:
         figure=report(
             "results/reports/lnfs/lnfs.png",
             caption="../report/lnfs.rst",
-            category="3. Diff-CXR",
+            category="5. Diff-CXR",
         ),
     params:
         cfg=config["lnfs"],
@@ -33,7 +33,7 @@ rule evaluate_labeler:
         table=report(
             "results/reports/labeler/labeler.csv",
             caption="../report/labeler.rst",
-            category="3. Diff-CXR",
+            category="5. Diff-CXR",
         ),
     log:
         "results/logs/evaluate_labeler/evaluate_labeler.log",
