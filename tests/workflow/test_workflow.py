@@ -149,23 +149,31 @@ def test_generative_chain_outputs(tiny_run):
     assert ae.config.scaling_factor > 0 and ae.config.scaling_factor != 0.18215  # computed from data
     tokens, mask = load_text_encoder(models / "clip").encode(["Small left pleural effusion."])
     assert tokens.shape[0] == 1 and mask.any()
-    load_unet(models / "ldm/unet")
+    cheff_unet = load_unet(models / "ldm/cheff/unet")
+    # diffcxr's LDM cross-attends to the AVA-TLS squeezed tokens; its DKIM adapter sits on that LDM
+    assert load_unet(models / "ldm/diffcxr/unet").config.cross_attention_dim == cheff_unet.config.cross_attention_dim
+    assert json.loads((models / "dkim/diffcxr/dkim.json").read_text())
     assert load_sr(models / "sr").high_res == 64
-    assert not list((tiny_run / "results").glob("models/*.tmp"))
-    for rule in ("train_clip", "train_autoencoder", "train_ldm", "train_sr", "finetune_sr"):
-        assert list((tiny_run / "results/state" / rule).glob("ckpt-*.pt")), rule  # resumable state kept apart
+    assert not list((tiny_run / "results").glob("models/**/*.tmp"))
+    for state in ("train_clip", "train_autoencoder", "train_ldm/cheff", "train_ldm/diffcxr", "train_sr", "finetune_sr"):
+        assert list((tiny_run / "results/state" / state).glob("ckpt-*.pt")), state  # resumable state kept apart
 
     prompts = pd.read_parquet(tiny_run / "results/synthetic/prompts.parquet")
     synthetic = pd.read_parquet(tiny_run / "results/synthetic/cheff/store/index.parquet")
     assert len(synthetic) == len(prompts) and set(synthetic["prompt_id"]) == set(prompts["prompt_id"])
+    assert (synthetic["set"] == "train_twins").any()
     image = ShardStore(tiny_run / "results/synthetic/cheff/store", synthetic, verify=True).read(0, 64)
     assert image.shape == (64, 64)
+    diffcxr = pd.read_parquet(tiny_run / "results/synthetic/diffcxr/store/index.parquet")
+    assert not (diffcxr["set"] == "train_twins").any()  # twins only for the downstream experiments' variant
+    assert (diffcxr["dkim_sha"].str.len() > 0).all() and (synthetic["dkim_sha"] == "").all()
 
     info = json.loads((tiny_run / "results/tracking/run.json").read_text())
     client = MlflowClient(info["tracking_uri"])
     runs = client.search_runs([info["experiment_id"]], f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
     names = {r.info.run_name for r in runs}
-    assert {"train_clip", "train_autoencoder", "train_ldm", "train_sr", "finetune_sr", "generate"} <= names
+    assert {"train_clip", "train_autoencoder", "train_ldm:cheff", "train_ldm:diffcxr", "train_dkim:diffcxr",
+            "train_sr", "finetune_sr", "generate:cheff", "generate:diffcxr"} <= names
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -218,3 +226,19 @@ def test_full_scale_config_plans_without_data():
     jobs = sum(int(line.split()[-1]) for line in out.splitlines()
                if line.strip() and line.split()[0] in {"ingest_shard", "index_source", "unify_store", "report_data"})
     assert 300 <= jobs < 2000, out[-2000:]
+
+
+def test_evaluation_and_summary_outputs(tiny_run):
+    """Every variant gets distribution / fidelity / memorisation results with their protocol, and the terminal
+    summary carries the headline tables and the demo caveat."""
+    for variant in ("cheff", "diffcxr"):
+        fidelity = json.loads((tiny_run / f"results/eval/{variant}/fidelity.json").read_text())
+        assert "protocol" in json.dumps(fidelity)
+        distribution = json.loads((tiny_run / f"results/eval/{variant}/distribution.json").read_text())
+        assert "evaluator" in json.dumps(distribution)
+        assert (tiny_run / f"results/eval/{variant}/memorisation_pairs.png").stat().st_size > 0
+    summary = (tiny_run / "results/summary.md").read_text()
+    for heading in ("Reconstruction", "Distribution metrics — cheff", "Conditional fidelity — diffcxr",
+                    "Downstream augmentation experiments", "LNFS", "AVA-TLS", "labeler"):
+        assert heading in summary, heading
+    assert "not comparable with paper numbers" in summary
