@@ -16,8 +16,7 @@ import pandas as pd
 from cxrgen.evaluate.classifier import multilabel_metrics, predict_rows, train_classifier
 from cxrgen.evaluate.experiments import build_arms, label_frame, positives, real_rows, synthetic_pool
 from cxrgen.labels import CHEXPERT_LABELS
-from cxrgen.train.loop import Interrupted
-from cxrgen.train.tracking import JobRun, config_digest
+from cxrgen.train.tracking import JobRun, config_digest, finish_failed
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +135,8 @@ def run_downstream(*, real_index_path: Path | str, real_store_root: Path | str, 
             run.log_artifact(out_path.parent / "curves.png")
             run.finish("FINISHED")
         return metrics
-    except Interrupted:
-        if run:
-            run.finish("KILLED")
-        raise
-    except BaseException:
-        if run:
-            run.finish("FAILED")
+    except BaseException as error:
+        finish_failed(run, error)
         raise
 
 

@@ -31,7 +31,6 @@ from cxrgen.models.clip import (
 )
 from cxrgen.train.data import StoreImages, select_rows
 from cxrgen.train.loop import (
-    Interrupted,
     LoopConfig,
     StepBatchSampler,
     clip_and_step,
@@ -40,7 +39,7 @@ from cxrgen.train.loop import (
     seed_everything,
 )
 from cxrgen.train.outputs import publish_dir
-from cxrgen.train.tracking import JobRun, config_digest
+from cxrgen.train.tracking import JobRun, config_digest, finish_failed
 
 log = logging.getLogger(__name__)
 
@@ -187,13 +186,8 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
             run.set_tags({"cxrgen.output": str(out_dir.resolve())})
             run.finish("FINISHED")
         return metrics
-    except Interrupted:
-        if run:
-            run.finish("KILLED")
-        raise
-    except BaseException:
-        if run:
-            run.finish("FAILED")
+    except BaseException as error:
+        finish_failed(run, error)
         raise
 
 

@@ -22,9 +22,8 @@ from cxrgen.evaluate.classifier import (
 )
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS
 from cxrgen.train.data import select_rows
-from cxrgen.train.loop import Interrupted
 from cxrgen.train.outputs import publish_dir
-from cxrgen.train.tracking import JobRun, config_digest
+from cxrgen.train.tracking import JobRun, config_digest, finish_failed
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +110,6 @@ def train_evaluator(*, index_path: Path | str, store_root: Path | str, resolutio
             run.set_tags({"cxrgen.output": str(out_dir.resolve())})
             run.finish("FINISHED")
         return metrics
-    except Interrupted:
-        if run:
-            run.finish("KILLED")
-        raise
-    except BaseException:
-        if run:
-            run.finish("FAILED")
+    except BaseException as error:
+        finish_failed(run, error)
         raise
