@@ -70,6 +70,7 @@ def final_targets():
         "results/reports/downstream/downstream.png",
         *eval_targets(),  # metric harness per variant + reconstruction (workflow/rules/evaluate_metrics.smk)
         "results/summary.md",  # headline tables for terminal readers (rule write_summary)
+        "results/reports/training/curves.png",  # every model's loss curve and sample grid (rule report_training)
     ]
 
 
@@ -236,3 +237,24 @@ def train_dkim_inputs(wildcards):
     if wildcards.ldm_variant in LNFS_LDM_VARIANTS:
         inputs["lnfs"] = "results/lnfs/filtered_index.parquet"
     return inputs
+
+
+def _trained_models():
+    models = {"clip": "results/models/clip", "autoencoder": "results/models/autoencoder",
+              "sr_base": "results/models/sr_base", "sr": "results/models/sr", "evaluator": "results/models/evaluator"}
+    if any(ldm_variant_of(v) in AVATLS_LDM_VARIANTS for v in VARIANTS):
+        models["clip_avatls"] = "results/models/clip_avatls"
+    for ldm_variant in LDM_VARIANTS:
+        models[f"ldm/{ldm_variant}"] = f"results/models/ldm/{ldm_variant}"
+    for variant in VARIANTS:
+        if variant in DKIM_VARIANTS:
+            models[f"dkim/{ldm_variant_of(variant)}"] = f"results/models/dkim/{ldm_variant_of(variant)}"
+    return models
+
+
+def trained_model_dirs(wildcards=None):
+    return list(_trained_models().values())
+
+
+def trained_model_names(wildcards=None):
+    return list(_trained_models())

@@ -26,3 +26,28 @@ rule report_data:
     threads: 1
     script:
         "../scripts/report/report_data.py"
+
+
+rule report_training:
+    input:
+        models=trained_model_dirs,
+    output:
+        curves=report(
+            "results/reports/training/curves.png",
+            caption="../report/training_curves.rst",
+            category="2. Generation",
+            subcategory="Training",
+        ),
+        samples=report(
+            "results/reports/training/sample_grids.png",
+            caption="../report/training_samples.rst",
+            category="2. Generation",
+            subcategory="Training",
+        ),
+    params:
+        names=trained_model_names,
+    log:
+        "results/logs/report_training/report_training.log",
+    threads: 1
+    script:
+        "../scripts/report/report_training.py"

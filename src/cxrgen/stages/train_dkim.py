@@ -385,7 +385,7 @@ def _plot_history(history: list[dict], path: Path) -> None:
     if history:
         ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
     ax.set_xlabel("step")
-    ax.set_ylabel("ε-MSE (base + DKIM)")
+    ax.set_ylabel("MSE to the prediction target (base + DKIM)")
     ax.set_yscale("log")
     ax.set_title("DKIM adapter training (base LDM frozen)")
     fig.tight_layout()

@@ -100,7 +100,7 @@ class LatentDiffusionTrainer:
 
     def loss(self, indices: list[int], generator: torch.Generator, device: torch.device,
              drop: torch.Tensor | None = None, autocast=None) -> torch.Tensor:
-        """ε-MSE for the given items; all randomness (posterior sample, t, ε, CFG drop) from ``generator``."""
+        """MSE to the prediction target (ε, v or x₀) for the given items; all randomness (posterior sample, t, ε, CFG drop) from ``generator``."""
         z = self.mean[indices]
         if self.std is not None:
             z = z + self.std[indices] * torch.randn(z.shape, generator=generator)
@@ -135,7 +135,7 @@ class LatentDiffusionTrainer:
 
     @torch.no_grad()
     def validation_loss(self, mean: torch.Tensor, texts: list[str], seed: int, max_items: int) -> float:
-        """ε-MSE on held-out latents with fixed noise/timesteps (no CFG drop), batches of ``batch_size``."""
+        """MSE to the prediction target on held-out latents with fixed noise/timesteps (no CFG drop), batches of ``batch_size``."""
         if len(mean) == 0:
             return float("nan")
         saved = self.mean, self.std, self.texts
@@ -330,7 +330,7 @@ def _plot_history(history: list[dict], path: Path) -> None:
     if history:
         ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
     ax.set_xlabel("step")
-    ax.set_ylabel("ε-MSE")
+    ax.set_ylabel("MSE to the prediction target")
     ax.set_yscale("log")
     ax.set_title("LDM training loss")
     fig.tight_layout()
