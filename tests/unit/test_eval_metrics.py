@@ -206,3 +206,22 @@ def test_weighted_average_uses_positive_support():
     assert out["per_finding"]["A"]["auroc"] == 1.0 and out["per_finding"]["B"]["auroc"] == 0.0
     assert out["auroc"]["macro"] == pytest.approx(0.5)
     assert out["auroc"]["weighted"] == pytest.approx(0.25)  # (1 * 1.0 + 3 * 0.0) / 4
+
+
+def test_nearest_neighbours_streamed_in_chunks_and_skipping_self():
+    from cxrgen.evaluate.memorisation import nearest, pixel_vectors, unit_rows
+
+    rng = np.random.default_rng(0)
+    database = rng.normal(size=(50, 6))
+    queries = np.r_[database[[3, 17]] * 2.0, rng.normal(size=(3, 6))]  # two scaled copies: cosine distance 0
+    distance, index = nearest(queries, database, chunk=7)
+    full = 1 - unit_rows(queries) @ unit_rows(database).T
+    assert np.allclose(distance, full.min(axis=1), atol=1e-6) and np.array_equal(index, full.argmin(axis=1))
+    assert index[:2].tolist() == [3, 17] and np.allclose(distance[:2], 0, atol=1e-6)
+    ids = np.array([f"i{k}" for k in range(50)])
+    own, own_index = nearest(database[:5], database, query_ids=ids[:5], database_ids=ids, chunk=4)
+    assert (own_index != np.arange(5)).all() and (own > 1e-6).all()  # an image never matches itself
+    # pixel distance = 1 - Pearson r: brightness/contrast changes do not move an image
+    image = torch.rand(1, 1, 16, 16)
+    a, b = pixel_vectors(image, 8), pixel_vectors(0.5 * image + 0.2, 8)
+    assert float(1 - (a @ b.T)[0, 0]) == pytest.approx(0.0, abs=1e-6)

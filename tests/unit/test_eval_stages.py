@@ -227,11 +227,14 @@ def test_summary_collects_fragments_and_states_comparability(tmp_path):
     (tmp_path / "reports/eval/a.md").write_text("# Part A\n\n![fig](../../eval/a.png)\n\n## Sub\n")
     (tmp_path / "reports/data").mkdir()
     (tmp_path / "reports/data/data.md").write_text("# Data\n\n| a |\n|---|\n| 1 |\n")
+    (tmp_path / "reports/other.md").write_text("## Other stage\n\n### Detail\n")
     config = validate_config({"sources": {"nih": {}}})
-    text = stages.summary(fragments=[tmp_path / "reports/data/data.md", tmp_path / "reports/eval/a.md"],
+    text = stages.summary(fragments=[tmp_path / "reports/data/data.md", tmp_path / "reports/eval/a.md",
+                                     tmp_path / "reports/other.md"],
                           out_path=tmp_path / "summary.md", demo=True, config=config)
     assert (tmp_path / "summary.md").read_text() == text
     assert "not comparable with paper numbers" in text and "demo corpus" in text
     assert "## Data" in text and "## Part A" in text and "### Sub" in text
     assert "](eval/a.png)" in text  # link rebased from reports/eval/ to the summary's folder
     assert text.index("## Data") < text.index("## Part A")
+    assert "\n## Other stage" in text and "\n### Detail" in text  # a fragment topped by ## stays a sibling

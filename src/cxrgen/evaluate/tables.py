@@ -76,7 +76,8 @@ class Fragment:
         self._md.append("")
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows)
+        body = "".join("<tr>" + "".join(f"<td{_align(v)}>{html.escape(v)}</td>" for v in row) + "</tr>"
+                       for row in rows)
         self._html.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
     def figure(self, path: Path | str, markdown_dir: Path | str, alt: str) -> None:
@@ -91,7 +92,7 @@ class Fragment:
         style = ("body{font-family:sans-serif;margin:1em 2em;color:#222}"
                  "table{border-collapse:collapse;margin:0.5em 0 1.5em}caption{text-align:left;font-weight:bold;"
                  "padding-bottom:4px}th,td{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:right}"
-                 "th:first-child,td:first-child{text-align:left}.protocol{background:#f5f5f5;padding:4px 8px;"
+                 "th:first-child,td:first-child,td.t{text-align:left}.protocol{background:#f5f5f5;padding:4px 8px;"
                  "font-size:13px}")
         return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
                 f"<title>{html.escape(self.title)}</title><style>{style}</style></head><body>"
@@ -102,6 +103,11 @@ class Fragment:
             if path is not None:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 Path(path).write_text(text(), encoding="utf-8")
+
+
+def _align(cell: str) -> str:
+    """Text cells align left, numbers (and "value [low, high]") right."""
+    return "" if re.match(r"^[-+–∞\d.]", cell) else " class='t'"
 
 
 def _md_cell(value) -> str:
@@ -123,13 +129,19 @@ def rebase_links(markdown: str, from_dir: Path, to_dir: Path) -> str:
     return _LINK.sub(fix, markdown)
 
 
-def demote_headings(markdown: str, levels: int = 1) -> str:
-    return re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + levels) + " ", markdown, flags=re.M)
+def demote_headings(markdown: str, top: int = 2) -> str:
+    """Shift every heading so the fragment's highest heading has level ``top`` (fragments written with ``#`` or
+    ``##`` tops end up as sibling sections of the summary)."""
+    levels = [len(m) for m in re.findall(r"^(#+) ", markdown, flags=re.M)]
+    if not levels:
+        return markdown
+    shift = top - min(levels)
+    return re.sub(r"^(#+) ", lambda m: "#" * max(1, len(m.group(1)) + shift) + " ", markdown, flags=re.M)
 
 
 def write_summary(fragments: list[Path | str], out_path: Path | str, *, demo: bool, header: dict[str, str]) -> str:
-    """``results/summary.md``: a header (run facts), the comparability caveat, then every fragment with headings
-    demoted one level and relative links rebased to the summary's folder."""
+    """``results/summary.md``: a header (run facts), the comparability caveat, then every fragment as a ``##`` section
+    (headings shifted, see :func:`demote_headings`) with relative links rebased to the summary's folder."""
     out_path = Path(out_path)
     lines = ["# cxrgen summary", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()] + [""]

@@ -512,20 +512,37 @@ def evaluate_memorisation(*, real_dir: Path | str, generated_dir: Path | str, cf
     pixel_res = int(mcfg["pixel_resolution"])
     batch = int(cfg["batch_size"])
 
+    def pixels(rows: pd.DataFrame, desc: str = "") -> np.ndarray:
+        return np.concatenate([mem.pixel_vectors(x, pixel_res) for x in iter_images(rows, pixel_res, batch, desc)])
+
+    def feature_chunks():
+        features = train.features["evaluator"]
+        for start in range(0, len(features), 4096):
+            yield mem.unit_rows(features[start : start + 4096]), train_ids[start : start + 4096]
+
+    def pixel_chunks():  # streamed: the train split's pixels never sit in memory at once
+        start = 0
+        for images in iter_images(train.rows, pixel_res, batch, desc="train pixels"):
+            yield mem.pixel_vectors(images, pixel_res), train_ids[start : start + len(images)]
+            start += len(images)
+
+    probe_ids = train_ids[probe_pos]
+    searches = {
+        "evaluator features": ((generated.features["evaluator"], reference.features["evaluator"],
+                                train.features["evaluator"][probe_pos]), feature_chunks),
+        f"pixels ({pixel_res} px)": ((pixels(generated.rows), pixels(reference.rows),
+                                      pixels(train.rows.iloc[probe_pos].reset_index(drop=True))), pixel_chunks),
+    }
     spaces = {}
-    train_pixels = np.concatenate([mem.pixel_vectors(x, pixel_res) for x in iter_images(
-        train.rows, pixel_res, batch, desc="train pixels")])
-    gen_pixels = np.concatenate([mem.pixel_vectors(x, pixel_res) for x in iter_images(
-        generated.rows, pixel_res, batch)])
-    ref_pixels = np.concatenate([mem.pixel_vectors(x, pixel_res) for x in iter_images(
-        reference.rows, pixel_res, batch)])
-    vectors = {"evaluator features": (generated.features["evaluator"], reference.features["evaluator"],
-                                      train.features["evaluator"]),
-               f"pixels ({pixel_res} px)": (gen_pixels, ref_pixels, train_pixels)}
-    for space, (g, r, t) in vectors.items():
-        gen_d, gen_nn = mem.nearest(g, t)
-        ref_d, _ = mem.nearest(r, t)
-        probe_d, _ = mem.nearest(t[probe_pos], t, query_ids=train_ids[probe_pos], database_ids=train_ids)
+    for space, ((g, r, probe_vectors), chunks) in searches.items():
+        search_gen, search_ref = mem.NearestNeighbours(g), mem.NearestNeighbours(r)
+        search_probe = mem.NearestNeighbours(probe_vectors, probe_ids)
+        for vectors, ids in chunks():
+            search_gen.update(vectors)
+            search_ref.update(vectors)
+            search_probe.update(vectors, ids)
+        gen_d, gen_nn = search_gen.distance, search_gen.index
+        ref_d, probe_d = search_ref.distance, search_probe.distance
         threshold = float(np.quantile(probe_d[np.isfinite(probe_d)], float(mcfg["threshold_quantile"])))
         spaces[space] = {
             "threshold": threshold,
