@@ -37,6 +37,7 @@ from cxrgen.models.diffusion import (
     read_pipeline_json,
 )
 from cxrgen.models.dkim import DkimAdapter, build_controlnet, build_knowledge_bank, knowledge_states, save_dkim
+from cxrgen.stages.train_ldm import GRID_FINDINGS, loop_config
 from cxrgen.train.loop import (
     LoopConfig,
     StepBatchSampler,
@@ -50,15 +51,6 @@ from cxrgen.train.outputs import publish_dir
 
 log = logging.getLogger(__name__)
 
-GRID_FINDINGS = ("No Finding", "Cardiomegaly", "Pleural Effusion", "Pneumothorax")
-
-
-def loop_config(cfg: dict, seed: int, **overrides) -> LoopConfig:
-    settings = {"max_steps": int(cfg["max_steps"]), "checkpoint_every": int(cfg["checkpoint_every"]),
-                "log_every": int(cfg["log_every"]), "keep_checkpoints": int(cfg["keep_checkpoints"]),
-                "seed": int(seed), "grad_clip": cfg["grad_clip"], "mixed_precision": cfg["mixed_precision"],
-                "channels_last": bool(cfg["channels_last"]), "device": cfg["device"]}
-    return LoopConfig(**{**settings, **overrides})
 
 
 def state_hash(module: torch.nn.Module) -> str:
