@@ -37,7 +37,7 @@ from cxrgen.models.diffusion import (
     read_pipeline_json,
 )
 from cxrgen.models.dkim import DkimAdapter, build_controlnet, build_knowledge_bank, knowledge_states, save_dkim
-from cxrgen.stages.train_ldm import GRID_FINDINGS, loop_config
+from cxrgen.stages.train_ldm import GRID_FINDINGS, loop_config, plot_loss_history
 from cxrgen.train.loop import (
     LoopConfig,
     StepBatchSampler,
@@ -298,7 +298,8 @@ def train_dkim(*, ldm_dir: Path | str, latents_dir: Path | str, cfg: dict, ldm_c
             "base_ldm": os.path.relpath(ldm_dir.resolve(), out_dir.resolve()), "base_unet_sha": base_sha,
             "text_encoder": os.path.relpath(text_dir.resolve(), out_dir.resolve()),
             "text_encoder_sha": dir_digest(text_dir), "cfg": cfg, "mlflow_run_id": extra["mlflow_run_id"]})
-        _plot_history(extra["history"], tmp / "loss.png")
+        plot_loss_history(extra["history"], tmp / "loss.png", title="DKIM adapter training (base LDM frozen)",
+                          ylabel="MSE to the prediction target (base + DKIM)")
         history = extra["history"]
         positives = {f: int((train_states[:, i] == 1).sum()) for i, f in enumerate(findings)}
         metrics = {
@@ -365,21 +366,3 @@ def _sample_grid(trainer: DkimTrainer, autoencoder, grid_cfg: dict, path: Path, 
         images += [without[k * columns : (k + 1) * columns], with_dkim[k * columns : (k + 1) * columns]]
     save_grid(torch.cat(images), names, columns, path)
     return time.perf_counter() - started
-
-
-def _plot_history(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    if history:
-        ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("MSE to the prediction target (base + DKIM)")
-    ax.set_yscale("log")
-    ax.set_title("DKIM adapter training (base LDM frozen)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -277,7 +277,7 @@ def train_ldm(*, latents_dir: Path | str, ae_dir: Path | str, clip_dir: Path | s
 
     val_loss = trainer.validation_loss(val_mean, val_texts, seed=loop.seed, max_items=int(cfg["val_max_items"]))
     grid_seconds = _sample_grid(trainer, load_autoencoder(ae_dir), cfg["sample_grid"], tmp / "samples.png", loop.seed)
-    _plot_history(extra["history"], tmp / "loss.png")
+    plot_loss_history(extra["history"], tmp / "loss.png")
     history = extra["history"]
     metrics = {
         "steps": result.steps_done, "resumed_from": result.resumed_from, "n_train": len(train_rows),
@@ -320,7 +320,8 @@ def _sample_grid(trainer: LatentDiffusionTrainer, autoencoder, grid_cfg: dict, p
     return time.perf_counter() - started
 
 
-def _plot_history(history: list[dict], path: Path) -> None:
+def plot_loss_history(history: list[dict], path: Path, title: str = "LDM training loss",
+                      ylabel: str = "MSE to the prediction target") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -330,9 +331,9 @@ def _plot_history(history: list[dict], path: Path) -> None:
     if history:
         ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
     ax.set_xlabel("step")
-    ax.set_ylabel("MSE to the prediction target")
+    ax.set_ylabel(ylabel)
     ax.set_yscale("log")
-    ax.set_title("LDM training loss")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
