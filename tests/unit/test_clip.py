@@ -245,3 +245,33 @@ def test_stage_kill_resume_equality_outputs_and_tracking(tmp_path, monkeypatch):
     losses = client.get_metric_history(run.info.run_id, "train/loss")
     assert sorted({m.step for m in losses}) == [1, 2, 3]
     assert "val/i2t_recall_at_5" in run.data.metrics
+
+
+def test_label_template_texts_add_report_less_train_pairs_but_not_eval_pairs(tmp_path):
+    index = tiny_store(tmp_path)
+    unreported = index["report_findings"].isna()
+    index.loc[unreported, "lbl_cardiomegaly"] = 1.0  # report-less rows get a label → a template report
+    index.to_parquet(tmp_path / "index.parquet")
+    with_templates = _train(tmp_path, "t", None, cfg={"unreported_text": "label_template", "max_steps": 1})
+    assert with_templates["n_train_pairs"] == 12 and with_templates["n_train_report_pairs"] == 9
+    assert with_templates["retrieval"]["val/pairs"] == 3  # evaluation keeps real reports only
+    without = _train(tmp_path, "e", None, cfg={"max_steps": 1})
+    assert without["n_train_pairs"] == 9
+
+
+def test_unreported_text_is_validated():
+    with pytest.raises(Exception, match="unreported_text"):
+        tiny_cfg(unreported_text="labels")
+
+
+def test_zero_shot_auroc_ranks_by_prompt_direction_and_skips_thin_findings():
+    from cxrgen.models.clip import zero_shot_label_auroc
+
+    image_features = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.0, 1.0], [0.2, 0.8]])
+    prompts = {"Cardiomegaly": torch.tensor([[1.0, 0.0], [0.9, 0.0]]), "Edema": torch.tensor([[0.0, 1.0]]),
+               "Fracture": torch.tensor([[1.0, 1.0]])}
+    labels = {"Cardiomegaly": np.array([1, 1, 1, 0, 0, 0.0]), "Edema": np.array([1, 1, 1, 0, 0, np.nan]),
+              "Fracture": np.array([1, 0, 0, 0, 0, 0.0])}
+    out = zero_shot_label_auroc(image_features, prompts, labels, min_per_class=2)
+    assert out["Cardiomegaly"] == 1.0 and out["Edema"] == 0.0  # edema's prompt points at the negatives
+    assert "Fracture" not in out and out["macro"] == 0.5

@@ -311,7 +311,7 @@ def test_diffusion_targets_match_their_definitions():
 
 def test_report_less_latents_train_on_label_reports_only_when_configured():
     from cxrgen.prompts import label_template_report
-    from cxrgen.stages.train_ldm import conditioning_texts
+    from cxrgen.train.data import conditioning_texts
 
     rows = pd.DataFrame({"image_id": ["a", "b", "c"], "text": ["Small left effusion.", "", ""]})
     for column in LABEL_COLUMNS:

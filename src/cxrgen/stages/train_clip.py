@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from cxrgen.labels import CHEXPERT_LABELS, label_column
 from cxrgen.models.clip import (
     ClipBundle,
     attach_squeeze,
@@ -28,8 +29,10 @@ from cxrgen.models.clip import (
     retrieval_metrics,
     save_clip,
     scratch_clip,
+    zero_shot_label_auroc,
 )
-from cxrgen.train.data import StoreImages, select_rows
+from cxrgen.prompts import side_free_variants
+from cxrgen.train.data import StoreImages, conditioning_texts, report_texts, select_rows
 from cxrgen.train.loop import (
     LoopConfig,
     StepBatchSampler,
@@ -67,9 +70,12 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
     state_dir.mkdir(parents=True, exist_ok=True)
     index = pd.read_parquet(index_path)
     views, sources = list(cfg["views"]) or None, list(cfg["sources"]) or None
-    train_rows = select_rows(index, splits=["train"], views=views, sources=sources, require_report=True)
+    train_rows = select_rows(index, splits=["train"], views=views, sources=sources)
+    train_texts = conditioning_texts(train_rows, cfg["unreported_text"])
+    train_rows, train_texts = train_rows[train_texts.str.len() > 0], train_texts[train_texts.str.len() > 0]
     if train_rows.empty:
-        raise ValueError("train_clip: no train-split images with a report (FINDINGS/IMPRESSION) among the selected "
+        raise ValueError("train_clip: no train-split images with a report (FINDINGS/IMPRESSION) or, with "
+                         "clip.unreported_text = label_template, a positive label among the selected "
                          f"sources {sources or 'all'} and views {views or 'all'}; enable a source with reports "
                          "(mimic, iuxray) or widen clip.views / clip.sources")
     eval_sets = {}
@@ -79,7 +85,10 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
             eval_sets[split] = StoreImages(store_root, rows.head(cfg["eval_max_pairs"]), resolution)
         else:
             log.warning("train_clip: split %s has %d report pairs; no retrieval metrics for it", split, len(rows))
-    train_set = StoreImages(store_root, train_rows, resolution)
+    train_set = StoreImages(store_root, train_rows, resolution, texts=train_texts.tolist())
+    zero_shot_sets = {split: StoreImages(store_root, rows.head(cfg["eval_max_pairs"]), resolution)
+                      for split in cfg["eval_splits"]
+                      if len(rows := select_rows(index, splits=[split], views=views, sources=sources)) >= 2}
     loop_cfg = LoopConfig(max_steps=cfg["max_steps"], checkpoint_every=cfg["checkpoint_every"],
                           log_every=cfg["log_every"], keep_checkpoints=cfg["keep_checkpoints"], seed=seed,
                           grad_clip=cfg["grad_clip"], mixed_precision=cfg["mixed_precision"],
@@ -140,6 +149,8 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
 
     def evaluate(step: int) -> dict[str, float]:
         found = {f"{split}/{k}": v for split, ds in eval_sets.items() for k, v in _retrieval(bundle, ds, cfg).items()}
+        for split, ds in zero_shot_sets.items():
+            found.update({f"{split}/zero_shot_auroc/{k}": v for k, v in _zero_shot(bundle, ds, cfg).items()})
         trainable.train()
         if run and found:
             run.log_metrics(found, step)
@@ -165,7 +176,9 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
         metrics = {
             "steps": result.steps_done, "resumed_from": result.resumed_from,
             "final_train_loss": extra["history"][-1]["loss"] if extra["history"] else None,
-            "n_train_pairs": len(train_set), "resolution": resolution, "parameters": _parameters(model),
+            "n_train_pairs": len(train_set),
+            "n_train_report_pairs": int((report_texts(train_rows).str.len() > 0).sum()),
+            "resolution": resolution, "parameters": _parameters(model),
             "pretrained": pretrained, "seconds_per_step_this_run": train_seconds / max(1, steps_this_run),
             "retrieval": final, "mlflow_run_id": extra["mlflow_run_id"],
             "init_dir": str(init_dir) if init_dir else None, "text_tokens": bundle.context_length,
@@ -252,6 +265,23 @@ def _retrieval(bundle: ClipBundle, dataset: StoreImages, cfg: dict) -> dict[str,
         image_features.append(encode_images(bundle, torch.stack([it["image"] for it in items]).to(device)).cpu())
         text_features.append(encode_texts(bundle, [it["text"] for it in items]).cpu())
     return retrieval_metrics(torch.cat(image_features), torch.cat(text_features), list(dataset.texts))
+
+
+@torch.no_grad()
+def _zero_shot(bundle: ClipBundle, dataset: StoreImages, cfg: dict) -> dict[str, float]:
+    """Per-finding zero-shot AUROC of the split's images (reports or not) against the findings' side-free prompts."""
+    model = bundle.model.eval()
+    if bundle.squeeze is not None:
+        bundle.squeeze.eval()
+    device = next(model.parameters()).device
+    features = []
+    for start in range(0, len(dataset), cfg["batch_size"]):
+        images = torch.stack([dataset.image(i) for i in range(start, min(len(dataset), start + cfg["batch_size"]))])
+        features.append(encode_images(bundle, images.to(device)).cpu())
+    findings = [f for f in CHEXPERT_LABELS if f != "No Finding"]
+    prompts = {f: encode_texts(bundle, side_free_variants(f)).cpu() for f in findings}
+    labels = {f: dataset.rows[label_column(f)].to_numpy(dtype=float) for f in findings}
+    return zero_shot_label_auroc(torch.cat(features), prompts, labels)
 
 
 def _save_curve(history: list[dict], evals: list[dict], path: Path) -> None:

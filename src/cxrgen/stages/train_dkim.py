@@ -176,7 +176,7 @@ def _diseased(states: torch.Tensor, findings: list[str]) -> torch.Tensor:
 def _rows(cache, ldm_cfg: dict, cfg: dict, splits: list[str], keep_ids: set[str] | None) -> pd.DataFrame:
     """The base LDM's rows of ``splits`` (its views, report-less text policy and report requirement, optionally only
     ``keep_ids``) with their conditioning ``text``; with ``dkim.require_labels`` only rows with any known label."""
-    from cxrgen.stages.train_ldm import conditioning_texts
+    from cxrgen.train.data import conditioning_texts
 
     rows = cache.rows(splits, list(ldm_cfg["views"]) or None).copy()
     if keep_ids is not None:

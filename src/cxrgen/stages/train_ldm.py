@@ -23,7 +23,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from cxrgen.labels import LABEL_COLUMNS
 from cxrgen.models.diffusion import (
     LatentSampler,
     SamplerSettings,
@@ -36,6 +35,7 @@ from cxrgen.models.diffusion import (
     make_train_scheduler,
     write_pipeline_json,
 )
+from cxrgen.train.data import conditioning_texts
 from cxrgen.train.loop import (
     LoopConfig,
     StepBatchSampler,
@@ -154,21 +154,6 @@ class LatentDiffusionTrainer:
         finally:
             self.mean, self.std, self.texts = saved
             self.unet.train()
-
-
-def conditioning_texts(rows: pd.DataFrame, unreported_text: str) -> pd.Series:
-    """The text each latent is trained with: its report; for report-less images, ``unreported_text`` = ``empty``
-    (Cheff: such images only teach the unconditional model) or ``label_template`` (a report built from the image's
-    labels, :func:`cxrgen.prompts.label_template_report`, so label-only sources condition the LDM too)."""
-    texts = rows["text"].fillna("").astype(str).str.strip()
-    if unreported_text == "empty":
-        return texts
-    from cxrgen.prompts import label_template_report
-
-    missing = texts.str.len() == 0
-    records = rows.loc[missing, list(LABEL_COLUMNS) + ["image_id"]].to_dict("records")
-    texts.loc[missing] = [label_template_report(r, str(r["image_id"])) for r in records]
-    return texts
 
 
 def _training_rows(cache, cfg: dict, splits: list[str], views: list[str] | None,
