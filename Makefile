@@ -30,17 +30,22 @@ demo: setup
 report: setup
 	$(BIN)/snakemake --report results/report.html
 
+# The whole suite: lint, library/workflow tests (~10 min on 2 cores), then the cluster tests (~18 min): a real
+# single-node SLURM on localhost (root + Debian packages; scripts/slurm-local.sh) runs the tiny DAG through the SLURM
+# executor. Without root/apt they are skipped locally and fail on CI (CI=true).
 test: setup
 	$(BIN)/ruff check src tests workflow benchmarks
 	$(BIN)/python -m pytest -q tests --ignore=tests/cluster
+	$(BIN)/python -m pytest -q -m cluster tests/cluster
 
-# Real single-node SLURM on localhost (root + Debian packages; scripts/slurm-local.sh): the tiny DAG through the
-# SLURM executor, GPU-partition placement, concurrent MLflow logging, time-limit resubmission + resume.
+# The cluster tests alone: GPU-partition placement, concurrent MLflow logging, time-limit resubmission + resume.
 test-cluster: setup
 	$(BIN)/python -m pytest -q -m cluster tests/cluster
 
+# Without SLURM (quick iteration): lint + library/workflow tests.
 test-fast: setup
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/ruff check src tests workflow benchmarks
+	$(BIN)/python -m pytest -q tests --ignore=tests/cluster
 
 lint: setup
 	$(BIN)/ruff check src tests workflow benchmarks
