@@ -195,3 +195,17 @@ def test_trained_towers_change_and_ldm_cross_attends_to_k_tokens(tmp_path):
     assert trainer.null_tokens.shape == (1, 4, 32) and trainer.unet.config.cross_attention_dim == 32
     loss = trainer.loss([0, 1, 2, 3], torch.Generator().manual_seed(0), torch.device("cpu"))
     assert np.isfinite(float(loss.detach()))
+
+
+def test_avatls_report_adds_zero_shot_rows_and_skips_splits_without_pairs():
+    def metrics(recall: float, zero_shot: float, squeeze: dict | None) -> dict:
+        retrieval = {"val/pairs": 4.0, "val/unique_texts": 3.0, "val/i2t_recall_at_1": recall,
+                     "val/i2t_recall_at_1_chance": 0.33, "val/zero_shot_auroc/Edema": zero_shot,
+                     "val/zero_shot_auroc/macro": zero_shot, "test/zero_shot_auroc/macro": 0.5}  # test: no pairs
+        return {"retrieval": retrieval, "squeeze": squeeze, "steps": 3, "seconds_per_step_this_run": 0.1,
+                "n_train_pairs": 9, "resolution": 32, "text_tokens": 16}
+
+    text = avatls_markdown(metrics(0.25, 0.61, None), metrics(0.5, 0.72, {"length": 4, "layers": 1}))
+    assert "| val | 4 (3) | image → report | 1 | 0.250 | 0.500 | 0.330 |" in text
+    assert "| val | 1 | 0.610 | 0.720 |" in text and "| test | 0 | 0.500 | 0.500 |" in text
+    assert not any(line.startswith("| test | 4") for line in text.splitlines())

@@ -25,7 +25,8 @@ def avatls_markdown(baseline: dict, avatls: dict) -> str:
     if not squeeze:
         raise ValueError("the AVA-TLS metrics describe no squeeze (expected the output of rule train_clip_avatls)")
     base_r, sq_r = baseline["retrieval"], avatls["retrieval"]
-    splits = sorted({k.split("/")[0] for k in base_r} & {k.split("/")[0] for k in sq_r})
+    splits = sorted({k.split("/")[0] for k in base_r if k.endswith("/pairs")}
+                    & {k.split("/")[0] for k in sq_r if k.endswith("/pairs")})
     lines = [
         "## AVA-TLS: report retrieval with and without the information squeeze",
         "",
@@ -52,6 +53,17 @@ def avatls_markdown(baseline: dict, avatls: dict) -> str:
                     continue
                 lines.append(f"| {split} | {pairs} | {name} | {k} | {base_r[key]:.3f} | {sq_r[key]:.3f} | "
                              f"{base_r[key + '_chance']:.3f} |")
+    zero_shot = sorted({k.split("/")[0] for k in base_r if "/zero_shot_auroc/macro" in k}
+                       & {k.split("/")[0] for k in sq_r if "/zero_shot_auroc/macro" in k})
+    if zero_shot:
+        lines += ["", "Zero-shot classification (label level): each image of the split, with or without a report, is "
+                      "scored by its similarity to a finding's side-free prompts; macro AUROC over findings with at "
+                      "least 3 positive and 3 negative images (0.5 = chance).", "",
+                  "| split | findings | baseline | AVA-TLS |", "|---|---|---|---|"]
+        for split in zero_shot:
+            findings = sum(1 for k in base_r if k.startswith(f"{split}/zero_shot_auroc/") and not k.endswith("macro"))
+            lines.append(f"| {split} | {findings} | {base_r[f'{split}/zero_shot_auroc/macro']:.3f} | "
+                         f"{sq_r[f'{split}/zero_shot_auroc/macro']:.3f} |")
     lines += ["", f"Baseline: {baseline['steps']} steps on {baseline['n_train_pairs']} train pairs at "
                   f"{baseline['resolution']} px (MLflow run {baseline.get('mlflow_run_id')}); AVA-TLS: MLflow run "
                   f"{avatls.get('mlflow_run_id')}.", ""]
