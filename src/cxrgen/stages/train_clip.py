@@ -253,31 +253,35 @@ def _parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
-def _retrieval(bundle: ClipBundle, dataset: StoreImages, cfg: dict) -> dict[str, float]:
+def _eval_device(bundle: ClipBundle) -> torch.device:
+    """Put the model (and its squeeze) in eval mode; the device its parameters are on."""
     model = bundle.model.eval()
     if bundle.squeeze is not None:
         bundle.squeeze.eval()
-    device = next(model.parameters()).device
+    return next(model.parameters()).device
+
+
+def _batches(n: int, batch_size: int):
+    return (range(start, min(n, start + batch_size)) for start in range(0, n, batch_size))
+
+
+@torch.no_grad()
+def _retrieval(bundle: ClipBundle, dataset: StoreImages, cfg: dict) -> dict[str, float]:
+    device = _eval_device(bundle)
     image_features, text_features = [], []
-    for start in range(0, len(dataset), cfg["batch_size"]):
-        items = [dataset[i] for i in range(start, min(len(dataset), start + cfg["batch_size"]))]
-        image_features.append(encode_images(bundle, torch.stack([it["image"] for it in items]).to(device)).cpu())
-        text_features.append(encode_texts(bundle, [it["text"] for it in items]).cpu())
+    for batch in _batches(len(dataset), cfg["batch_size"]):
+        images = torch.stack([dataset.image(i) for i in batch])
+        image_features.append(encode_images(bundle, images.to(device)).cpu())
+        text_features.append(encode_texts(bundle, [dataset.texts[i] for i in batch]).cpu())
     return retrieval_metrics(torch.cat(image_features), torch.cat(text_features), list(dataset.texts))
 
 
 @torch.no_grad()
 def _zero_shot(bundle: ClipBundle, dataset: StoreImages, cfg: dict) -> dict[str, float]:
     """Per-finding zero-shot AUROC of the split's images (reports or not) against the findings' side-free prompts."""
-    model = bundle.model.eval()
-    if bundle.squeeze is not None:
-        bundle.squeeze.eval()
-    device = next(model.parameters()).device
-    features = []
-    for start in range(0, len(dataset), cfg["batch_size"]):
-        images = torch.stack([dataset.image(i) for i in range(start, min(len(dataset), start + cfg["batch_size"]))])
-        features.append(encode_images(bundle, images.to(device)).cpu())
+    device = _eval_device(bundle)
+    features = [encode_images(bundle, torch.stack([dataset.image(i) for i in batch]).to(device)).cpu()
+                for batch in _batches(len(dataset), cfg["batch_size"])]
     findings = [f for f in CHEXPERT_LABELS if f != "No Finding"]
     prompts = {f: encode_texts(bundle, side_free_variants(f)).cpu() for f in findings}
     labels = {f: dataset.rows[label_column(f)].to_numpy(dtype=float) for f in findings}
