@@ -275,3 +275,23 @@ def test_zero_shot_auroc_ranks_by_prompt_direction_and_skips_thin_findings():
     out = zero_shot_label_auroc(image_features, prompts, labels, min_per_class=2)
     assert out["Cardiomegaly"] == 1.0 and out["Edema"] == 0.0  # edema's prompt points at the negatives
     assert "Fracture" not in out and out["macro"] == 0.5
+
+
+def test_eval_images_are_encoded_once_per_evaluation_and_match_fresh_encoding(tmp_path, monkeypatch):
+    import cxrgen.stages.train_clip as stage
+    from cxrgen.train.data import StoreImages, select_rows
+
+    index = tiny_store(tmp_path)
+    cfg = tiny_cfg()
+    bundle = scratch_clip(cfg, RES)
+    all_val = StoreImages(tmp_path, select_rows(index, splits=["val"]), RES)
+    reported_val = StoreImages(tmp_path, select_rows(index, splits=["val"], require_report=True), RES)
+    encoded = []
+    real_encode = stage.encode_images
+    monkeypatch.setattr(stage, "encode_images", lambda b, images: encoded.append(len(images)) or real_encode(b, images))
+    cache: dict = {}
+    stage._retrieval(bundle, reported_val, cfg, cache)
+    stage._zero_shot(bundle, all_val, cfg, cache)
+    assert sum(encoded) == len(all_val) == 4 and len(reported_val) == 3  # the 3 reported images are not re-encoded
+    fresh = stage._image_features(bundle, all_val, batch_size=1, cache={})
+    assert torch.allclose(fresh, stage._image_features(bundle, all_val, cfg["batch_size"], cache), atol=1e-6)

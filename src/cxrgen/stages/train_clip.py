@@ -72,6 +72,7 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
     views, sources = list(cfg["views"]) or None, list(cfg["sources"]) or None
     train_rows = select_rows(index, splits=["train"], views=views, sources=sources)
     train_texts = conditioning_texts(train_rows, cfg["unreported_text"])
+    n_report_pairs = int((report_texts(train_rows).str.len() > 0).sum())
     train_rows, train_texts = train_rows[train_texts.str.len() > 0], train_texts[train_texts.str.len() > 0]
     if train_rows.empty:
         raise ValueError("train_clip: no train-split images with a report (FINDINGS/IMPRESSION) or, with "
@@ -148,9 +149,12 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
                 "lr": optimizer.param_groups[0]["lr"]}
 
     def evaluate(step: int) -> dict[str, float]:
-        found = {f"{split}/{k}": v for split, ds in eval_sets.items() for k, v in _retrieval(bundle, ds, cfg).items()}
+        features: dict[str, torch.Tensor] = {}  # image id -> embedding; retrieval and zero-shot share the images
+        found = {f"{split}/{k}": v for split, ds in eval_sets.items()
+                 for k, v in _retrieval(bundle, ds, cfg, features).items()}
         for split, ds in zero_shot_sets.items():
-            found.update({f"{split}/zero_shot_auroc/{k}": v for k, v in _zero_shot(bundle, ds, cfg).items()})
+            found.update({f"{split}/zero_shot_auroc/{k}": v
+                          for k, v in _zero_shot(bundle, ds, cfg, features).items()})
         trainable.train()
         if run and found:
             run.log_metrics(found, step)
@@ -177,7 +181,7 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
             "steps": result.steps_done, "resumed_from": result.resumed_from,
             "final_train_loss": extra["history"][-1]["loss"] if extra["history"] else None,
             "n_train_pairs": len(train_set),
-            "n_train_report_pairs": int((report_texts(train_rows).str.len() > 0).sum()),
+            "n_train_report_pairs": n_report_pairs,
             "resolution": resolution, "parameters": _parameters(model),
             "pretrained": pretrained, "seconds_per_step_this_run": train_seconds / max(1, steps_this_run),
             "retrieval": final, "mlflow_run_id": extra["mlflow_run_id"],
@@ -266,26 +270,38 @@ def _batches(n: int, batch_size: int):
 
 
 @torch.no_grad()
-def _retrieval(bundle: ClipBundle, dataset: StoreImages, cfg: dict) -> dict[str, float]:
+def _image_features(bundle: ClipBundle, dataset: StoreImages, batch_size: int,
+                    cache: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Embeddings of the dataset's images in row order; images already in ``cache`` (by image id) are not encoded
+    again, new ones are added to it."""
     device = _eval_device(bundle)
-    image_features, text_features = [], []
-    for batch in _batches(len(dataset), cfg["batch_size"]):
-        images = torch.stack([dataset.image(i) for i in batch])
-        image_features.append(encode_images(bundle, images.to(device)).cpu())
-        text_features.append(encode_texts(bundle, [dataset.texts[i] for i in batch]).cpu())
-    return retrieval_metrics(torch.cat(image_features), torch.cat(text_features), list(dataset.texts))
+    ids = dataset.rows["image_id"].astype(str).tolist()
+    missing = [i for i, image_id in enumerate(ids) if image_id not in cache]
+    for batch in _batches(len(missing), batch_size):
+        rows = [missing[j] for j in batch]
+        encoded = encode_images(bundle, torch.stack([dataset.image(i) for i in rows]).to(device)).cpu()
+        cache.update({ids[i]: feature for i, feature in zip(rows, encoded, strict=True)})
+    return torch.stack([cache[image_id] for image_id in ids])
 
 
 @torch.no_grad()
-def _zero_shot(bundle: ClipBundle, dataset: StoreImages, cfg: dict) -> dict[str, float]:
+def _retrieval(bundle: ClipBundle, dataset: StoreImages, cfg: dict,
+               cache: dict[str, torch.Tensor]) -> dict[str, float]:
+    image_features = _image_features(bundle, dataset, cfg["batch_size"], cache)
+    text_features = torch.cat([encode_texts(bundle, [dataset.texts[i] for i in batch]).cpu()
+                               for batch in _batches(len(dataset), cfg["batch_size"])])
+    return retrieval_metrics(image_features, text_features, list(dataset.texts))
+
+
+@torch.no_grad()
+def _zero_shot(bundle: ClipBundle, dataset: StoreImages, cfg: dict,
+               cache: dict[str, torch.Tensor]) -> dict[str, float]:
     """Per-finding zero-shot AUROC of the split's images (reports or not) against the findings' side-free prompts."""
-    device = _eval_device(bundle)
-    features = [encode_images(bundle, torch.stack([dataset.image(i) for i in batch]).to(device)).cpu()
-                for batch in _batches(len(dataset), cfg["batch_size"])]
+    image_features = _image_features(bundle, dataset, cfg["batch_size"], cache)
     findings = [f for f in CHEXPERT_LABELS if f != "No Finding"]
     prompts = {f: encode_texts(bundle, side_free_variants(f)).cpu() for f in findings}
     labels = {f: dataset.rows[label_column(f)].to_numpy(dtype=float) for f in findings}
-    return zero_shot_label_auroc(torch.cat(features), prompts, labels)
+    return zero_shot_label_auroc(image_features, prompts, labels)
 
 
 def _save_curve(history: list[dict], evals: list[dict], path: Path) -> None:

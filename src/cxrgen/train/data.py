@@ -45,7 +45,6 @@ def conditioning_texts(rows: pd.DataFrame, unreported_text: str) -> pd.Series:
         raise ValueError(f"unreported_text = {unreported_text!r}; allowed: empty, label_template")
     from cxrgen.prompts import label_template_report
 
-    texts = texts.copy()
     missing = texts.str.len() == 0
     records = rows.loc[missing, list(LABEL_COLUMNS) + ["image_id"]].to_dict("records")
     texts.loc[missing] = [label_template_report(r, str(r["image_id"])) for r in records]
