@@ -225,3 +225,26 @@ def test_nearest_neighbours_streamed_in_chunks_and_skipping_self():
     image = torch.rand(1, 1, 16, 16)
     a, b = pixel_vectors(image, 8), pixel_vectors(0.5 * image + 0.2, 8)
     assert float(1 - (a @ b.T)[0, 0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_findings_below_min_per_class_are_skipped_in_point_and_bootstrap():
+    from cxrgen.evaluate.fidelity import scores_with_intervals
+
+    rng = np.random.default_rng(0)
+    n = 40
+    a = (np.arange(n) % 2).astype(float)  # 20/20: scored
+    b = np.zeros(n)
+    b[:2] = 1.0  # 2 positives: AUROC over 2 positives would be scored with min_per_class 1, not with 3
+    labels = np.stack([a, b], axis=1)
+    probs = np.clip(labels * 0.6 + rng.uniform(0, 0.5, labels.shape), 0, 1)
+    loose = M.multilabel_scores(labels, probs, np.full(2, 0.5), ["A", "B"])
+    strict = M.multilabel_scores(labels, probs, np.full(2, 0.5), ["A", "B"], min_per_class=3)
+    assert set(loose["per_finding"]) == {"A", "B"} and set(strict["per_finding"]) == {"A"}
+    assert strict["skipped"] == [{"finding": "B", "n_pos": 2, "n_neg": 38}]
+    assert strict["auroc"]["macro"] == pytest.approx(strict["per_finding"]["A"]["auroc"])
+    boot = scores_with_intervals(labels, probs, np.full(2, 0.5), ["A", "B"], resamples=30, confidence=0.95, seed=0,
+                                 min_per_class=3)
+    assert set(boot["per_finding"]) == {"A"}
+    # a skipped finding stays out of the resampled averages too, so the macro interval is finding A's interval
+    assert boot["auroc"]["macro"]["ci_low"] == pytest.approx(boot["per_finding"]["A"]["auroc"]["ci_low"])
+    assert boot["auroc"]["macro"]["ci_high"] == pytest.approx(boot["per_finding"]["A"]["auroc"]["ci_high"])

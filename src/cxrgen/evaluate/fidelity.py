@@ -26,11 +26,14 @@ def _paths(scores: dict) -> dict[tuple, float]:
 
 
 def scores_with_intervals(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, findings: Sequence[str], *,
-                          resamples: int, confidence: float, seed: int) -> dict:
+                          resamples: int, confidence: float, seed: int, min_per_class: int = 1) -> dict:
     """:func:`multilabel_scores` where every AUROC/F1 becomes ``{value, ci_low, ci_high}`` (percentile bootstrap over
-    images; a draw in which a finding lacks one class does not count for that finding's interval)."""
-    point = multilabel_scores(labels, probs, thresholds, findings)
-    draws = bootstrap_draws(lambda idx: _paths(multilabel_scores(labels[idx], probs[idx], thresholds, findings)),
+    images; a draw in which a finding lacks one class does not count for that finding's interval). Which findings
+    are scored (``min_per_class`` of each class) is decided on the point estimate only."""
+    point = multilabel_scores(labels, probs, thresholds, findings, min_per_class)
+    scored = np.array([name in point["per_finding"] for name in findings])
+    masked = np.where(scored[None, :], labels, np.nan)  # a skipped finding stays out of every draw's averages
+    draws = bootstrap_draws(lambda idx: _paths(multilabel_scores(masked[idx], probs[idx], thresholds, findings)),
                             [len(labels)], resamples=resamples, seed=seed)
     method = describe_bootstrap(resamples, confidence)
 

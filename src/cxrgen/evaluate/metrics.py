@@ -6,7 +6,7 @@
 * Pixel fidelity: MSE, PSNR, SSIM and MS-SSIM per image (images in [0, 1], data range 1); MS-SSIM only when the image
   is large enough for its scales (:func:`ms_ssim_unavailable_reason`).
 * Classification: AUROC and F1 per finding with micro / macro / weighted averages (MedCoDi-M Table 3 layout);
-  findings without both classes among the known labels are skipped and counted.
+  findings with fewer than ``min_per_class`` known positives or negatives (default: one) are skipped and counted.
 
 The Fréchet trace term is computed as a nuclear norm: tr sqrt(S1 S2) = ||S1^½ S2^½||_* (the singular values of
 S1^½ S2^½ are the square roots of the eigenvalues of S1 S2), which is exact, real and stable where ``sqrtm`` of a
@@ -323,9 +323,10 @@ def choose_thresholds(labels: np.ndarray, scores: np.ndarray, rule: str, fixed: 
 
 
 def multilabel_scores(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray,
-                      findings: Sequence[str]) -> dict:
-    """AUROC and F1 per finding over its known (non-NaN) labels, plus averages over the *evaluable* findings (both
-    classes present among the known labels; the others are listed under ``skipped``):
+                      findings: Sequence[str], min_per_class: int = 1) -> dict:
+    """AUROC and F1 per finding over its known (non-NaN) labels, plus averages over the *evaluable* findings (at
+    least ``min_per_class`` positives and negatives among the known labels; the others are listed under ``skipped``
+    with their counts):
 
     * macro: unweighted mean over findings; weighted: mean weighted by each finding's positives (support);
     * micro AUROC: one ROC over all known (image, finding) pairs of the evaluable findings (scores pooled);
@@ -339,7 +340,7 @@ def multilabel_scores(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndar
         known = ~np.isnan(labels[:, j])
         y, p = labels[known, j], probs[known, j]
         n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-        if n_pos == 0 or n_neg == 0:
+        if min(n_pos, n_neg) < max(1, min_per_class):
             skipped.append({"finding": name, "n_pos": n_pos, "n_neg": n_neg})
             continue
         predicted = p >= thresholds[j]

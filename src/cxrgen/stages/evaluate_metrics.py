@@ -332,7 +332,8 @@ def evaluate_fidelity(*, real_dir: Path | str, generated_dir: Path | str, cfg: d
         rows["generated: all sets"] = (generated.labels, generated.probs)
     rows["real reference"] = (reference.labels, reference.probs)
     results = {name: scores_with_intervals(labels, probs.astype(np.float64), thresholds, CHEXPERT_LABELS,
-                                           resamples=resamples, confidence=confidence, seed=seed + k)
+                                           resamples=resamples, confidence=confidence, seed=seed + k,
+                                           min_per_class=int(fcfg["min_per_class"]))
                for k, (name, (labels, probs)) in enumerate(rows.items())}
     threshold_text = ("per finding, the F1-maximising threshold of the evaluator on the real val split "
                       f"(fixed {fcfg['threshold']} where val lacks a class)"
@@ -346,9 +347,12 @@ def evaluate_fidelity(*, real_dir: Path | str, generated_dir: Path | str, cfg: d
                                       "image's labels after the label policy",
                             "reference": f"real {'+'.join(real_meta['reference_splits'])} split(s), views "
                                          f"{real_meta['views']}, n={len(reference.rows)}",
-                            "averages": "micro: pooled (image, finding) pairs; macro: mean over findings with both "
-                                        "classes; weighted: by positives; findings without both classes skipped",
-                            "ci": M.describe_bootstrap(resamples, confidence) + " over images"}}
+                            "averages": "micro: pooled (image, finding) pairs; macro: mean over the scored "
+                                        "findings; weighted: by positives; a finding is scored with at least "
+                                        f"{fcfg['min_per_class']} positive and {fcfg['min_per_class']} negative "
+                                        "labels in that image set, else skipped (its counts shown)",
+                            "ci": M.describe_bootstrap(resamples, confidence) + " over images"},
+               "min_per_class": int(fcfg["min_per_class"])}
     _write_json(out_json, payload)
     _fidelity_figure(results, out_figure, variant)
     _finding_grid(reference, generated, int(fcfg["grid_columns"]), int(real_meta["resolution"]), out_grid, variant)
@@ -386,7 +390,8 @@ def _fidelity_fragment(payload: dict, variant: str) -> Fragment:
     evaluable = [name for name in names if results[name]["n_evaluable"]]
     for name in names:
         if name not in evaluable:
-            fragment.para(f"{name}: no finding has both classes among its labels (every finding skipped).")
+            fragment.para(f"{name}: no finding has {payload['min_per_class']} positive and "
+                          f"{payload['min_per_class']} negative labels (every finding skipped).")
     per = []
     for finding in CHEXPERT_LABELS:
         row = {"finding": finding, "threshold": payload["thresholds"][finding]}
