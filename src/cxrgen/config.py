@@ -100,3 +100,26 @@ def deep_merge(base: dict, overlay: dict) -> dict:
 
 def enabled_sources(config: dict) -> list[str]:
     return [name for name in SOURCE_NAMES if name in config["sources"] and config["sources"][name]["enabled"]]
+
+
+# The keys of the ``evaluation`` section each rule reads. Rules get only these as params (so changing, say,
+# ``evaluation.fidelity`` reruns evaluate_fidelity and not the feature extraction), and each stage function narrows
+# its ``cfg`` to them first, so reading an undeclared key fails in the unit tests rather than going unnoticed.
+EVALUATION_KEYS: dict[str, tuple[str, ...]] = {
+    "extract_real_features": ("backbones", "batch_size", "n", "reference_splits", "views", "memorisation"),
+    "extract_generated_features": ("backbones", "batch_size"),
+    "evaluate_distribution": ("distribution", "bootstrap", "n"),
+    "evaluate_fidelity": ("fidelity", "bootstrap"),
+    "evaluate_memorisation": ("memorisation", "diversity", "bootstrap", "batch_size"),
+    "evaluate_reconstruction": ("reconstruction", "bootstrap", "reference_splits", "views"),
+}
+
+
+def evaluation_config(evaluation: dict, rule: str) -> dict:
+    """The part of the validated ``evaluation`` section that ``rule`` reads (:data:`EVALUATION_KEYS`)."""
+    if rule not in EVALUATION_KEYS:
+        raise KeyError(f"evaluation_config: unknown rule {rule!r}; known: {', '.join(EVALUATION_KEYS)}")
+    missing = [k for k in EVALUATION_KEYS[rule] if k not in evaluation]
+    if missing:
+        raise KeyError(f"evaluation_config({rule}): evaluation.{missing[0]} is missing (validate the config first)")
+    return {k: evaluation[k] for k in EVALUATION_KEYS[rule]}

@@ -49,3 +49,16 @@ def test_errors_name_the_key_and_allowed_values(patch, expected):
         validate_config(deep_merge(base(), patch))
     for text in expected:
         assert text in str(err.value)
+
+
+def test_evaluation_config_gives_each_rule_only_the_keys_it_reads():
+    from cxrgen.config import EVALUATION_KEYS, evaluation_config
+
+    base = validate_config({"sources": {"nih": {}}})["evaluation"]
+    changed = validate_config({"sources": {"nih": {}}, "evaluation": {"fidelity": {"min_per_class": 5}}})["evaluation"]
+    for rule in EVALUATION_KEYS:
+        same = evaluation_config(base, rule) == evaluation_config(changed, rule)
+        assert same == (rule != "evaluate_fidelity"), rule  # only the fidelity rule's params change
+    assert set(evaluation_config(base, "evaluate_fidelity")) == {"fidelity", "bootstrap"}
+    with pytest.raises(KeyError, match="unknown rule 'evaluate_fid'.*evaluate_fidelity"):
+        evaluation_config(base, "evaluate_fid")
