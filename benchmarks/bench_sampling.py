@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_sampling.py [--images 4] [--ddpm-steps-timed 1000] [--guidance 4]
 
-Both samplers run the same untrained UNet (16x16x3 latents = 64 px with f=4; base 64, mults 1,2,2, attention at 8²
+Both samplers run the same untrained UNet (16x16x3 latents = 64 px with f=4; base 64, mults 1,2,2, attention
 at 8² and 4², head dim 32) with classifier-free guidance on the same batch. ``--ddpm-steps-timed N`` < 1000 times the first N
 DDPM steps and extrapolates linearly (said so in the output). Prints DDPM/DDIM as the ratio against the DDIM baseline.
 """

@@ -149,7 +149,7 @@ class LatentDataset(torch.utils.data.Dataset):
         self.cache, self.rows = cache, rows.reset_index(drop=True)
         self.positions = self.rows["row"].to_numpy()
         self.texts = self.rows["text"].fillna("").astype(str).tolist()
-        self.labels = torch.from_numpy(self.rows[list(LABEL_COLUMNS)].to_numpy(dtype=np.float32))
+        self.labels = torch.from_numpy(self.rows[list(LABEL_COLUMNS)].to_numpy(dtype=np.float32, copy=True))
 
     def __len__(self) -> int:
         return len(self.rows)
