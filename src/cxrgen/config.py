@@ -102,24 +102,47 @@ def enabled_sources(config: dict) -> list[str]:
     return [name for name in SOURCE_NAMES if name in config["sources"] and config["sources"][name]["enabled"]]
 
 
-# The keys of the ``evaluation`` section each rule reads. Rules get only these as params (so changing, say,
-# ``evaluation.fidelity`` reruns evaluate_fidelity and not the feature extraction), and each stage function narrows
-# its ``cfg`` to them first, so reading an undeclared key fails in the unit tests rather than going unnoticed.
-EVALUATION_KEYS: dict[str, tuple[str, ...]] = {
-    "extract_real_features": ("backbones", "batch_size", "n", "reference_splits", "views", "memorisation"),
-    "extract_generated_features": ("backbones", "batch_size"),
-    "evaluate_distribution": ("distribution", "bootstrap", "n"),
-    "evaluate_fidelity": ("fidelity", "bootstrap"),
-    "evaluate_memorisation": ("memorisation", "diversity", "bootstrap", "batch_size"),
-    "evaluate_reconstruction": ("reconstruction", "bootstrap", "reference_splits", "views"),
+# What each rule gets of its config section as params. Snakemake reruns a job when its params change, so a rule gets
+# only the keys it reads: changing ``clip.squeeze`` (AVA-TLS) must not retrain the baseline CLIP and both LDMs after
+# it, ``sr.finetune`` must not retrain the base SR, and ``evaluation.fidelity`` must not re-extract features.
+# (section, keys included — None = all; "a.b" = only key b of subsection a —, keys excluded). Evaluation stage
+# functions narrow their ``cfg`` with :func:`narrow_to_rule` first, so reading an undeclared key fails in the tests.
+RULE_SECTIONS: dict[str, tuple[str, tuple[str, ...] | None, tuple[str, ...]]] = {
+    "train_clip": ("clip", None, ("squeeze",)),
+    "train_clip_avatls": ("clip", None, ()),
+    "train_sr": ("sr", None, ("finetune",)),
+    "finetune_sr": ("sr", None, ("base",)),
+    "extract_real_features": ("evaluation", ("backbones", "batch_size", "n", "reference_splits", "views",
+                                             "memorisation.max_train"), ()),
+    "extract_generated_features": ("evaluation", ("backbones", "batch_size"), ()),
+    "evaluate_distribution": ("evaluation", ("distribution", "bootstrap", "n"), ()),
+    "evaluate_fidelity": ("evaluation", ("fidelity", "bootstrap"), ()),
+    "evaluate_memorisation": ("evaluation", ("memorisation", "diversity", "bootstrap", "batch_size"), ()),
+    "evaluate_reconstruction": ("evaluation", ("reconstruction", "bootstrap", "reference_splits", "views"), ()),
 }
 
 
-def evaluation_config(evaluation: dict, rule: str) -> dict:
-    """The part of the validated ``evaluation`` section that ``rule`` reads (:data:`EVALUATION_KEYS`)."""
-    if rule not in EVALUATION_KEYS:
-        raise KeyError(f"evaluation_config: unknown rule {rule!r}; known: {', '.join(EVALUATION_KEYS)}")
-    missing = [k for k in EVALUATION_KEYS[rule] if k not in evaluation]
-    if missing:
-        raise KeyError(f"evaluation_config({rule}): evaluation.{missing[0]} is missing (validate the config first)")
-    return {k: evaluation[k] for k in EVALUATION_KEYS[rule]}
+def narrow_to_rule(section: dict, rule: str) -> dict:
+    """The part of a validated config section that ``rule`` reads (:data:`RULE_SECTIONS`)."""
+    name, include, exclude = _rule_entry(rule)
+    out: dict = {}
+    for key in include if include is not None else [k for k in section if k not in exclude]:
+        head, _, sub = key.partition(".")
+        if head not in section or (sub and sub not in section[head]):
+            raise KeyError(f"narrow_to_rule({rule}): {name}.{key} is missing (validate the config first)")
+        if sub:
+            out.setdefault(head, {})[sub] = section[head][sub]
+        else:
+            out[head] = section[head]
+    return out
+
+
+def rule_section(config: dict, rule: str) -> dict:
+    """``rule``'s params from the whole validated config: its section narrowed by :func:`narrow_to_rule`."""
+    return narrow_to_rule(config[_rule_entry(rule)[0]], rule)
+
+
+def _rule_entry(rule: str) -> tuple[str, tuple[str, ...] | None, tuple[str, ...]]:
+    if rule not in RULE_SECTIONS:
+        raise KeyError(f"unknown rule {rule!r} for a narrowed config section; known: {', '.join(RULE_SECTIONS)}")
+    return RULE_SECTIONS[rule]

@@ -51,14 +51,34 @@ def test_errors_name_the_key_and_allowed_values(patch, expected):
         assert text in str(err.value)
 
 
-def test_evaluation_config_gives_each_rule_only_the_keys_it_reads():
-    from cxrgen.config import EVALUATION_KEYS, evaluation_config
+@pytest.mark.parametrize(("overlay", "changed_rules"), [
+    ({"evaluation": {"fidelity": {"min_per_class": 5}}}, {"evaluate_fidelity"}),
+    ({"evaluation": {"memorisation": {"pairs_shown": 2}}}, {"evaluate_memorisation"}),
+    ({"evaluation": {"memorisation": {"max_train": 50}}}, {"evaluate_memorisation", "extract_real_features"}),
+    ({"clip": {"squeeze": {"max_steps": 7}}}, {"train_clip_avatls"}),
+    ({"clip": {"max_steps": 7}}, {"train_clip", "train_clip_avatls"}),
+    ({"sr": {"finetune": {"max_steps": 7}}}, {"finetune_sr"}),
+    ({"sr": {"base": {"max_steps": 7}}}, {"train_sr"}),
+    ({"sr": {"batch_size": 7}}, {"train_sr", "finetune_sr"}),
+])
+def test_rules_get_only_the_config_keys_they_read(overlay, changed_rules):
+    from cxrgen.config import RULE_SECTIONS, rule_section
 
-    base = validate_config({"sources": {"nih": {}}})["evaluation"]
-    changed = validate_config({"sources": {"nih": {}}, "evaluation": {"fidelity": {"min_per_class": 5}}})["evaluation"]
-    for rule in EVALUATION_KEYS:
-        same = evaluation_config(base, rule) == evaluation_config(changed, rule)
-        assert same == (rule != "evaluate_fidelity"), rule  # only the fidelity rule's params change
-    assert set(evaluation_config(base, "evaluate_fidelity")) == {"fidelity", "bootstrap"}
+    base = validate_config({"sources": {"nih": {}}})
+    changed = validate_config({"sources": {"nih": {}}, **overlay})
+    assert {rule for rule in RULE_SECTIONS
+            if rule_section(base, rule) != rule_section(changed, rule)} == changed_rules
+
+
+def test_narrowed_sections_keep_subkeys_and_name_unknown_rules():
+    from cxrgen.config import narrow_to_rule, rule_section
+
+    config = validate_config({"sources": {"nih": {}}})
+    real = rule_section(config, "extract_real_features")
+    assert real["memorisation"] == {"max_train": config["evaluation"]["memorisation"]["max_train"]}
+    assert set(rule_section(config, "evaluate_fidelity")) == {"fidelity", "bootstrap"}
+    assert "squeeze" not in rule_section(config, "train_clip") and "finetune" not in rule_section(config, "train_sr")
     with pytest.raises(KeyError, match="unknown rule 'evaluate_fid'.*evaluate_fidelity"):
-        evaluation_config(base, "evaluate_fid")
+        rule_section(config, "evaluate_fid")
+    with pytest.raises(KeyError, match="evaluation.fidelity is missing"):
+        narrow_to_rule({"bootstrap": {}}, "evaluate_fidelity")

@@ -1,7 +1,7 @@
 # Config validation (JSON schema with defaults; errors name the key and the allowed values) and path helpers.
 from pathlib import Path
 
-from cxrgen.config import enabled_sources, evaluation_config, validate_config
+from cxrgen.config import enabled_sources, rule_section, validate_config
 
 config.update(validate_config(config))
 

@@ -13,7 +13,7 @@ rule extract_real_features:
         features=directory("results/eval/real/features"),
     params:
         store_root=store_root_of_index,
-        cfg=evaluation_config(config["evaluation"], "extract_real_features"),
+        cfg=rule_section(config, "extract_real_features"),
         resolution=eval_resolution(),
         seed=config["seed"],
     log:
@@ -30,7 +30,7 @@ rule extract_generated_features:
     output:
         features=directory("results/eval/{variant}/features"),
     params:
-        cfg=evaluation_config(config["evaluation"], "extract_generated_features"),
+        cfg=rule_section(config, "extract_generated_features"),
         resolution=eval_resolution(),
     wildcard_constraints:
         variant=EVAL_VARIANT,
@@ -64,7 +64,7 @@ rule evaluate_distribution:
         ),
         markdown="results/reports/eval/distribution_{variant}.md",
     params:
-        cfg=evaluation_config(config["evaluation"], "evaluate_distribution"),
+        cfg=rule_section(config, "evaluate_distribution"),
         seed=config["seed"],
     wildcard_constraints:
         variant=EVAL_VARIANT,
@@ -105,7 +105,7 @@ rule evaluate_fidelity:
         ),
         markdown="results/reports/eval/fidelity_{variant}.md",
     params:
-        cfg=evaluation_config(config["evaluation"], "evaluate_fidelity"),
+        cfg=rule_section(config, "evaluate_fidelity"),
         seed=config["seed"],
     wildcard_constraints:
         variant=EVAL_VARIANT,
@@ -146,7 +146,7 @@ rule evaluate_memorisation:
         ),
         markdown="results/reports/eval/memorisation_{variant}.md",
     params:
-        cfg=evaluation_config(config["evaluation"], "evaluate_memorisation"),
+        cfg=rule_section(config, "evaluate_memorisation"),
         seed=config["seed"],
     wildcard_constraints:
         variant=EVAL_VARIANT,
@@ -183,7 +183,7 @@ rule evaluate_reconstruction:
         markdown="results/reports/eval/reconstruction.md",
     params:
         store_root=store_root_of_index,
-        cfg=evaluation_config(config["evaluation"], "evaluate_reconstruction"),
+        cfg=rule_section(config, "evaluate_reconstruction"),
         seed=config["seed"],
         low_res=LOW_RES,
         high_res=HIGH_RES,

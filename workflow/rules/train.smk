@@ -11,7 +11,7 @@ rule train_clip:
     params:
         store_root=store_root_of_index,
         resolution=LOW_RES,
-        cfg=config["clip"],
+        cfg=rule_section(config, "train_clip"),
         seed=config["seed"],
         state_dir="results/state/train_clip",
     log:
@@ -31,7 +31,7 @@ rule train_clip_avatls:
     params:
         store_root=store_root_of_index,
         resolution=LOW_RES,
-        cfg=config["clip"],
+        cfg=rule_section(config, "train_clip_avatls"),
         seed=config["seed"],
         state_dir="results/state/train_clip_avatls",
     log:
@@ -101,7 +101,7 @@ rule train_sr:
         store_root=store_root_of_index,
         low_res=LOW_RES,
         high_res=HIGH_RES,
-        cfg=config["sr"],
+        cfg=rule_section(config, "train_sr"),
         seed=config["seed"],
         state_dir="results/state/train_sr",
     log:
@@ -123,7 +123,7 @@ rule finetune_sr:
         store_root=store_root_of_index,
         low_res=LOW_RES,
         high_res=HIGH_RES,
-        cfg=config["sr"],
+        cfg=rule_section(config, "finetune_sr"),
         seed=config["seed"],
         state_dir="results/state/finetune_sr",
     log:
