@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING
 
 from cxrgen.logutil import setup_job
+from cxrgen.train.state import claim_job_state
 
 if TYPE_CHECKING:
     from snakemake.script import snakemake
@@ -10,6 +11,7 @@ if TYPE_CHECKING:
 
 def main(smk) -> None:
     setup_job(smk.log[0], smk.threads)
+    claim_job_state(smk)  # a changed config or input starts fresh, not from stale state
     from cxrgen.stages.train_clip import train_clip
 
     metrics = train_clip(index_path=smk.input.index, store_root=smk.params.store_root,
