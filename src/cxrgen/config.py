@@ -102,34 +102,15 @@ def enabled_sources(config: dict) -> list[str]:
     return [name for name in SOURCE_NAMES if name in config["sources"] and config["sources"][name]["enabled"]]
 
 
-# What each rule gets of its config section as params. Snakemake reruns a job when its params change, so a rule gets
-# only the keys it reads: changing ``clip.squeeze`` (AVA-TLS) must not retrain the baseline CLIP and both LDMs after
-# it, ``sr.finetune`` must not retrain the base SR, and ``evaluation.fidelity`` must not re-extract features.
-# (section, keys included — None = all; "a.b" = only key b of subsection a —, keys excluded). Evaluation stage
-# functions narrow their ``cfg`` with :func:`narrow_to_rule` first, so reading an undeclared key fails in the tests.
-RULE_SECTIONS: dict[str, tuple[str, tuple[str, ...] | None, tuple[str, ...]]] = {
-    "train_clip": ("clip", None, ("squeeze",)),
-    "train_clip_avatls": ("clip", None, ()),
-    "train_sr": ("sr", None, ("finetune",)),
-    "finetune_sr": ("sr", None, ("base",)),
-    "extract_real_features": ("evaluation", ("backbones", "batch_size", "n", "reference_splits", "views",
-                                             "memorisation.max_train"), ()),
-    "extract_generated_features": ("evaluation", ("backbones", "batch_size"), ()),
-    "evaluate_distribution": ("evaluation", ("distribution", "bootstrap", "n"), ()),
-    "evaluate_fidelity": ("evaluation", ("fidelity", "bootstrap"), ()),
-    "evaluate_memorisation": ("evaluation", ("memorisation", "diversity", "bootstrap", "batch_size"), ()),
-    "evaluate_reconstruction": ("evaluation", ("reconstruction", "bootstrap", "reference_splits", "views"), ()),
-}
-
-
-def narrow_to_rule(section: dict, rule: str) -> dict:
-    """The part of a validated config section that ``rule`` reads (:data:`RULE_SECTIONS`)."""
-    name, include, exclude = _rule_entry(rule)
+def narrow(section: dict, include: list[str] | tuple[str, ...] | None = None,
+           exclude: list[str] | tuple[str, ...] = (), where: str = "section") -> dict:
+    """The part of a validated config section made of ``include`` (None = every key; ``"a.b"`` = only key ``b`` of
+    subsection ``a``) minus ``exclude``. A missing key raises, naming ``where``."""
     out: dict = {}
     for key in include if include is not None else [k for k in section if k not in exclude]:
         head, _, sub = key.partition(".")
         if head not in section or (sub and sub not in section[head]):
-            raise KeyError(f"narrow_to_rule({rule}): {name}.{key} is missing (validate the config first)")
+            raise KeyError(f"{where}.{key} is missing (validate the config first)")
         if sub:
             out.setdefault(head, {})[sub] = section[head][sub]
         else:
@@ -137,12 +118,21 @@ def narrow_to_rule(section: dict, rule: str) -> dict:
     return out
 
 
-def rule_section(config: dict, rule: str) -> dict:
-    """``rule``'s params from the whole validated config: its section narrowed by :func:`narrow_to_rule`."""
-    return narrow_to_rule(config[_rule_entry(rule)[0]], rule)
+def load_rule_sections(path: Path | str) -> dict[str, dict]:
+    """The workflow's table of what each rule gets of its config section (``workflow/config_sections.yaml``)."""
+    table = yaml.safe_load(Path(path).read_text()) or {}
+    for rule, entry in table.items():
+        unknown = set(entry) - {"section", "include", "exclude"}
+        if "section" not in entry or unknown:
+            raise ConfigError(f"{path}: entry {rule!r} needs 'section' and may have 'include'/'exclude' "
+                              f"(unknown: {sorted(unknown)})")
+    return table
 
 
-def _rule_entry(rule: str) -> tuple[str, tuple[str, ...] | None, tuple[str, ...]]:
-    if rule not in RULE_SECTIONS:
-        raise KeyError(f"unknown rule {rule!r} for a narrowed config section; known: {', '.join(RULE_SECTIONS)}")
-    return RULE_SECTIONS[rule]
+def section_for(config: dict, table: dict[str, dict], rule: str) -> dict:
+    """``rule``'s params from the whole validated config: its section narrowed by its entry in ``table``."""
+    if rule not in table:
+        raise KeyError(f"unknown rule {rule!r} for a narrowed config section; known: {', '.join(table)}")
+    entry = table[rule]
+    return narrow(config[entry["section"]], entry.get("include"), tuple(entry.get("exclude", ())),
+                  where=f"{rule}: {entry['section']}")

@@ -83,3 +83,12 @@ def synthetic_store(root: Path | str, real: pd.DataFrame, *, twins_of: list[str]
              "source_image_id": list(twins_of) + [""] * n_balanced, "seed": list(range(n)),
              "split": ["synthetic"] * n, "view": ["PA"] * n}
     return write_store(root, ids, labels, source="synthetic", resolutions=resolutions, extra=extra, seed=seed)
+
+
+def narrowed(section: dict, rule: str) -> dict:
+    """What the workflow passes ``rule`` of its config section (workflow/config_sections.yaml), so a stage function
+    that reads a key its rule does not declare fails here."""
+    from cxrgen.config import load_rule_sections, narrow
+
+    entry = load_rule_sections(Path(__file__).parents[2] / "workflow" / "config_sections.yaml")[rule]
+    return narrow(section, entry.get("include"), tuple(entry.get("exclude", ())), where=rule)

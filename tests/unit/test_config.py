@@ -3,9 +3,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxrgen.config import ConfigError, deep_merge, enabled_sources, load_config, validate_config
+from cxrgen.config import ConfigError, deep_merge, enabled_sources, load_config, load_rule_sections, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
+RULE_SECTIONS = load_rule_sections(ROOT / "workflow" / "config_sections.yaml")
 
 
 def base():
@@ -62,23 +63,24 @@ def test_errors_name_the_key_and_allowed_values(patch, expected):
     ({"sr": {"batch_size": 7}}, {"train_sr", "finetune_sr"}),
 ])
 def test_rules_get_only_the_config_keys_they_read(overlay, changed_rules):
-    from cxrgen.config import RULE_SECTIONS, rule_section
+    from cxrgen.config import section_for
 
     base = validate_config({"sources": {"nih": {}}})
     changed = validate_config({"sources": {"nih": {}}, **overlay})
     assert {rule for rule in RULE_SECTIONS
-            if rule_section(base, rule) != rule_section(changed, rule)} == changed_rules
+            if section_for(base, RULE_SECTIONS, rule) != section_for(changed, RULE_SECTIONS, rule)} == changed_rules
 
 
 def test_narrowed_sections_keep_subkeys_and_name_unknown_rules():
-    from cxrgen.config import narrow_to_rule, rule_section
+    from cxrgen.config import narrow, section_for
 
     config = validate_config({"sources": {"nih": {}}})
-    real = rule_section(config, "extract_real_features")
+    real = section_for(config, RULE_SECTIONS, "extract_real_features")
     assert real["memorisation"] == {"max_train": config["evaluation"]["memorisation"]["max_train"]}
-    assert set(rule_section(config, "evaluate_fidelity")) == {"fidelity", "bootstrap"}
-    assert "squeeze" not in rule_section(config, "train_clip") and "finetune" not in rule_section(config, "train_sr")
+    assert set(section_for(config, RULE_SECTIONS, "evaluate_fidelity")) == {"fidelity", "bootstrap"}
+    assert "squeeze" not in section_for(config, RULE_SECTIONS, "train_clip")
+    assert "finetune" not in section_for(config, RULE_SECTIONS, "train_sr")
     with pytest.raises(KeyError, match="unknown rule 'evaluate_fid'.*evaluate_fidelity"):
-        rule_section(config, "evaluate_fid")
-    with pytest.raises(KeyError, match="evaluation.fidelity is missing"):
-        narrow_to_rule({"bootstrap": {}}, "evaluate_fidelity")
+        section_for(config, RULE_SECTIONS, "evaluate_fid")
+    with pytest.raises(KeyError, match="evaluate_fidelity.fidelity is missing"):
+        narrow({"bootstrap": {}}, ["fidelity", "bootstrap"], where="evaluate_fidelity")

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from evaluate_helpers import narrowed
 
 from cxrgen.config import validate_config
 from cxrgen.evaluate.classifier import save_evaluator, tiny_evaluator
@@ -104,10 +105,13 @@ def feature_dirs(stores, cfg, tmp_path_factory):
     out = tmp_path_factory.mktemp("features")
     evaluator_dir = save_evaluator(tiny_evaluator(LOW), out / "evaluator")
     counts = stages.extract_real_features(index_path=real_root / "index.parquet", store_root=real_root,
-                                         evaluator_dir=evaluator_dir, cfg=cfg, resolution=HIGH, seed=1,
+                                         evaluator_dir=evaluator_dir,
+                                             cfg=narrowed(cfg, "extract_real_features"),
+                                             resolution=HIGH, seed=1,
                                          out_dir=out / "real")
     assert counts == {"reference": 12, "train": 28, "val": 8}  # laterals left out
-    stages.extract_generated_features(synthetic_root=syn_root, evaluator_dir=evaluator_dir, cfg=cfg,
+    stages.extract_generated_features(synthetic_root=syn_root, evaluator_dir=evaluator_dir,
+        cfg=narrowed(cfg, "extract_generated_features"),
                                       resolution=HIGH, out_dir=out / "generated")
     return out / "real", out / "generated"
 
@@ -125,7 +129,9 @@ def test_feature_sets_hold_features_probs_and_skipped_backbones(feature_dirs):
 
 
 def test_distribution_stage(feature_dirs, cfg, tmp_path):
-    out = stages.evaluate_distribution(real_dir=feature_dirs[0], generated_dir=feature_dirs[1], cfg=cfg, seed=0,
+    out = stages.evaluate_distribution(real_dir=feature_dirs[0], generated_dir=feature_dirs[1],
+        cfg=narrowed(cfg, "evaluate_distribution"),
+        seed=0,
                                        variant="cheff", out_json=tmp_path / "d.json", out_html=tmp_path / "d.html",
                                        out_figure=tmp_path / "d.png", out_markdown=tmp_path / "md/d.md")
     saved = json.loads((tmp_path / "d.json").read_text())
@@ -141,13 +147,16 @@ def test_distribution_stage(feature_dirs, cfg, tmp_path):
     assert (tmp_path / "d.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="present"):
         stages.evaluate_distribution(real_dir=feature_dirs[0], generated_dir=feature_dirs[1],
-                                     cfg={**cfg, "distribution": {**cfg["distribution"], "sets": ["nope"]}}, seed=0,
+                                         cfg=narrowed({**cfg, "distribution": {**cfg["distribution"], "sets": ["nope"]}}, "evaluate_distribution"),
+                                         seed=0,
                                      variant="cheff", out_json=tmp_path / "x.json", out_html=tmp_path / "x.html",
                                      out_figure=tmp_path / "x.png", out_markdown=tmp_path / "x.md")
 
 
 def test_fidelity_stage(feature_dirs, cfg, tmp_path):
-    out = stages.evaluate_fidelity(real_dir=feature_dirs[0], generated_dir=feature_dirs[1], cfg=cfg, seed=0,
+    out = stages.evaluate_fidelity(real_dir=feature_dirs[0], generated_dir=feature_dirs[1],
+        cfg=narrowed(cfg, "evaluate_fidelity"),
+        seed=0,
                                    variant="cheff", out_json=tmp_path / "f.json", out_html=tmp_path / "f.html",
                                    out_figure=tmp_path / "f.png", out_grid=tmp_path / "g.png",
                                    out_markdown=tmp_path / "f.md")
@@ -167,7 +176,9 @@ def test_fidelity_stage(feature_dirs, cfg, tmp_path):
 
 
 def test_memorisation_stage_catches_a_copied_training_image(feature_dirs, cfg, tmp_path):
-    out = stages.evaluate_memorisation(real_dir=feature_dirs[0], generated_dir=feature_dirs[1], cfg=cfg, seed=0,
+    out = stages.evaluate_memorisation(real_dir=feature_dirs[0], generated_dir=feature_dirs[1],
+        cfg=narrowed(cfg, "evaluate_memorisation"),
+        seed=0,
                                        variant="cheff", out_json=tmp_path / "m.json", out_html=tmp_path / "m.html",
                                        out_pairs=tmp_path / "p.png", out_histogram=tmp_path / "h.png",
                                        out_markdown=tmp_path / "m.md")
@@ -203,7 +214,9 @@ def test_reconstruction_stage(stores, cfg, tmp_path):
     save_sr(build_sr(section["sr"], low_res=LOW, high_res=HIGH, mode="decoded"), tmp_path / "sr")
     out = stages.evaluate_reconstruction(
         index_path=real_root / "index.parquet", store_root=real_root, ae_dir=tmp_path / "ae",
-        sr_base_dir=tmp_path / "sr_base", sr_dir=tmp_path / "sr", cfg=cfg, seed=0, low_res=LOW, high_res=HIGH,
+        sr_base_dir=tmp_path / "sr_base", sr_dir=tmp_path / "sr",
+            cfg=narrowed(cfg, "evaluate_reconstruction"),
+            seed=0, low_res=LOW, high_res=HIGH,
         out_json=tmp_path / "r.json", out_html=tmp_path / "r.html", out_figure=tmp_path / "r.png",
         out_markdown=tmp_path / "r.md")
     results = out["results"]
@@ -215,7 +228,9 @@ def test_reconstruction_stage(stores, cfg, tmp_path):
         "unavailable"]
     again = stages.evaluate_reconstruction(
         index_path=real_root / "index.parquet", store_root=real_root, ae_dir=tmp_path / "ae",
-        sr_base_dir=tmp_path / "sr_base", sr_dir=tmp_path / "sr", cfg=cfg, seed=0, low_res=LOW, high_res=HIGH,
+        sr_base_dir=tmp_path / "sr_base", sr_dir=tmp_path / "sr",
+            cfg=narrowed(cfg, "evaluate_reconstruction"),
+            seed=0, low_res=LOW, high_res=HIGH,
         out_json=tmp_path / "r2.json", out_html=tmp_path / "r2.html", out_figure=tmp_path / "r2.png",
         out_markdown=tmp_path / "r2.md")
     assert again["results"] == results  # seeded SR noise: deterministic

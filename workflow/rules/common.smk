@@ -1,9 +1,15 @@
 # Config validation (JSON schema with defaults; errors name the key and the allowed values) and path helpers.
 from pathlib import Path
 
-from cxrgen.config import enabled_sources, rule_section, validate_config
+from cxrgen.config import enabled_sources, load_rule_sections, section_for, validate_config
 
 config.update(validate_config(config))
+RULE_SECTIONS = load_rule_sections(workflow.source_path("../config_sections.yaml"))
+
+
+def rule_section(config, rule):
+    """The keys of its config section that ``rule`` reads (workflow/config_sections.yaml)."""
+    return section_for(config, RULE_SECTIONS, rule)
 
 SOURCES = enabled_sources(config)
 RESOLUTIONS = config["ingest"]["resolutions"]

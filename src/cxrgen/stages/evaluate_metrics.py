@@ -29,7 +29,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from cxrgen.config import narrow_to_rule  # noqa: E402
 from cxrgen.evaluate import metrics as M  # noqa: E402
 from cxrgen.evaluate.backbones import Skipped, load_backbones  # noqa: E402
 from cxrgen.evaluate.distribution import BIAS_SHIFT, distribution_metrics  # noqa: E402
@@ -124,7 +123,6 @@ def extract_real_features(*, index_path: Path | str, store_root: Path | str, eva
     """Rule ``extract_real_features``: the real ``reference`` set (features of every usable backbone + evaluator
     probabilities), ``train`` (evaluator features, for the memorisation search) and ``val`` (evaluator probabilities,
     for decision thresholds) into the feature-set directory ``out_dir`` (written atomically)."""
-    cfg = narrow_to_rule(cfg, "extract_real_features")
     started = time.perf_counter()
     evaluator = _load_evaluator(evaluator_dir)
     backbones, skipped = load_backbones(cfg["backbones"]["use"], cfg["backbones"], evaluator=evaluator)
@@ -153,7 +151,6 @@ def extract_generated_features(*, synthetic_root: Path | str, evaluator_dir: Pat
                                out_dir: Path | str) -> dict:
     """Rule ``extract_generated_features``: every image of a synthetic store (``generated`` set): features of every
     usable backbone and evaluator probabilities."""
-    cfg = narrow_to_rule(cfg, "extract_generated_features")
     started = time.perf_counter()
     evaluator = _load_evaluator(evaluator_dir)
     backbones, skipped = load_backbones(cfg["backbones"]["use"], cfg["backbones"], evaluator=evaluator)
@@ -188,7 +185,6 @@ def evaluate_distribution(*, real_dir: Path | str, generated_dir: Path | str, cf
                           job_name: str = "evaluate_distribution") -> dict:
     """Rule ``evaluate_distribution``: FID and KID of the generated set against the real reference set for every
     backbone present in both feature sets, with the real-vs-real floor and bootstrap intervals."""
-    cfg = narrow_to_rule(cfg, "evaluate_distribution")
     dcfg = cfg["distribution"]
     resamples = int(dcfg["bootstrap_resamples"])
     confidence = float(cfg["bootstrap"]["confidence"])
@@ -317,7 +313,6 @@ def evaluate_fidelity(*, real_dir: Path | str, generated_dir: Path | str, cfg: d
                       job_name: str = "evaluate_fidelity") -> dict:
     """Rule ``evaluate_fidelity``: evaluator AUROC/F1 per finding on the generated images against their prompt
     labels (per prompt set and all together) and on the real reference images against their own labels."""
-    cfg = narrow_to_rule(cfg, "evaluate_fidelity")
     from cxrgen.evaluate.fidelity import scores_with_intervals
 
     fcfg = cfg["fidelity"]
@@ -507,7 +502,6 @@ def evaluate_memorisation(*, real_dir: Path | str, generated_dir: Path | str, cf
     """Rule ``evaluate_memorisation``: nearest training image per generated / real reference image (evaluator
     features and pixels), the re-identification share under the threshold, the closest pairs, and the diversity of
     repeated generations of one prompt."""
-    cfg = narrow_to_rule(cfg, "evaluate_memorisation")
     from cxrgen.evaluate import memorisation as mem
 
     mcfg = cfg["memorisation"]
@@ -736,7 +730,6 @@ def evaluate_reconstruction(*, index_path: Path | str, store_root: Path | str, a
                             job_name: str = "evaluate_reconstruction") -> dict:
     """Rule ``evaluate_reconstruction``: MSE / PSNR / SSIM (/ MS-SSIM) of the Cheff Table 2 chains on real
     reference images (x_HR at ``high_res``, x_LR = bicubic to ``low_res``)."""
-    cfg = narrow_to_rule(cfg, "evaluate_reconstruction")
     from cxrgen.evaluate.reconstruction import CHAINS, per_image_metrics, run_chains
     from cxrgen.models.autoencoder import load_autoencoder
     from cxrgen.models.sr import load_sr

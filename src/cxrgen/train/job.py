@@ -1,0 +1,201 @@
+"""One tracked job: the scaffold every trainer, generator and evaluator runs inside.
+
+A job opens (or re-opens, after a kill) its MLflow child run with its params, does its work, writes its output into a
+staging path, publishes it atomically and then logs artifacts. The run's final status follows one rule:
+
+- ``KILLED`` when the job was stopped from outside: SIGTERM (what SLURM sends at a time limit and ``scancel``
+  sends), Ctrl-C, or the loop's ``stop_after_steps`` (:class:`cxrgen.train.loop.Interrupted`). The job is
+  expected to be resubmitted and to resume; its run id is kept in the state directory so the resubmission continues
+  the same run;
+- ``FAILED`` for any other exception, in any phase (including a failed save or artifact upload), or when the body
+  returns without publishing;
+- ``FINISHED`` only after the output was published and the artifacts logged.
+
+The phase a job failed in is tagged on the run (``cxrgen.failed_phase``) with the exception type (never its message:
+messages may carry source paths).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cxrgen.train.outputs import publish_dir, staging_dir
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run.json"
+PHASES = ("open", "run", "publish", "artifacts", "done")
+
+
+class JobKilled(BaseException):  # noqa: N818 - a signal, not an error; BaseException so `except Exception` lets it pass
+    """Raised in the main thread when the process receives SIGTERM (time limit, scancel)."""
+
+
+def is_kill(error: BaseException) -> bool:
+    from cxrgen.train.loop import Interrupted
+
+    return isinstance(error, JobKilled | KeyboardInterrupt | Interrupted)
+
+
+def metric_key(name: str) -> str:
+    """An MLflow-valid metric key (alphanumerics, ``_ - . space : /`` only)."""
+    return re.sub(r"[^\w\-. :/]", "_", name.replace(" → ", "_to_"))
+
+
+def json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.integer | np.floating | np.bool_):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value)}")
+
+
+def write_json(path: Path | str, payload: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=json_default, allow_nan=True))
+    return path
+
+
+class TrackedJob:
+    """Handle given to the body of :func:`tracked_job`."""
+
+    def __init__(self, run, state_dir: Path | None):
+        self.run = run
+        self.state_dir = state_dir
+        self.phase = "open"
+        self.published = False
+        # what a resumable trainer keeps in its checkpoints (run_training's ``extra_state``)
+        self.extra: dict[str, Any] = {"mlflow_run_id": self.run_id, "history": []}
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.run_id if self.run is not None else None
+
+    def log_metrics(self, metrics: dict[str, Any], step: int = 0, prefix: str = "") -> None:
+        """Log the finite numeric values of ``metrics`` (others are skipped) under MLflow-valid keys."""
+        if self.run is None:
+            return
+        finite = {metric_key(prefix + k): float(v) for k, v in metrics.items()
+                  if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+        if finite:
+            self.run.log_metrics(finite, step)
+
+    def record(self, metrics: dict[str, float], step: int, prefix: str = "") -> None:
+        """The usual ``on_log`` of a training loop: keep the point in ``extra["history"]`` (it survives a resume
+        through the checkpoints) and log it."""
+        self.extra["history"].append({"step": step, **metrics})
+        self.log_metrics(metrics, step, prefix)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.set_tags({k: str(v) for k, v in tags.items()})
+
+    def staging(self, final: Path | str) -> Path:
+        """A fresh staging directory ``<final>.tmp`` for a directory output."""
+        return staging_dir(final)
+
+    def publish(self, staged: Path | str, final: Path | str, *, artifacts: tuple[str, ...] | list[str] = (),
+                tags: dict[str, Any] | None = None) -> Path:
+        """Swap the finished ``staged`` directory or file in as ``final``, then log ``artifacts`` (names relative to
+        ``final`` for a directory; paths otherwise) and ``tags``. Call once per output; the job counts as published
+        once every call returned."""
+        self.phase = "publish"
+        staged, final = Path(staged), Path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if staged.is_dir():
+            publish_dir(staged, final)
+        else:
+            os.replace(staged, final)
+        self.phase = "artifacts"
+        if self.run is not None:
+            for name in artifacts:
+                path = final / name if final.is_dir() else Path(name)
+                self.run.log_artifact(path)
+            self.set_tags({"cxrgen.output": str(final.resolve()), **(tags or {})})
+        self.published = True
+        self.phase = "run"
+        return final
+
+    def artifacts(self, *paths: Path | str) -> None:
+        """Log further artifacts (e.g. figures written next to a published file)."""
+        if self.run is not None:
+            for path in paths:
+                self.run.log_artifact(Path(path))
+
+
+def _previous_run_id(state_dir: Path | None) -> str | None:
+    if state_dir is None or not (Path(state_dir) / RUN_ID_FILE).is_file():
+        return None
+    return json.loads((Path(state_dir) / RUN_ID_FILE).read_text()).get("run_id")
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`JobKilled` in the main thread while the job runs (Python's default would end the
+    process without closing its run)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise JobKilled(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def tracked_job(tracking_json: Path | str | None, name: str, *, params: dict | None = None,
+                tags: dict | None = None, state_dir: Path | str | None = None) -> Iterator[TrackedJob]:
+    """Run the body as one tracked job (see the module docstring for the status rule).
+
+    ``tracking_json`` (rule ``init_tracking``) → an MLflow child run ``name`` with ``params`` and ``tags``;
+    ``None`` runs untracked. With ``state_dir`` (a resumable job), the run id is kept in ``state_dir`` and a rerun
+    after a kill continues the same run.
+    """
+    from cxrgen.train.tracking import JobRun
+
+    state = Path(state_dir) if state_dir is not None else None
+    with _sigterm_raises():
+        run = None
+        if tracking_json is not None:
+            previous = _previous_run_id(state)
+            run = JobRun(Path(tracking_json), name, params=None if previous else params, tags=tags, run_id=previous)
+            if state is not None:
+                write_json(state / RUN_ID_FILE, {"run_id": run.run_id})
+        job = TrackedJob(run, state)
+        job.phase = "run"
+        try:
+            yield job
+            if not job.published:
+                raise RuntimeError(f"job {name} ended without publishing its output")
+        except BaseException as error:
+            status = "KILLED" if is_kill(error) else "FAILED"
+            log.error("job %s %s in phase %s (%s)", name, status.lower(), job.phase, type(error).__name__)
+            if run is not None:
+                try:
+                    run.set_tags({"cxrgen.failed_phase": job.phase, "cxrgen.error": type(error).__name__})
+                finally:
+                    run.finish(status)
+            raise
+        job.phase = "done"
+        if run is not None:
+            run.finish("FINISHED")
