@@ -14,6 +14,9 @@ import numpy as np
 
 from cxrgen.labels import CHEXPERT_LABELS, label_column
 
+# rows of the trainers' end-of-training sample grids: one template report per finding
+GRID_FINDINGS = ("No Finding", "Cardiomegaly", "Pleural Effusion", "Pneumothorax")
+
 # {side}: "right" | "left" | "bilateral" variants; findings without a side have no placeholder.
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "No Finding": (

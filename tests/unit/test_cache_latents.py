@@ -6,9 +6,10 @@ import pytest
 import torch
 from test_autoencoder import RES, tiny_cfg, tiny_store
 
+from cxrgen.data.latents import LatentDataset, StaleLatentsError, load_latents
 from cxrgen.labels import LABEL_COLUMNS
 from cxrgen.models.autoencoder import autoencoder_hash, build_autoencoder, save_autoencoder
-from cxrgen.stages.cache_latents import LatentDataset, StaleLatentsError, cache_latents, load_latents
+from cxrgen.stages.cache_latents import cache_latents
 from cxrgen.train.data import StoreImages, select_rows
 
 

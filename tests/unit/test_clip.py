@@ -162,9 +162,11 @@ def test_text_encoder_shapes_mask_determinism_and_pooling(tmp_path):
     assert mask[0, : words + 2].all() and not mask[0, words + 2 :].any()
     again, _ = load_text_encoder(tmp_path / "m").encode(texts)
     assert torch.equal(tokens, again)
-    # causal tower: a token's embedding does not depend on the text after it
+    # causal tower: a token's embedding does not depend on the text after it (batch 3 vs batch 1: equal up to the
+    # CPU kernels' batch-shape rounding, not bit for bit)
     other, _ = encoder.encode(["Large right lung mass."])
-    assert torch.equal(tokens[0, :3], other[0, :3]) and not torch.equal(tokens[0, 3], other[0, 3])
+    assert torch.allclose(tokens[0, :3], other[0, :3], atol=1e-5)
+    assert not torch.allclose(tokens[0, 3], other[0, 3], atol=1e-3)
     pooled = encoder.encode_pooled(texts)
     assert pooled.shape == (3, 16) and torch.allclose(pooled.norm(dim=-1), torch.ones(3))
 

@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from cxrgen.config import load_schema, validate_config
+from cxrgen.data.latents import INDEX_FILE, MEAN_FILE, META_FILE, STD_FILE
+from cxrgen.data.lnfs import kept_image_ids
 from cxrgen.labels import LABEL_COLUMNS
-from cxrgen.stages.cache_latents import INDEX_FILE, MEAN_FILE, META_FILE, STD_FILE
-from cxrgen.stages.filter_noise import INDEX_COLUMNS, evaluate, filter_noise, kept_image_ids, lnfs_scores, noise_truth
+from cxrgen.stages.filter_noise import INDEX_COLUMNS, evaluate, filter_noise, lnfs_scores, noise_truth
 
 
 def lnfs_cfg(**overrides) -> dict:

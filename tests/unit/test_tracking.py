@@ -24,19 +24,3 @@ def test_parent_child_runs_and_resume(tmp_path, monkeypatch):
     history = again.client.get_metric_history(job.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.25)]
     assert run.info.status == "FINISHED"
-
-
-def test_failed_jobs_close_their_run_killed_or_failed(tmp_path, monkeypatch):
-    from cxrgen.train.loop import Interrupted
-    from cxrgen.train.tracking import finish_failed
-
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    run_json = tmp_path / "tracking/run.json"
-    init_tracking(run_json, "cxrgen-test", {"seed": 1}, tmp_path / "results")
-    interrupted, crashed = JobRun(run_json, "a"), JobRun(run_json, "b")
-    finish_failed(interrupted, Interrupted("time limit"))
-    finish_failed(crashed, ValueError("bad input"))
-    finish_failed(None, ValueError("tracking off"))  # no run: nothing to close
-    client = crashed.client
-    assert client.get_run(interrupted.run_id).info.status == "KILLED"
-    assert client.get_run(crashed.run_id).info.status == "FAILED"

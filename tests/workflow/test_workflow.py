@@ -183,7 +183,7 @@ def test_generative_chain_outputs(tiny_run):
 def test_lnfs_and_labeler_outputs(tiny_run):
     """LNFS lists every cached image exactly once (never deletes), its fragment reports precision/recall against the
     injected demo noise, and the IU-Xray rows carry labeler labels marked as such."""
-    from cxrgen.stages.filter_noise import kept_image_ids
+    from cxrgen.data.lnfs import kept_image_ids
 
     filtered = pd.read_parquet(tiny_run / "results/lnfs/filtered_index.parquet")
     latents = pd.read_parquet(tiny_run / "results/latents/latents_index.parquet")

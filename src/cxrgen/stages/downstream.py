@@ -7,7 +7,6 @@ import copy
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,9 @@ import pandas as pd
 from cxrgen.evaluate.classifier import multilabel_metrics, predict_rows, train_classifier
 from cxrgen.evaluate.experiments import build_arms, label_frame, positives, real_rows, synthetic_pool
 from cxrgen.labels import CHEXPERT_LABELS
-from cxrgen.train.tracking import JobRun, config_digest, finish_failed
+from cxrgen.report.figures import Panel, plot_curves, series
+from cxrgen.train.job import tracked_job, write_json
+from cxrgen.train.tracking import config_digest
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +62,15 @@ def run_downstream(*, real_index_path: Path | str, real_store_root: Path | str, 
     train_cfg = training_config(evaluator_cfg, cfg)
     train_seed = int(base_seed) + int(seed)
 
-    run_file = state_dir / "mlflow_run.json"
-    run = None
-    if tracking_json is not None:
-        previous = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
-        run = JobRun(Path(tracking_json), job_name, run_id=previous,
-                     params={"experiment": experiment, "seed": seed, "train_seed": train_seed,
-                             "variant": cfg["variant"], "resolution": resolution, "classifier": train_cfg,
-                             "experiment_cfg": cfg[experiment], "pool_sets": sets, "n_pool": len(pool),
-                             "n_real_train": len(real), "n_val": len(val), "n_test": len(test),
-                             **{f"arm.{_slug(a.name)}.n_real": a.n_real for a in arms},
-                             **{f"arm.{_slug(a.name)}.n_synthetic": a.n_synthetic for a in arms}},
-                     tags={"snakemake.rule": "run_downstream", "cxrgen.experiment": experiment,
-                           "config.sha256": config_digest({"downstream": cfg, "evaluator": evaluator_cfg})})
-        run_file.write_text(json.dumps({"run_id": run.run_id}))
+    params = {"experiment": experiment, "seed": seed, "train_seed": train_seed, "variant": cfg["variant"],
+              "resolution": resolution, "classifier": train_cfg, "experiment_cfg": cfg[experiment],
+              "pool_sets": sets, "n_pool": len(pool), "n_real_train": len(real), "n_val": len(val),
+              "n_test": len(test), **{f"arm.{_slug(a.name)}.n_real": a.n_real for a in arms},
+              **{f"arm.{_slug(a.name)}.n_synthetic": a.n_synthetic for a in arms}}
+    tags = {"snakemake.rule": "run_downstream", "cxrgen.experiment": experiment,
+            "config.sha256": config_digest({"downstream": cfg, "evaluator": evaluator_cfg})}
     results, curves = {}, {}
-    try:
+    with tracked_job(tracking_json, job_name, params=params, tags=tags, state_dir=state_dir) as job:
         for k, arm in enumerate(arms):
             arm_dir = state_dir / _slug(arm.name)
             done = arm_dir / "result.json"
@@ -86,20 +80,13 @@ def run_downstream(*, real_index_path: Path | str, real_store_root: Path | str, 
                 log.info("arm %s already trained (%s)", arm.name, done)
                 continue
             log.info("arm %d/%d %s: %s", k + 1, len(arms), arm.name, arm.description)
-
-            def on_log(metrics: dict, step: int, name: str = arm.name) -> None:
-                if run:
-                    run.log_metrics({f"{_slug(name)}/train/{m}": v for m, v in metrics.items()}, step)
-
-            def on_eval(metrics: dict, step: int, name: str = arm.name) -> None:
-                if run:
-                    run.log_metrics({f"{_slug(name)}/{m.replace(' ', '_')}": v for m, v in metrics.items()
-                                     if math.isfinite(v)}, step)
-
-            trained = train_classifier(arm.rows, cfg=train_cfg, resolution=resolution, seed=train_seed,
-                                       state_dir=arm_dir, val_rows=val if len(val) else None,
-                                       task_findings=arm.task_findings, on_log=on_log, on_eval=on_eval,
-                                       stop_after_steps=stop_after_steps, desc=f"{experiment}:{arm.name}")
+            prefix = f"{_slug(arm.name)}/"
+            trained = train_classifier(
+                arm.rows, cfg=train_cfg, resolution=resolution, seed=train_seed, state_dir=arm_dir,
+                val_rows=val if len(val) else None, task_findings=arm.task_findings,
+                on_log=lambda metrics, step, prefix=prefix: job.log_metrics(metrics, step, prefix + "train/"),
+                on_eval=lambda metrics, step, prefix=prefix: job.log_metrics(metrics, step, prefix),
+                stop_after_steps=stop_after_steps, desc=f"{experiment}:{arm.name}")
             columns = [CHEXPERT_LABELS.index(f) for f in arm.task_findings]
             probs = predict_rows(trained.evaluator, test)[:, columns]
             scores = multilabel_metrics(probs, label_frame(test)[:, columns], arm.task_findings)
@@ -113,10 +100,9 @@ def run_downstream(*, real_index_path: Path | str, real_store_root: Path | str, 
             results[arm.name], curves[arm.name] = result, curve
             for ckpt in arm_dir.glob("ckpt-*.pt"):  # the arm is finished: its result is all a rerun needs
                 ckpt.unlink()
-            if run:
-                final = {f"{_slug(arm.name)}/test/auroc_{a}": v for a, v in scores["auroc"].items() if v is not None}
-                final.update({f"{_slug(arm.name)}/test/f1_{a}": v for a, v in scores["f1"].items() if v is not None})
-                run.log_metrics(final, trained.steps)
+            final = {f"test/auroc_{a}": v for a, v in scores["auroc"].items()}
+            final.update({f"test/f1_{a}": v for a, v in scores["f1"].items()})
+            job.log_metrics(final, trained.steps, prefix)
         metrics = {"experiment": experiment, "seed": int(seed), "train_seed": train_seed, "variant": cfg["variant"],
                    "resolution": resolution, "views": views, "classifier": {
                        "model": train_cfg["model"], "max_steps": train_cfg["max_steps"],
@@ -124,20 +110,13 @@ def run_downstream(*, real_index_path: Path | str, real_store_root: Path | str, 
                        "selection": train_cfg["selection"], "eval_every": train_cfg["eval_every"]},
                    "experiment_cfg": cfg[experiment], "pool": {"sets": sets, "n": len(pool), "excluded": excluded},
                    "n_real_train": len(real), "n_val": len(val), "n_test": len(test), "arms": results,
-                   "mlflow_run_id": run.run_id if run else None}
+                   "mlflow_run_id": job.run_id}
+        curves_png = out_path.parent / "curves.png"
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(out_path.name + ".tmp")
-        tmp.write_text(json.dumps(metrics, indent=1))
-        _save_curves(curves, out_path.parent / "curves.png", experiment)
-        os.replace(tmp, out_path)
-        if run:
-            run.log_artifact(out_path)
-            run.log_artifact(out_path.parent / "curves.png")
-            run.finish("FINISHED")
-        return metrics
-    except BaseException as error:
-        finish_failed(run, error)
-        raise
+        _save_curves(curves, curves_png, experiment)
+        staged = write_json(out_path.with_name(out_path.name + ".tmp"), metrics)
+        job.publish(staged, out_path, artifacts=[out_path, curves_png])
+    return metrics
 
 
 def _slug(name: str) -> str:
@@ -145,25 +124,11 @@ def _slug(name: str) -> str:
 
 
 def _save_curves(curves: dict[str, dict], path: Path, experiment: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(curves)
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 2.8), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=False):
-        hist, evals = curves[name].get("history", []), curves[name].get("evals", [])
-        if hist:
-            ax.plot([h["step"] for h in hist], [h["loss"] for h in hist], label="train BCE")
-        if evals:
-            ax.plot([e["step"] for e in evals], [e["val/loss"] for e in evals], marker="o", label="val BCE")
-        ax.set_title(f"{experiment}: {name}", fontsize=8)
-        ax.set_xlabel("step", fontsize=8)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    """One panel per arm: train and val BCE over steps."""
+    panels = [Panel(f"{experiment}: {name}", [series(curve.get("history", []), "loss", "train BCE"),
+                                              series(curve.get("evals", []), "val/loss", "val BCE", marker="o")],
+                    ylabel="BCE") for name, curve in curves.items()]
+    plot_curves(path, panels, panel_size=(3.2, 2.8), dpi=90)
 
 
 # --------------------------------------------------------------------------------------------------- report

@@ -29,7 +29,7 @@ for an outlier-cluster member), confident normal -> kept (``kmeans``), every oth
 
 Outputs: ``filtered_index.parquet`` (one row per cached image: scores, confident set, removed/kept, decided_by),
 a markdown fragment and a figure; with demo ground truth (``results/sources/_meta/<source>.noise.parquet`` joined to
-image ids through the ingestion manifests) precision and recall are measured. Readers: :func:`kept_image_ids`.
+image ids through the ingestion manifests) precision and recall are measured. Readers: :func:`cxrgen.data.lnfs.kept_image_ids`.
 """
 
 from __future__ import annotations
@@ -48,12 +48,6 @@ INDEX_COLUMNS = ("image_id", "split", "source", "view", "cluster", "cluster_size
                  "discriminator_score",
                  "confident", "removed", "kept", "decided_by")
 _CHUNK = 8192
-
-
-def kept_image_ids(path: Path | str) -> set[str]:
-    """Image ids LNFS keeps (``kept`` rows of ``filtered_index.parquet``): the training set of the LNFS variants."""
-    frame = pd.read_parquet(path, columns=["image_id", "kept"])
-    return set(frame.loc[frame["kept"].astype(bool), "image_id"])
 
 
 # ---- the filter on a plain feature matrix (unit-testable without a latent cache) ----------------------------------
@@ -254,7 +248,7 @@ def filter_noise(*, latents_dir: Path | str, out_index: Path | str, out_markdown
     """LNFS over the latent cache in ``latents_dir``: writes the filtered index, the markdown fragment and the figure
     (score histograms; examples of removed images when ``store_root``/``store_index``/``resolution`` are given).
     ``truth_paths``/``manifest_paths``: the demo's noise truth and the ingestion manifests, for precision/recall."""
-    from cxrgen.stages.cache_latents import load_latents
+    from cxrgen.data.latents import load_latents
 
     cache = load_latents(latents_dir)
     index = cache.index.sort_values("row").reset_index(drop=True)

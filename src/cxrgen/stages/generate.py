@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -29,8 +28,9 @@ from tqdm import tqdm
 
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
 from cxrgen.prompts import TEMPLATES, finding_prompt, label_template_report, template_variants  # noqa: F401 (re-exported)
+from cxrgen.report.figures import save_grid
 from cxrgen.store import ShardWriter
-from cxrgen.train.outputs import publish_dir
+from cxrgen.train.job import tracked_job, write_json
 
 SOURCE = "synthetic"
 PROMPT_SETS = ("test_reports", "class_balanced", "train_twins")
@@ -138,31 +138,6 @@ def to_uint16(images: torch.Tensor) -> np.ndarray:
     return np.round(pixels * 65535.0).astype(np.uint16)
 
 
-def save_grid(images: torch.Tensor, row_names: list[str], columns: int, path: Path | str) -> None:
-    """A grid PNG: ``len(row_names)`` rows × ``columns`` images (row-major), rows labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pixels = ((images.clamp(-1, 1) + 1) / 2).squeeze(1).cpu().numpy()
-    rows = len(row_names)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns + 1.6, 1.6 * rows), squeeze=False)
-    for r in range(rows):
-        for c in range(columns):
-            ax = axes[r][c]
-            k = r * columns + c
-            if k < len(pixels):
-                ax.imshow(pixels[k], cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(row_names[r], rotation=0, ha="right", va="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def _provenance(pipe) -> dict[str, str]:
     from cxrgen.models.diffusion import dir_digest
 
@@ -205,16 +180,36 @@ def generate(*, ldm_dir: Path | str, ae_dir: Path | str | None, clip_dir: Path |
     settings = SamplerSettings(steps=int(cfg["steps"]), eta=float(cfg["eta"]),
                                guidance_scale=float(cfg["guidance_scale"]))
     provenance = _provenance(pipe)
-    run = None
-    if tracking_json is not None:
-        from cxrgen.train.tracking import JobRun
+    tags = {"cxrgen.stage": "generate", **{f"cxrgen.{k}": v for k, v in provenance.items() if v}}
+    with tracked_job(tracking_json, job_name, params={"generate": cfg, "n_prompts": len(prompts)},
+                     tags=tags) as job:
+        tmp = job.staging(out_root)
+        rows, grid_images, seconds = _sample_shards(pipe, prompts, settings, cfg, tmp, provenance,
+                                                    with_labels=dkim_dir is not None)
 
-        run = JobRun(Path(tracking_json), job_name, params={"generate": cfg, "n_prompts": len(prompts)},
-                     tags={"cxrgen.stage": "generate", **{f"cxrgen.{k}": v for k, v in provenance.items() if v}})
+        index = pd.DataFrame.from_records(rows)
+        index[list(LABEL_COLUMNS)] = index[list(LABEL_COLUMNS)].astype(np.float32)
+        index.to_parquet(tmp / "index.parquet", index=False)
+        if not grid_images:  # no template set: one row of the first images
+            columns = min(len(index), int(cfg["grid_columns"]))
+            grid_images = {"samples": [_read_back(tmp, index, i) for i in range(columns)]}
+        _write_grid(grid_images, int(cfg["grid_columns"]), tmp / "grid.png")
+        resolutions = sorted(int(c.removeprefix("offset_")) for c in index.columns if c.startswith("offset_"))
+        metrics = {"n_images": len(index), "sets": {k: int(v) for k, v in index["set"].value_counts().items()},
+                   "resolutions": resolutions, "seconds": seconds, "seconds_per_image": seconds / len(index),
+                   "steps": settings.steps, "eta": settings.eta, "guidance_scale": settings.guidance_scale,
+                   "super_resolution": pipe.sr is not None, **provenance,
+                   "mlflow_run_id": job.run_id}
+        write_json(tmp / "metrics.json", metrics)
+        job.log_metrics({"seconds_per_image": metrics["seconds_per_image"], "n_images": len(index)})
+        job.publish(tmp, out_root, artifacts=["grid.png", "metrics.json"])
+    return metrics
 
-    tmp = out_root.with_name(out_root.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+
+def _sample_shards(pipe, prompts: pd.DataFrame, settings, cfg: dict, tmp: Path, provenance: dict,
+                   with_labels: bool) -> tuple[list[dict], dict[str, list[torch.Tensor]], float]:
+    """Sample every prompt into shards under ``tmp``; returns the index rows, the grid's images per finding and the
+    seconds spent."""
     per_shard, batch_size = int(cfg["images_per_shard"]), int(cfg["batch_size"])
     writers: dict[int, ShardWriter] = {}
     shard_of_writers = -1
@@ -226,7 +221,7 @@ def generate(*, ldm_dir: Path | str, ae_dir: Path | str | None, clip_dir: Path |
             batch = prompts.iloc[start : start + batch_size]
             out = pipe(batch["prompt"].tolist(), batch["seed"].tolist(), settings,
                        sr_steps=int(cfg["sr_steps"]), sr_eta=float(cfg["sr_eta"]),
-                       labels=batch[list(LABEL_COLUMNS)] if dkim_dir is not None else None)
+                       labels=batch[list(LABEL_COLUMNS)] if with_labels else None)
             outputs = {int(out["low"].shape[-1]): to_uint16(out["low"])}
             if out["high"] is not None:
                 outputs[int(out["high"].shape[-1])] = to_uint16(out["high"])
@@ -260,31 +255,8 @@ def generate(*, ldm_dir: Path | str, ae_dir: Path | str | None, clip_dir: Path |
     except BaseException:
         for writer in writers.values():
             writer.__exit__(RuntimeError, None, None)
-        if run:
-            run.finish("FAILED")
         raise
-    seconds = time.perf_counter() - started
-
-    index = pd.DataFrame.from_records(rows)
-    index[list(LABEL_COLUMNS)] = index[list(LABEL_COLUMNS)].astype(np.float32)
-    index.to_parquet(tmp / "index.parquet", index=False)
-    if not grid_images:  # no template set: one row of the first images
-        grid_images = {"samples": [_read_back(tmp, index, i) for i in range(min(len(index), int(cfg["grid_columns"])))]}
-    _write_grid(grid_images, int(cfg["grid_columns"]), tmp / "grid.png")
-    resolutions = sorted(int(c.removeprefix("offset_")) for c in index.columns if c.startswith("offset_"))
-    metrics = {"n_images": len(index), "sets": {k: int(v) for k, v in index["set"].value_counts().items()},
-               "resolutions": resolutions, "seconds": seconds, "seconds_per_image": seconds / len(index),
-               "steps": settings.steps, "eta": settings.eta, "guidance_scale": settings.guidance_scale,
-               "super_resolution": pipe.sr is not None, **provenance,
-               "mlflow_run_id": run.run_id if run else None}
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    publish_dir(tmp, out_root)
-    if run:
-        run.log_metrics({"seconds_per_image": metrics["seconds_per_image"], "n_images": len(index)}, 0)
-        run.log_artifact(out_root / "grid.png")
-        run.log_artifact(out_root / "metrics.json")
-        run.finish()
-    return metrics
+    return rows, grid_images, time.perf_counter() - started
 
 
 def _shard_file(root: Path, resolution: int, shard: int) -> Path:

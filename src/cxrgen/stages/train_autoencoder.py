@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -26,17 +25,17 @@ from cxrgen.models.autoencoder import (
     reconstruction_metrics,
     save_autoencoder,
 )
+from cxrgen.report.figures import plot_loss_history
 from cxrgen.train.data import StoreImages, select_rows
+from cxrgen.train.job import tracked_job, write_json
 from cxrgen.train.loop import (
-    LoopConfig,
     StepBatchSampler,
     clip_and_step,
-    latest_checkpoint,
     run_training,
     seed_everything,
 )
-from cxrgen.train.outputs import publish_dir
-from cxrgen.train.tracking import JobRun, config_digest, finish_failed
+from cxrgen.train.sections import loop_config
+from cxrgen.train.tracking import config_digest
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +64,7 @@ def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolut
     train_rows = select_rows(index, splits=["train"], views=views)
     val_rows = select_rows(index, splits=["val"], views=views)
     train_set = StoreImages(store_root, train_rows, resolution)
-    loop_cfg = LoopConfig(max_steps=cfg["max_steps"], checkpoint_every=cfg["checkpoint_every"],
-                          log_every=cfg["log_every"], keep_checkpoints=cfg["keep_checkpoints"], seed=seed,
-                          grad_clip=cfg["grad_clip"], mixed_precision=cfg["mixed_precision"],
-                          channels_last=cfg["channels_last"], device=cfg["device"], stop_after_steps=stop_after_steps)
+    loop_cfg = loop_config(cfg, seed, stop_after_steps=stop_after_steps)
     device = loop_cfg.resolved_device()
 
     seed_everything(seed)
@@ -88,18 +84,6 @@ def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolut
         kl_weight=cfg["kl_weight"], perceptual=perceptual, perceptual_weight=cfg["perceptual"]["weight"],
         discriminator=discriminator, gan_start=cfg["gan"]["start_step"], gan_weight=cfg["gan"]["weight"],
         adaptive_weight=cfg["gan"]["adaptive_weight"])
-
-    extra = {"mlflow_run_id": None}
-    previous = latest_checkpoint(state_dir)
-    if previous is not None:
-        extra.update(torch.load(previous, map_location="cpu", weights_only=False).get("extra", {}))
-    run = None
-    if tracking_json is not None:
-        run = JobRun(tracking_json, job_name, run_id=extra["mlflow_run_id"],
-                     params={"autoencoder": cfg, "resolution": resolution, "seed": seed,
-                             "n_train": len(train_rows), "n_val": len(val_rows)},
-                     tags={"snakemake.rule": "train_autoencoder", "config.sha256": config_digest(cfg)})
-        extra["mlflow_run_id"] = run.run_id
 
     def loader_for(start: int):
         sampler = StepBatchSampler(len(train_set), cfg["batch_size"], seed=seed, start_step=start,
@@ -123,13 +107,15 @@ def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolut
     def on_log(metrics: dict[str, float], step: int) -> None:
         with open(state_dir / HISTORY_FILE, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
-        if run:
-            run.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step)
+        job.log_metrics(metrics, step, prefix="train/")
 
-    started = time.perf_counter()
-    try:
+    params = {"autoencoder": cfg, "resolution": resolution, "seed": seed, "n_train": len(train_rows),
+              "n_val": len(val_rows)}
+    with tracked_job(tracking_json, job_name, params=params, state_dir=state_dir,
+                     tags={"snakemake.rule": "train_autoencoder", "config.sha256": config_digest(cfg)}) as job:
+        started = time.perf_counter()
         result = run_training(loop_cfg, modules=modules, optimizers=optimizers, loader_for=loader_for,
-                              train_step=train_step, state_dir=state_dir, on_log=on_log, extra_state=extra,
+                              train_step=train_step, state_dir=state_dir, on_log=on_log, extra_state=job.extra,
                               desc="autoencoder")
         train_seconds = time.perf_counter() - started
         vae.eval()
@@ -145,26 +131,23 @@ def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolut
             "latent_shape": [vae.config.latent_channels, resolution // factor, resolution // factor],
             "parameters": config_summary(vae)["parameters"],
             "seconds_per_step_this_run": train_seconds / max(1, result.steps_done - (result.resumed_from or 0)),
-            "mlflow_run_id": extra["mlflow_run_id"],
+            "mlflow_run_id": job.run_id,
         }
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = job.staging(out_dir)
         save_autoencoder(vae.cpu(), tmp)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        write_json(tmp / "metrics.json", metrics)
         _save_grid(val["grid_original"], val["grid_recon"], tmp / "recon_grid.png")
-        _save_curve(state_dir / HISTORY_FILE, tmp / "loss_curve.png")
-        publish_dir(tmp, out_dir)
-        if run:
-            run.log_metrics({"val/psnr": val["psnr"], "val/ssim": val["ssim"], "val/l1": val["l1"],
-                             "scaling_factor": scale}, result.steps_done)
-            for name in ("recon_grid.png", "loss_curve.png", "metrics.json"):
-                run.log_artifact(out_dir / name)
-            run.set_tags({"cxrgen.output": str(out_dir.resolve())})
-            run.finish("FINISHED")
-        return metrics
-    except BaseException as error:
-        finish_failed(run, error)
-        raise
+        plot_loss_history(_read_history(state_dir / HISTORY_FILE), tmp / "loss_curve.png", title="",
+                          ylabel="L1", key="l1")
+        job.log_metrics({"val/psnr": val["psnr"], "val/ssim": val["ssim"], "val/l1": val["l1"],
+                         "scaling_factor": scale}, result.steps_done)
+        job.publish(tmp, out_dir, artifacts=["recon_grid.png", "loss_curve.png", "metrics.json"])
+    return metrics
+
+
+def _read_history(path: Path) -> list[dict]:
+    """The logged training points (a resumed run re-logs the steps after its last checkpoint; plots keep the last)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def _perceptual(cfg: dict, clip_dir, perceptual_net) -> FeaturePerceptualLoss | None:
@@ -233,26 +216,3 @@ def _save_grid(original: torch.Tensor, recon: torch.Tensor, path: Path) -> None:
             top, left = gap + row * (h + gap), gap + i * (w + gap)
             canvas[top : top + h, left : left + w] = pixels[i]
     Image.fromarray(canvas).save(path)
-
-
-def _save_curve(history_path: Path, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    by_step: dict[int, dict] = {}
-    if history_path.exists():
-        for line in history_path.read_text().splitlines():
-            entry = json.loads(line)
-            by_step[entry["step"]] = entry  # a resumed run re-logs steps after its last checkpoint: keep the last
-    steps = sorted(by_step)
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-    ax.plot(steps, [by_step[s]["l1"] for s in steps], label="train L1 (per pixel)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("L1")
-    ax.set_yscale("log")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -7,10 +7,8 @@ information squeeze after its text tower (:mod:`cxrgen.models.squeeze`), as Diff
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -32,17 +30,17 @@ from cxrgen.models.clip import (
     zero_shot_label_auroc,
 )
 from cxrgen.prompts import side_free_variants
+from cxrgen.report.figures import Panel, plot_curves, series
 from cxrgen.train.data import StoreImages, conditioning_texts, report_texts, select_rows
+from cxrgen.train.job import tracked_job, write_json
 from cxrgen.train.loop import (
-    LoopConfig,
     StepBatchSampler,
     clip_and_step,
-    latest_checkpoint,
     run_training,
     seed_everything,
 )
-from cxrgen.train.outputs import publish_dir
-from cxrgen.train.tracking import JobRun, config_digest, finish_failed
+from cxrgen.train.sections import loop_config
+from cxrgen.train.tracking import config_digest
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +88,7 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
     zero_shot_sets = {split: StoreImages(store_root, rows.head(cfg["eval_max_pairs"]), resolution)
                       for split in cfg["eval_splits"]
                       if len(rows := select_rows(index, splits=[split], views=views, sources=sources)) >= 2}
-    loop_cfg = LoopConfig(max_steps=cfg["max_steps"], checkpoint_every=cfg["checkpoint_every"],
-                          log_every=cfg["log_every"], keep_checkpoints=cfg["keep_checkpoints"], seed=seed,
-                          grad_clip=cfg["grad_clip"], mixed_precision=cfg["mixed_precision"],
-                          channels_last=cfg["channels_last"], device=cfg["device"], stop_after_steps=stop_after_steps)
+    loop_cfg = loop_config(cfg, seed, stop_after_steps=stop_after_steps)
     device = loop_cfg.resolved_device()
 
     seed_everything(seed)
@@ -117,20 +112,6 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
     optimizer = _optimizer(modules, cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(cfg["warmup_steps"], cfg["max_steps"]))
     max_logit = math.log(cfg["max_logit_scale"])
-
-    extra: dict = {"mlflow_run_id": None, "history": [], "evals": []}
-    previous = latest_checkpoint(state_dir)
-    if previous is not None:
-        extra.update(torch.load(previous, map_location="cpu", weights_only=False).get("extra", {}))
-    run = None
-    if tracking_json is not None:
-        run = JobRun(tracking_json, job_name, run_id=extra["mlflow_run_id"],
-                     params={"clip": cfg, "resolution": resolution, "seed": seed, "n_train_pairs": len(train_set),
-                             "model_cfg": bundle.model_cfg, "parameters": _parameters(model),
-                             "init_dir": str(init_dir) if init_dir else None,
-                             "squeeze": bundle.squeeze.config if bundle.squeeze is not None else None},
-                     tags={"snakemake.rule": rule, "config.sha256": config_digest(cfg)})
-        extra["mlflow_run_id"] = run.run_id
 
     def loader_for(start: int):
         sampler = StepBatchSampler(len(train_set), cfg["batch_size"], seed=seed, start_step=start,
@@ -156,56 +137,51 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
             found.update({f"{split}/zero_shot_auroc/{k}": v
                           for k, v in _zero_shot(bundle, ds, cfg, features).items()})
         trainable.train()
-        if run and found:
-            run.log_metrics(found, step)
+        job.log_metrics(found, step)
         return found
 
     def on_log(metrics: dict[str, float], step: int) -> None:
-        extra["history"].append({"step": step, **metrics})
-        if run:
-            run.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step)
+        job.record(metrics, step, prefix="train/")
         if cfg["eval_every"] and step % cfg["eval_every"] == 0 and step < loop_cfg.max_steps:
-            extra["evals"].append({"step": step, **evaluate(step)})
+            job.extra["evals"].append({"step": step, **evaluate(step)})
 
-    started = time.perf_counter()
-    try:
+    params = {"clip": cfg, "resolution": resolution, "seed": seed, "n_train_pairs": len(train_set),
+              "model_cfg": bundle.model_cfg, "parameters": _parameters(model),
+              "init_dir": str(init_dir) if init_dir else None,
+              "squeeze": bundle.squeeze.config if bundle.squeeze is not None else None}
+    with tracked_job(tracking_json, job_name, params=params, state_dir=state_dir,
+                     tags={"snakemake.rule": rule, "config.sha256": config_digest(cfg)}) as job:
+        job.extra["evals"] = []
+        started = time.perf_counter()
         result = run_training(loop_cfg, modules=modules, optimizers={"clip": optimizer},
                               schedulers={"clip": scheduler}, loader_for=loader_for, train_step=train_step,
-                              state_dir=state_dir, on_log=on_log, extra_state=extra, desc="clip")
+                              state_dir=state_dir, on_log=on_log, extra_state=job.extra, desc="clip")
         train_seconds = time.perf_counter() - started
         final = evaluate(result.steps_done)
         trainable.eval()
-        extra["evals"].append({"step": result.steps_done, **final})
+        job.extra["evals"].append({"step": result.steps_done, **final})
         steps_this_run = result.steps_done - (result.resumed_from or 0)
+        history = job.extra["history"]
         metrics = {
             "steps": result.steps_done, "resumed_from": result.resumed_from,
-            "final_train_loss": extra["history"][-1]["loss"] if extra["history"] else None,
+            "final_train_loss": history[-1]["loss"] if history else None,
             "n_train_pairs": len(train_set),
             "n_train_report_pairs": n_report_pairs,
             "resolution": resolution, "parameters": _parameters(model),
             "pretrained": pretrained, "seconds_per_step_this_run": train_seconds / max(1, steps_this_run),
-            "retrieval": final, "mlflow_run_id": extra["mlflow_run_id"],
+            "retrieval": final, "mlflow_run_id": job.run_id,
             "init_dir": str(init_dir) if init_dir else None, "text_tokens": bundle.context_length,
             "squeeze": bundle.squeeze.config if bundle.squeeze is not None else None,
             "squeeze_parameters": _parameters(bundle.squeeze) if bundle.squeeze is not None else 0,
             "trained_parameters": sum(p.numel() for p in trainable.parameters() if p.requires_grad),
         }
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = job.staging(out_dir)
         trainable.cpu()
         save_clip(bundle, tmp)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        _save_curve(extra["history"], extra["evals"], tmp / "loss_curve.png")
-        publish_dir(tmp, out_dir)
-        if run:
-            for name in ("loss_curve.png", "metrics.json"):
-                run.log_artifact(out_dir / name)
-            run.set_tags({"cxrgen.output": str(out_dir.resolve())})
-            run.finish("FINISHED")
-        return metrics
-    except BaseException as error:
-        finish_failed(run, error)
-        raise
+        write_json(tmp / "metrics.json", metrics)
+        _save_curve(history, job.extra["evals"], tmp / "loss_curve.png")
+        job.publish(tmp, out_dir, artifacts=["loss_curve.png", "metrics.json"])
+    return metrics
 
 
 def _optimizer(modules: dict[str, torch.nn.Module], cfg: dict, device: torch.device) -> torch.optim.Optimizer:
@@ -305,29 +281,10 @@ def _zero_shot(bundle: ClipBundle, dataset: StoreImages, cfg: dict,
 
 
 def _save_curve(history: list[dict], evals: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if history:
-        ax.plot([h["step"] for h in history], [h["loss"] for h in history], color="tab:blue", label="train InfoNCE")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    """Train InfoNCE (left) and recall@5 of the evaluation splits (right, grey lines: chance)."""
     recall_keys = sorted({k for e in evals for k in e if k.endswith(("i2t_recall_at_5", "t2i_recall_at_5"))})
-    if recall_keys:
-        right = ax.twinx()
-        for key in recall_keys:
-            pts = [(e["step"], e[key]) for e in evals if key in e]
-            right.plot(*zip(*pts, strict=True), marker="o", linestyle="--", label=key)
-            chance = next((e[key + "_chance"] for e in evals if key + "_chance" in e), None)
-            if chance is not None:
-                right.axhline(chance, color="grey", linewidth=0.6)
-        right.set_ylabel("recall@5 (grey: chance)")
-        right.set_ylim(0, 1)
-        right.legend(loc="upper right", fontsize=7)
-    ax.legend(loc="upper left", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    lines = [series(history, "loss", "train InfoNCE")]
+    lines += [series(evals, key, axis="right", marker="o", linestyle="--") for key in recall_keys]
+    chances = [next((e[key + "_chance"] for e in evals if key + "_chance" in e), None) for key in recall_keys]
+    plot_curves(path, [Panel(lines=lines, right_ylabel="recall@5 (grey: chance)", right_ylim=(0, 1),
+                             right_hlines=[c for c in chances if c is not None])], panel_size=(6, 3.5))

@@ -11,10 +11,8 @@ base LDM's (section ``ldm``: splits, views, report-less text policy); section ``
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -37,7 +35,9 @@ from cxrgen.models.diffusion import (
     read_pipeline_json,
 )
 from cxrgen.models.dkim import DkimAdapter, build_controlnet, build_knowledge_bank, knowledge_states, save_dkim
-from cxrgen.stages.train_ldm import GRID_FINDINGS, loop_config, plot_loss_history
+from cxrgen.prompts import GRID_FINDINGS, finding_prompt
+from cxrgen.report.figures import plot_loss_history, save_grid
+from cxrgen.train.job import tracked_job, write_json
 from cxrgen.train.loop import (
     LoopConfig,
     StepBatchSampler,
@@ -47,7 +47,7 @@ from cxrgen.train.loop import (
     run_training,
     seed_everything,
 )
-from cxrgen.train.outputs import publish_dir
+from cxrgen.train.sections import loop_config
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +213,9 @@ def train_dkim(*, ldm_dir: Path | str, latents_dir: Path | str, cfg: dict, ldm_c
     """
     from diffusers import DDPMScheduler
 
+    from cxrgen.data.latents import load_latents
     from cxrgen.models.autoencoder import load_autoencoder
     from cxrgen.models.clip import load_text_encoder
-    from cxrgen.stages.cache_latents import load_latents
 
     ldm_dir, out_dir, state_dir = Path(ldm_dir), Path(out_dir), Path(state_dir)
     info = read_pipeline_json(ldm_dir)
@@ -255,39 +255,24 @@ def train_dkim(*, ldm_dir: Path | str, latents_dir: Path | str, cfg: dict, ldm_c
                           latent_mean=train_mean, latent_std=train_std, texts=train_rows["text"].tolist(),
                           states=train_states)
 
-    extra: dict = {"mlflow_run_id": None, "history": [], "base_unet_sha": base_sha}
     previous = latest_checkpoint(state_dir)
     if previous is not None:
         saved = torch.load(previous, map_location="cpu", weights_only=False).get("extra", {})
         if saved.get("base_unet_sha") != base_sha:
             raise ValueError(f"the checkpoints in {state_dir} belong to base UNet {saved.get('base_unet_sha')}, not "
                              f"{base_sha} ({ldm_dir}); delete {state_dir} to retrain the adapter")
-        extra.update(saved)
-    run = None
-    if tracking_json is not None:
-        from cxrgen.train.tracking import JobRun
-
-        run = JobRun(Path(tracking_json), job_name, run_id=extra["mlflow_run_id"],
-                     params={"dkim": cfg, "seed": seed, "n_train": len(train_rows), "n_val": len(val_rows),
-                             "base_unet_sha": base_sha},
-                     tags={"snakemake.rule": "train_dkim", "cxrgen.stage": "dkim"})
-        extra["mlflow_run_id"] = run.run_id
-
-    def on_log(metrics: dict[str, float], step: int) -> None:
-        extra["history"].append({"step": step, **metrics})
-        if run:
-            run.log_metrics(metrics, step)
-
-    started = time.perf_counter()
-    try:
-        result = trainer.fit(loop, state_dir, on_log=on_log, extra_state=extra)
+    params = {"dkim": cfg, "seed": seed, "n_train": len(train_rows), "n_val": len(val_rows),
+              "base_unet_sha": base_sha}
+    with tracked_job(tracking_json, job_name, params=params, tags={"cxrgen.stage": "dkim"},
+                     state_dir=state_dir) as job:
+        job.extra["base_unet_sha"] = base_sha
+        started = time.perf_counter()
+        result = trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra)
         train_seconds = time.perf_counter() - started
         if state_hash(trainer.unet) != base_before:
             raise RuntimeError("the base UNet changed during DKIM training (it must stay frozen)")
 
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp = job.staging(out_dir)
         trainer.ema.copy_to(adapter.controlnet.parameters())
         adapter.controlnet.eval()
         val = trainer.validation_losses(val_mean, val_rows["text"].tolist(), val_states, seed=loop.seed)
@@ -297,10 +282,10 @@ def train_dkim(*, ldm_dir: Path | str, latents_dir: Path | str, cfg: dict, ldm_c
         save_dkim(adapter, tmp, {
             "base_ldm": os.path.relpath(ldm_dir.resolve(), out_dir.resolve()), "base_unet_sha": base_sha,
             "text_encoder": os.path.relpath(text_dir.resolve(), out_dir.resolve()),
-            "text_encoder_sha": dir_digest(text_dir), "cfg": cfg, "mlflow_run_id": extra["mlflow_run_id"]})
-        plot_loss_history(extra["history"], tmp / "loss.png", title="DKIM adapter training (base LDM frozen)",
+            "text_encoder_sha": dir_digest(text_dir), "cfg": cfg, "mlflow_run_id": job.run_id})
+        history = job.extra["history"]
+        plot_loss_history(history, tmp / "loss.png", title="DKIM adapter training (base LDM frozen)",
                           ylabel="MSE to the prediction target (base + DKIM)")
-        history = extra["history"]
         positives = {f: int((train_states[:, i] == 1).sum()) for i, f in enumerate(findings)}
         metrics = {
             "steps": result.steps_done, "resumed_from": result.resumed_from, "n_train": len(train_rows),
@@ -312,20 +297,12 @@ def train_dkim(*, ldm_dir: Path | str, latents_dir: Path | str, cfg: dict, ldm_c
             "train_seconds_this_run": train_seconds,
             "seconds_per_step": train_seconds / max(1, result.steps_done - (result.resumed_from or 0)),
             "text_encoding_seconds": trainer.text_seconds, "sample_grid_seconds": grid_seconds,
-            "knowledge_tokens": len(findings), "mlflow_run_id": extra["mlflow_run_id"],
+            "knowledge_tokens": len(findings), "mlflow_run_id": job.run_id,
         }
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        publish_dir(tmp, out_dir)
-    except BaseException:
-        if run:
-            run.finish("KILLED")
-        raise
-    if run:
-        run.log_metrics({k: v for k, v in val.items() if isinstance(v, float)}, result.steps_done)
-        for name in ("loss.png", "samples.png", "metrics.json"):
-            run.log_artifact(out_dir / name)
-        run.set_tags({"cxrgen.weights": str(out_dir.resolve())})
-        run.finish()
+        write_json(tmp / "metrics.json", metrics)
+        job.log_metrics(val, result.steps_done)
+        job.publish(tmp, out_dir, artifacts=["loss.png", "samples.png", "metrics.json"],
+                    tags={"cxrgen.weights": str(out_dir.resolve())})
     return metrics
 
 
@@ -345,8 +322,6 @@ def grid_labels(findings: list[str]) -> np.ndarray:
 
 def _sample_grid(trainer: DkimTrainer, autoencoder, grid_cfg: dict, path: Path, seed: int) -> float:
     """Rows: each finding's template report sampled by the base LDM, then the same prompts and seeds with DKIM."""
-    from cxrgen.stages.generate import finding_prompt, save_grid
-
     started = time.perf_counter()
     columns = int(grid_cfg["columns"])
     findings = [f for f in GRID_FINDINGS if f in trainer.adapter.findings] or trainer.adapter.findings[:1]

@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cxrgen.evaluate.classifier import (
-    checkpoint_extra,
     multilabel_metrics,
     predict_rows,
     save_curve,
@@ -22,8 +19,8 @@ from cxrgen.evaluate.classifier import (
 )
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS
 from cxrgen.train.data import select_rows
-from cxrgen.train.outputs import publish_dir
-from cxrgen.train.tracking import JobRun, config_digest, finish_failed
+from cxrgen.train.job import tracked_job, write_json
+from cxrgen.train.tracking import config_digest
 
 log = logging.getLogger(__name__)
 
@@ -55,27 +52,13 @@ def train_evaluator(*, index_path: Path | str, store_root: Path | str, resolutio
                          f"views {list(cfg['views']) or 'all'} / sources {list(cfg['sources']) or 'all'}")
     if val.empty:
         log.warning("train_evaluator: no labelled val images; the last weights are kept and no val AUROC is given")
-    extra = {"mlflow_run_id": None, **checkpoint_extra(state_dir)}
-    run = None
-    if tracking_json is not None:
-        run = JobRun(Path(tracking_json), job_name, run_id=extra["mlflow_run_id"],
-                     params={"evaluator": cfg, "resolution": resolution, "seed": seed, "n_train": len(train),
-                             "n_val": len(val)},
-                     tags={"snakemake.rule": "train_evaluator", "config.sha256": config_digest(cfg)})
-        extra["mlflow_run_id"] = run.run_id
-
-    def on_log(metrics: dict, step: int) -> None:
-        if run:
-            run.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step)
-
-    def on_eval(metrics: dict, step: int) -> None:
-        if run:
-            run.log_metrics({k.replace(" ", "_"): v for k, v in metrics.items() if np.isfinite(v)}, step)
-
-    try:
+    params = {"evaluator": cfg, "resolution": resolution, "seed": seed, "n_train": len(train), "n_val": len(val)}
+    with tracked_job(tracking_json, job_name, params=params, state_dir=state_dir,
+                     tags={"snakemake.rule": "train_evaluator", "config.sha256": config_digest(cfg)}) as job:
         trained = train_classifier(train, cfg=cfg, resolution=resolution, seed=seed, state_dir=state_dir,
-                                   val_rows=val if len(val) else None, extra_state=extra, on_log=on_log,
-                                   on_eval=on_eval, stop_after_steps=stop_after_steps, desc="evaluator")
+                                   val_rows=val if len(val) else None, extra_state=job.extra,
+                                   on_log=lambda metrics, step: job.log_metrics(metrics, step, prefix="train/"),
+                                   on_eval=job.log_metrics, stop_after_steps=stop_after_steps, desc="evaluator")
         val_metrics = None
         if len(val):
             val_rows = val.sort_values("image_id").head(int(cfg["val_max_images"]))
@@ -89,27 +72,17 @@ def train_evaluator(*, index_path: Path | str, store_root: Path | str, resolutio
             "feature_dim": trained.evaluator.feature_dim, "train_seconds_this_run": trained.seconds,
             "seconds_per_step_this_run": trained.seconds / max(1, trained.steps - (trained.resumed_from or 0)),
             "final_train_loss": trained.history[-1]["loss"] if trained.history else None,
-            "val": val_metrics, "mlflow_run_id": extra["mlflow_run_id"],
+            "val": val_metrics, "mlflow_run_id": job.run_id,
         }
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = job.staging(out_dir)
         save_evaluator(trained.evaluator, tmp, extra={"selected_step": trained.selected_step, "seed": seed,
                                                        "n_train": len(train)})
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        write_json(tmp / "metrics.json", metrics)
         save_curve(trained.history, trained.evals, tmp / "loss_curve.png",
                    title=f"evaluator: {len(train)} train images, {resolution} px")
-        publish_dir(tmp, out_dir)
-        if run:
-            if val_metrics:
-                final = {f"val_selected/auroc/{k.replace(' ', '_')}": v["auroc"]
-                         for k, v in val_metrics["per_finding"].items() if v["auroc"] is not None}
-                final.update({f"val_selected/auroc_{k}": v for k, v in val_metrics["auroc"].items() if v is not None})
-                run.log_metrics(final, trained.selected_step)
-            for name in ("loss_curve.png", "metrics.json"):
-                run.log_artifact(out_dir / name)
-            run.set_tags({"cxrgen.output": str(out_dir.resolve())})
-            run.finish("FINISHED")
-        return metrics
-    except BaseException as error:
-        finish_failed(run, error)
-        raise
+        if val_metrics:
+            final = {f"val_selected/auroc/{k}": v["auroc"] for k, v in val_metrics["per_finding"].items()}
+            final.update({f"val_selected/auroc_{k}": v for k, v in val_metrics["auroc"].items()})
+            job.log_metrics(final, trained.selected_step)
+        job.publish(tmp, out_dir, artifacts=["loss_curve.png", "metrics.json"])
+    return metrics

@@ -12,9 +12,7 @@ How to load the result with plain diffusers code: see :mod:`cxrgen.models.diffus
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -35,31 +33,15 @@ from cxrgen.models.diffusion import (
     make_train_scheduler,
     write_pipeline_json,
 )
+from cxrgen.prompts import GRID_FINDINGS, finding_prompt
+from cxrgen.report.figures import plot_loss_history, save_grid
 from cxrgen.train.data import conditioning_texts
-from cxrgen.train.loop import (
-    LoopConfig,
-    StepBatchSampler,
-    attach_ema,
-    clip_and_step,
-    latest_checkpoint,
-    run_training,
-    seed_everything,
-)
-from cxrgen.train.outputs import publish_dir
+from cxrgen.train.job import tracked_job, write_json
+from cxrgen.train.loop import LoopConfig, StepBatchSampler, attach_ema, clip_and_step, run_training, seed_everything
+from cxrgen.train.sections import loop_config
 
 log = logging.getLogger(__name__)
 
-# rows of the end-of-training sample grid: one template report per finding (see cxrgen.stages.generate)
-GRID_FINDINGS = ("No Finding", "Cardiomegaly", "Pleural Effusion", "Pneumothorax")
-
-
-def loop_config(cfg: dict, seed: int, **overrides) -> LoopConfig:
-    """The shared loop's settings from section ``ldm`` (keyword overrides win, e.g. ``stop_after_steps``)."""
-    settings = {"max_steps": int(cfg["max_steps"]), "checkpoint_every": int(cfg["checkpoint_every"]),
-                "log_every": int(cfg["log_every"]), "keep_checkpoints": int(cfg["keep_checkpoints"]),
-                "seed": int(seed), "grad_clip": cfg["grad_clip"], "mixed_precision": cfg["mixed_precision"],
-                "channels_last": bool(cfg["channels_last"]), "device": cfg["device"]}
-    return LoopConfig(**{**settings, **overrides})
 
 
 class LatentDiffusionTrainer:
@@ -193,8 +175,8 @@ def train_ldm(*, latents_dir: Path | str, ae_dir: Path | str, clip_dir: Path | s
     (checkpoints) goes to ``state_dir``; rerunning resumes. ``tracking_json`` (rule init_tracking) → an MLflow child run
     ``job_name``; ``None`` disables tracking. Returns the metrics dict.
     """
+    from cxrgen.data.latents import load_latents
     from cxrgen.models.autoencoder import load_autoencoder
-    from cxrgen.stages.cache_latents import load_latents
 
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     conditional = cfg["conditioning"] == "text"
@@ -220,75 +202,47 @@ def train_ldm(*, latents_dir: Path | str, ae_dir: Path | str, clip_dir: Path | s
     seed_everything(loop.seed)
     trainer = LatentDiffusionTrainer(cfg, latent_mean=train_mean, latent_std=train_std, texts=texts,
                                      text_encoder=text_encoder)
+    params = {"ldm": cfg, "seed": seed, "n_train": len(train_rows), "n_val": len(val_rows)}
+    with tracked_job(tracking_json, job_name, params=params, tags={"cxrgen.stage": f"ldm:{cfg['conditioning']}"},
+                     state_dir=state_dir) as job:
+        started = time.perf_counter()
+        result = trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra)
+        train_seconds = time.perf_counter() - started
 
-    extra: dict = {"mlflow_run_id": None, "history": []}
-    previous = latest_checkpoint(state_dir)
-    if previous is not None:
-        extra.update(torch.load(previous, map_location="cpu", weights_only=False).get("extra", {}))
-    run = None
-    if tracking_json is not None:
-        from cxrgen.train.tracking import JobRun
+        tmp = job.staging(out_dir)
+        if cfg["save_raw"]:
+            trainer.unet.save_pretrained(tmp / "unet_raw")
+        trainer.ema.copy_to(trainer.unet.parameters())
+        trainer.unet.save_pretrained(tmp / "unet")
+        trainer.scheduler.save_pretrained(tmp / "scheduler")
+        write_pipeline_json(tmp, final_dir=out_dir, conditioning=cfg["conditioning"], ae_dir=ae_dir,
+                            clip_dir=clip_dir if conditional else None, sr_dir=sr_dir,
+                            extra={"latent_resolution": int(train_mean.shape[-1]), "mlflow_run_id": job.run_id})
 
-        run = JobRun(Path(tracking_json), job_name, params={"ldm": cfg, "seed": seed, "n_train": len(train_rows),
-                                                             "n_val": len(val_rows)},
-                     tags={"cxrgen.stage": f"ldm:{cfg['conditioning']}"}, run_id=extra["mlflow_run_id"])
-        extra["mlflow_run_id"] = run.run_id
-
-    def on_log(metrics: dict[str, float], step: int) -> None:
-        extra["history"].append({"step": step, **metrics})
-        if run:
-            run.log_metrics(metrics, step)
-
-    started = time.perf_counter()
-    try:
-        result = trainer.fit(loop, state_dir, on_log=on_log, extra_state=extra)
-    except BaseException:
-        if run:
-            run.finish("KILLED")
-        raise
-    train_seconds = time.perf_counter() - started
-
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if cfg["save_raw"]:
-        trainer.unet.save_pretrained(tmp / "unet_raw")
-    trainer.ema.copy_to(trainer.unet.parameters())
-    trainer.unet.save_pretrained(tmp / "unet")
-    trainer.scheduler.save_pretrained(tmp / "scheduler")
-    write_pipeline_json(tmp, final_dir=out_dir, conditioning=cfg["conditioning"], ae_dir=ae_dir,
-                        clip_dir=clip_dir if conditional else None, sr_dir=sr_dir,
-                        extra={"latent_resolution": int(train_mean.shape[-1]), "mlflow_run_id": extra["mlflow_run_id"]})
-
-    val_loss = trainer.validation_loss(val_mean, val_texts, seed=loop.seed, max_items=int(cfg["val_max_items"]))
-    grid_seconds = _sample_grid(trainer, load_autoencoder(ae_dir), cfg["sample_grid"], tmp / "samples.png", loop.seed)
-    plot_loss_history(extra["history"], tmp / "loss.png")
-    history = extra["history"]
-    metrics = {
-        "steps": result.steps_done, "resumed_from": result.resumed_from, "n_train": len(train_rows),
-        "n_val": len(val_rows), "parameters": sum(p.numel() for p in trainer.unet.parameters()),
-        "final_loss": history[-1]["loss"] if history else float("nan"), "val_loss_ema": val_loss,
-        "train_seconds_this_run": train_seconds,
-        "seconds_per_step": train_seconds / max(1, result.steps_done - (result.resumed_from or 0)),
-        "text_encoding_seconds": trainer.text_seconds, "sample_grid_seconds": grid_seconds,
-        "latent_shape": list(train_mean.shape[1:]), "conditioning": cfg["conditioning"],
-        "mlflow_run_id": extra["mlflow_run_id"],
-    }
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    publish_dir(tmp, out_dir)
-    if run:
-        run.log_metrics({"val_loss_ema": val_loss}, result.steps_done)
-        for name in ("loss.png", "samples.png", "metrics.json"):
-            run.log_artifact(out_dir / name)
-        run.set_tags({"cxrgen.weights": str(out_dir.resolve())})
-        run.finish()
+        val_loss = trainer.validation_loss(val_mean, val_texts, seed=loop.seed, max_items=int(cfg["val_max_items"]))
+        grid_seconds = _sample_grid(trainer, load_autoencoder(ae_dir), cfg["sample_grid"], tmp / "samples.png",
+                                    loop.seed)
+        history = job.extra["history"]
+        plot_loss_history(history, tmp / "loss.png", title="LDM training loss", ylabel="MSE to the prediction target")
+        metrics = {
+            "steps": result.steps_done, "resumed_from": result.resumed_from, "n_train": len(train_rows),
+            "n_val": len(val_rows), "parameters": sum(p.numel() for p in trainer.unet.parameters()),
+            "final_loss": history[-1]["loss"] if history else float("nan"), "val_loss_ema": val_loss,
+            "train_seconds_this_run": train_seconds,
+            "seconds_per_step": train_seconds / max(1, result.steps_done - (result.resumed_from or 0)),
+            "text_encoding_seconds": trainer.text_seconds, "sample_grid_seconds": grid_seconds,
+            "latent_shape": list(train_mean.shape[1:]), "conditioning": cfg["conditioning"],
+            "mlflow_run_id": job.run_id,
+        }
+        write_json(tmp / "metrics.json", metrics)
+        job.log_metrics({"val_loss_ema": val_loss}, result.steps_done)
+        job.publish(tmp, out_dir, artifacts=["loss.png", "samples.png", "metrics.json"],
+                    tags={"cxrgen.weights": str(out_dir.resolve())})
     return metrics
 
 
 def _sample_grid(trainer: LatentDiffusionTrainer, autoencoder, grid_cfg: dict, path: Path, seed: int) -> float:
     """Samples of the EMA model (rows = findings' template reports, or one row if unconditional); returns seconds."""
-    from cxrgen.stages.generate import finding_prompt, save_grid
-
     started = time.perf_counter()
     columns = int(grid_cfg["columns"])
     row_names = list(GRID_FINDINGS) if trainer.conditional else ["unconditional"]
@@ -303,22 +257,3 @@ def _sample_grid(trainer: LatentDiffusionTrainer, autoencoder, grid_cfg: dict, p
     save_grid(images, row_names, columns, path)
     trainer.unet.train()
     return time.perf_counter() - started
-
-
-def plot_loss_history(history: list[dict], path: Path, title: str = "LDM training loss",
-                      ylabel: str = "MSE to the prediction target") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    if history:
-        ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.set_yscale("log")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

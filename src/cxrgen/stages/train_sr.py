@@ -11,9 +11,7 @@ Both workflow rules call :func:`train_sr`; the ``mode`` argument picks the varia
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -33,17 +31,17 @@ from cxrgen.models.sr import (
     save_sr,
     super_resolve,
 )
+from cxrgen.report.figures import plot_loss_history
 from cxrgen.train.data import StoreImages, select_rows
+from cxrgen.train.job import tracked_job, write_json
 from cxrgen.train.loop import (
-    LoopConfig,
     StepBatchSampler,
     attach_ema,
     clip_and_step,
-    latest_checkpoint,
     run_training,
     seed_everything,
 )
-from cxrgen.train.outputs import publish_dir
+from cxrgen.train.sections import loop_config
 
 log = logging.getLogger(__name__)
 
@@ -111,22 +109,6 @@ def _save_grid(path: Path, columns: dict[str, torch.Tensor], high_res: int) -> N
     plt.close(fig)
 
 
-def _save_curve(path: Path, history: list[dict[str, float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    if history:
-        ax.plot([h["step"] for h in history], [h["loss"] for h in history])
-    ax.set_xlabel("step")
-    ax.set_ylabel("noise loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def _final_model(model: SRModel, ema) -> SRModel:
     if ema is None:
         return model
@@ -172,8 +154,8 @@ def train_sr(*, index_path: Path | str, store_root: Path | str, low_res: int, hi
         raise ValueError("mode 'decoded' needs the autoencoder directory (ae_dir)")
     phase = cfg["base"] if mode == "bicubic" else cfg["finetune"]
     state_dir, out_dir = Path(state_dir), Path(out_dir)
-    loop_cfg = LoopConfig(max_steps=int(phase["max_steps"]), seed=int(seed), stop_after_steps=stop_after_steps,
-                          **cfg["loop"])
+    loop_cfg = loop_config({**cfg["loop"], "max_steps": int(phase["max_steps"])}, seed,
+                           stop_after_steps=stop_after_steps)
     device = loop_cfg.resolved_device()
 
     index = pd.read_parquet(index_path)
@@ -202,21 +184,6 @@ def train_sr(*, index_path: Path | str, store_root: Path | str, low_res: int, hi
     optimizer = torch.optim.Adam(model.unet.parameters(), lr=float(phase["lr"]))
     ema = attach_ema("unet", model.unet, float(cfg["ema_decay"])) if cfg["ema_decay"] else None
 
-    extra: dict = {"mlflow_run_id": None, "history": []}
-    latest = latest_checkpoint(state_dir)
-    if latest is not None:
-        extra.update(torch.load(latest, map_location="cpu", weights_only=False).get("extra", {}))
-    run = None
-    if tracking_json is not None:
-        from cxrgen.train.tracking import JobRun
-
-        params = {"sr": cfg, "mode": mode, "low_res": low_res, "high_res": high_res, "seed": seed,
-                  "n_train": len(train_rows), "n_params": count_parameters(model.unet),
-                  "ae_dir": str(ae_dir), "init_dir": str(init_dir)}
-        run = JobRun(Path(tracking_json), job_name, params=params, tags={"cxrgen.stage": f"sr:{mode}"},
-                     run_id=extra["mlflow_run_id"])
-        extra["mlflow_run_id"] = run.run_id
-
     crop = cfg["train_crop"]
     levels = len(model.unet.config.block_out_channels)
     if crop is not None and (crop > high_res or crop % 2 ** (levels - 1)):
@@ -239,51 +206,40 @@ def train_sr(*, index_path: Path | str, store_root: Path | str, low_res: int, hi
         grad_norm = clip_and_step(loss, model.unet, optimizer, loop_cfg.grad_clip)
         return {"loss": loss.item(), "grad_norm": grad_norm}
 
-    def on_log(metrics: dict[str, float], step: int) -> None:
-        extra["history"].append({"step": step, **metrics})
-        if run is not None:
-            run.log_metrics(metrics, step)
-
-    started = time.perf_counter()
-    try:
+    params = {"sr": cfg, "mode": mode, "low_res": low_res, "high_res": high_res, "seed": seed,
+              "n_train": len(train_rows), "n_params": count_parameters(model.unet),
+              "ae_dir": str(ae_dir), "init_dir": str(init_dir)}
+    with tracked_job(tracking_json, job_name, params=params, tags={"cxrgen.stage": f"sr:{mode}"},
+                     state_dir=state_dir) as job:
+        started = time.perf_counter()
         result = run_training(loop_cfg, modules={"unet": model.unet}, optimizers={"unet": optimizer},
                               loader_for=loader_for, train_step=train_step, state_dir=state_dir,
-                              emas={"unet": ema} if ema else None, on_log=on_log, extra_state=extra,
+                              emas={"unet": ema} if ema else None, on_log=job.record, extra_state=job.extra,
                               desc=f"sr-{mode}")
-    except BaseException:
-        if run is not None:
-            run.finish("KILLED")
-        raise
-    steps_run = result.steps_done - (result.resumed_from or 0)
-    seconds_per_step = (time.perf_counter() - started) / max(1, steps_run)
+        steps_run = result.steps_done - (result.resumed_from or 0)
+        seconds_per_step = (time.perf_counter() - started) / max(1, steps_run)
 
-    final = _final_model(model, ema)
-    val_metrics, columns = _validate(final, val_hr, val_lr, make_low, n_images=int(cfg["validation"]["images"]),
-                                     steps=int(cfg["validation"]["steps"]), seed=int(seed), device=device)
-    history = extra["history"]
-    metrics = {
-        "mode": mode, "low_res": low_res, "high_res": high_res, "steps": result.steps_done,
-        "final_loss": history[-1]["loss"] if history else float("nan"),
-        "seconds_per_step": seconds_per_step, "n_train": len(train_rows), "n_params": count_parameters(final.unet),
-        "validation_steps": int(cfg["validation"]["steps"]), **val_metrics, "mlflow_run_id": extra["mlflow_run_id"],
-    }
-
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    final.unet.to("cpu")
-    save_sr(final, tmp)
-    final.unet.to(device)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    _save_grid(tmp / "val_grid.png", columns, high_res)
-    _save_curve(tmp / "loss_curve.png", history)
-    publish_dir(tmp, out_dir)
-
-    if run is not None:
-        run.log_metrics({k: v for k, v in val_metrics.items()}, result.steps_done)
-        for name in ("metrics.json", "val_grid.png", "loss_curve.png"):
-            run.log_artifact(out_dir / name)
-        run.set_tags({"cxrgen.weights": str(out_dir.resolve())})
-        run.finish("FINISHED")
+        final = _final_model(model, ema)
+        val_metrics, columns = _validate(final, val_hr, val_lr, make_low, n_images=int(cfg["validation"]["images"]),
+                                         steps=int(cfg["validation"]["steps"]), seed=int(seed), device=device)
+        history = job.extra["history"]
+        metrics = {
+            "mode": mode, "low_res": low_res, "high_res": high_res, "steps": result.steps_done,
+            "final_loss": history[-1]["loss"] if history else float("nan"),
+            "seconds_per_step": seconds_per_step, "n_train": len(train_rows),
+            "n_params": count_parameters(final.unet), "validation_steps": int(cfg["validation"]["steps"]),
+            **val_metrics, "mlflow_run_id": job.run_id,
+        }
+        tmp = job.staging(out_dir)
+        final.unet.to("cpu")
+        save_sr(final, tmp)
+        final.unet.to(device)
+        write_json(tmp / "metrics.json", metrics)
+        _save_grid(tmp / "val_grid.png", columns, high_res)
+        plot_loss_history(history, tmp / "loss_curve.png", title="", ylabel="noise loss", log=False)
+        job.log_metrics(val_metrics, result.steps_done)
+        job.publish(tmp, out_dir, artifacts=["metrics.json", "val_grid.png", "loss_curve.png"],
+                    tags={"cxrgen.weights": str(out_dir.resolve())})
     log.info("SR %s: PSNR %.2f dB (bicubic %.2f), SSIM %.3f (bicubic %.3f)", mode, metrics["val_psnr_sr"],
              metrics["val_psnr_bicubic"], metrics["val_ssim_sr"], metrics["val_ssim_bicubic"])
     return metrics

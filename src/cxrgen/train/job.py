@@ -48,8 +48,8 @@ def is_kill(error: BaseException) -> bool:
 
 
 def metric_key(name: str) -> str:
-    """An MLflow-valid metric key (alphanumerics, ``_ - . space : /`` only)."""
-    return re.sub(r"[^\w\-. :/]", "_", name.replace(" → ", "_to_"))
+    """An MLflow-valid metric key: alphanumerics and ``_ - . : /`` (spaces and anything else become ``_``)."""
+    return re.sub(r"[^\w\-.:/]", "_", name.replace(" → ", "_to_"))
 
 
 def json_default(value: Any) -> Any:

@@ -111,15 +111,6 @@ class JobRun:
         self.client.set_terminated(self.run_id, status=status)
 
 
-def finish_failed(run: JobRun | None, error: BaseException) -> None:
-    """Close a job's run after an exception: KILLED when training was interrupted (time limit, signal; the job will
-    resume), FAILED otherwise. No-op without tracking."""
-    if run is not None:
-        from cxrgen.train.loop import Interrupted
-
-        run.finish("KILLED" if isinstance(error, Interrupted) else "FAILED")
-
-
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():

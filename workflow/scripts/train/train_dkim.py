@@ -16,7 +16,7 @@ def main(smk) -> None:
 
     keep_ids = None
     if smk.input.get("lnfs"):  # the base LDM of this variant trained on the LNFS-kept images: so does DKIM
-        from cxrgen.stages.filter_noise import kept_image_ids
+        from cxrgen.data.lnfs import kept_image_ids
 
         keep_ids = kept_image_ids(smk.input.lnfs)
     metrics = train_dkim(ldm_dir=smk.input.ldm, latents_dir=smk.input.latents, clip_dir=smk.input.clip,

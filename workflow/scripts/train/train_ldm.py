@@ -16,7 +16,7 @@ def main(smk) -> None:
 
     keep_ids = None
     if smk.input.get("lnfs"):  # Diff-CXR LNFS: train on the images the noise filter kept
-        from cxrgen.stages.filter_noise import kept_image_ids
+        from cxrgen.data.lnfs import kept_image_ids
 
         keep_ids = kept_image_ids(smk.input.lnfs)
     metrics = train_ldm(latents_dir=smk.input.latents, ae_dir=smk.input.autoencoder, clip_dir=smk.input.clip,

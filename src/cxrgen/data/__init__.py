@@ -1,0 +1,1 @@
+"""Datasets and data products shared by several stages (latent cache, LNFS selection)."""
