@@ -181,3 +181,24 @@ def test_sigterm_from_outside_marks_the_run_killed(tracking, tmp_path):
     child.send_signal(signal.SIGTERM)
     assert child.wait(timeout=60) != 0
     assert _status(tracking, ready.read_text()) == ("KILLED", "run", "JobKilled")
+
+
+def test_only_the_scaffold_opens_runs():
+    """Every trainer, generator and evaluator goes through tracked_job: no other module opens an MLflow run (JobRun)
+    or closes one itself, so the status rule cannot be bypassed."""
+    import ast
+    from pathlib import Path
+
+    import cxrgen
+
+    root = Path(cxrgen.__file__).parent
+    allowed = {root / "train" / "job.py", root / "train" / "tracking.py"}
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+            if name in ("JobRun", "set_terminated", "finish_failed"):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno} {name}")
+    assert not offenders, offenders
