@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from cxrgen.labels import LABEL_COLUMNS
-from cxrgen.unify import assign_splits, find_duplicates, summarise, unify
+from cxrgen.stages.unify_store import unify
+from cxrgen.unify import assign_splits, find_duplicates, summarise
 
 
 def _index(n_patients=400, images_per_patient=3, source="padchest", official=None, seed=0):
