@@ -1,5 +1,8 @@
 """Rule ``unify_store``: merge the shard index parts of every source into one MaCheX-style index with patient-wise
-splits, label policy and duplicate detection, and reconcile file counts per source."""
+splits, label policy and duplicate detection, and reconcile file counts per source.
+
+Outputs next to the index are shareable (pseudonymised ids, no source paths); the full rejection manifest, whose
+``rel_path``/``detail`` can carry dataset ids, is written to an ingestion-private path instead."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrgen.ingest import SHAREABLE_REJECTION_COLUMNS
 from cxrgen.labels import LABEL_COLUMNS, apply_label_policy
 from cxrgen.text.labeler import label_reports
 from cxrgen.unify import assign_splits, find_duplicates, summarise, write_split_manifests
@@ -20,15 +24,19 @@ log = logging.getLogger(__name__)
 def unify_store(index_parts: list[Path | str], rejection_parts: list[Path | str], *, label_policy: dict,
                 val_fraction: float, test_fraction: float, source_priority: list[str], seed: int,
                 labeler_sources: list[str] | tuple[str, ...], index_path: Path | str, rejections_path: Path | str,
-                summary_path: Path | str, splits_dir: Path | str) -> dict:
-    """Write the unified index, the rejection manifest, the count summary and the split manifests; returns the
-    summary."""
+                rejection_manifest_path: Path | str, summary_path: Path | str, splits_dir: Path | str) -> dict:
+    """Write the unified index, the count summary, the split manifests and the rejections: ``rejections_path`` gets
+    the shareable list (:data:`~cxrgen.ingest.SHAREABLE_REJECTION_COLUMNS`: pseudonymised image id, source, shard,
+    reason), ``rejection_manifest_path`` (under ``results/ingest/``) the full manifest with source paths and decoder
+    details. Returns the summary."""
     index, rejections, summary = unify(
         [Path(p) for p in index_parts], [Path(p) for p in rejection_parts], label_policy=label_policy,
         val_fraction=val_fraction, test_fraction=test_fraction, source_priority=source_priority, seed=seed,
         labeler_sources=labeler_sources)
     index.to_parquet(index_path, index=False)
-    rejections.to_parquet(rejections_path, index=False)
+    rejections[list(SHAREABLE_REJECTION_COLUMNS)].to_parquet(rejections_path, index=False)
+    Path(rejection_manifest_path).parent.mkdir(parents=True, exist_ok=True)
+    rejections.to_parquet(rejection_manifest_path, index=False)
     Path(summary_path).write_text(json.dumps(summary, indent=1))
     write_split_manifests(index, Path(splits_dir))
     log.info("%d images ingested, %d rejected", summary["total_ingested"], summary["total_rejected"])

@@ -17,7 +17,8 @@ def main(smk) -> None:
         val_fraction=smk.params.val_fraction, test_fraction=smk.params.test_fraction,
         source_priority=list(smk.params.source_priority), seed=smk.params.seed,
         labeler_sources=list(smk.params.labeler_sources), index_path=smk.output.index,
-        rejections_path=smk.output.rejections, summary_path=smk.output.summary, splits_dir=smk.output.splits)
+        rejections_path=smk.output.rejections, rejection_manifest_path=smk.output.rejection_manifest,
+        summary_path=smk.output.summary, splits_dir=smk.output.splits)
     print(json.dumps({k: v for k, v in summary.items() if k != "duplicates"}, indent=1))
 
 
