@@ -7,8 +7,9 @@ in alternating rounds and the fastest round of each counts, which damps the nois
 
     python benchmarks/bench_ingest.py --n 24 --size-scale 1.0 --repeats 2
 
-(a) pipeline  ``cxrgen.ingest.index_source`` + ``ingest_shard``: DICOM validity checks, modality/VOI LUT, spacing,
-              pad-to-square, one interpolation per resolution, lossless 16-bit PNG blobs in shard files + index row.
+(a) pipeline  ``cxrgen.stages.index_source.build_manifest`` + ``cxrgen.stages.ingest_shard.decode_shard``: DICOM
+              validity checks, modality/VOI LUT, spacing, pad-to-square, one interpolation per resolution, lossless
+              16-bit PNG blobs in shard files + index row.
 (b) baseline  MaCheX ``machex.py`` as documented in the project notes on the seeds' public code (seed-implementations) §1 (re-written from
               those facts): pydicom ``pixel_array``, per-image min-max to uint8, invert MONOCHROME1, PNG mode I >> 8;
               Resize(1024) on the short edge + CenterCrop(1024), 3-channel RGB, one JPEG (quality 95) per image,
@@ -30,11 +31,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxrgen.demo.build import build_demo_source
 from cxrgen.imaging.decode import decode_image
 from cxrgen.imaging.geometry import preprocess
-from cxrgen.ingest import index_source, ingest_shard
 from cxrgen.privacy import DEMO_SALT
+from cxrgen.stages.build_demo_sources import build_demo_sources
+from cxrgen.stages.index_source import build_manifest
+from cxrgen.stages.ingest_shard import decode_shard
 
 SOURCES = ("mimic", "padchest", "nih")
 # Full-scale resampling targets: config.yaml sources.*.target_spacing_mm divided by demo.downscale (6).
@@ -60,8 +62,8 @@ def build_corpus(workdir: Path, n: int, size_scale: float, seed: int) -> dict[st
             print(f"corpus {source}: reusing {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-            meta = build_demo_source(source, root, meta_path, n_images=count, seed=seed, downscale=1.0 / size_scale,
-                                     bad_fraction=0.0)
+            meta = build_demo_sources(source, root, meta_path, n_images=count, seed=seed, downscale=1.0 / size_scale,
+                                      bad_fraction=0.0)
             print(f"corpus {source}: built {count} images in {meta['seconds']} s")
         roots[source] = root
     return roots
@@ -86,10 +88,10 @@ def run_pipeline(roots: dict[str, Path], store_root: Path, size_scale: float, in
     indexing = 0.0
     for source, root in roots.items():
         started = time.perf_counter()
-        manifest = index_source(source, root, n_shards=1, salt=DEMO_SALT.encode())
+        manifest = build_manifest(source, root, n_shards=1, salt=DEMO_SALT.encode())
         indexing += time.perf_counter() - started
         target = TARGET_SPACING_FULL_MM[source]
-        index, _, _ = ingest_shard(manifest, source=source, source_root=root, shard=0, store_root=store_root,
+        index, _, _ = decode_shard(manifest, source=source, source_root=root, shard=0, store_root=store_root,
                                    resolutions=RESOLUTIONS, geometry="pad", intensity="voi",
                                    target_spacing_mm=None if target is None else target / size_scale,
                                    progress=False)
@@ -180,7 +182,7 @@ def main() -> None:
 
     files, targets, formats = [], [], []
     for source, root in roots.items():
-        manifest = index_source(source, root, n_shards=1, salt=DEMO_SALT.encode())
+        manifest = build_manifest(source, root, n_shards=1, salt=DEMO_SALT.encode())
         usable = manifest[manifest["reject_reason"].isna()]
         files += [(root / p, f) for p, f in zip(usable["rel_path"], usable["file_format"], strict=True)]
         target = TARGET_SPACING_FULL_MM[source]

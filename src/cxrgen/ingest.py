@@ -1,141 +1,18 @@
-"""Ingestion: source manifest (no pixels) -> fixed shards of decoded, resampled, single-channel images.
-
-Every source file ends in exactly one place: an index row of its shard, or a row of the shard's rejection manifest
-with a machine-readable reason. A bad file never fails its shard.
-"""
+"""Ingestion contract shared by the rules ``index_source``, ``ingest_shard`` and ``unify_store``: stable shard
+assignment and the columns of the rejection manifests (the stages themselves live in :mod:`cxrgen.stages`)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
-import time
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from tqdm import tqdm
-
-from cxrgen.imaging.errors import RejectedImage, RejectReason
-from cxrgen.labels import LABEL_COLUMNS
-from cxrgen.privacy import age_bucket, pseudonym
-from cxrgen.sources.base import get_adapter, validate_manifest
-from cxrgen.store.shards import ShardWriter, shard_path
-
-log = logging.getLogger(__name__)
-
-#: Technical, non-identifying DICOM/file fields copied from the decoder's whitelisted meta into the index.
-TECH_FIELDS = ("modality", "photometric", "bits_stored", "transfer_syntax", "manufacturer")
+#: Columns of a rejection manifest: every source file that does not reach the index is one row. Ingestion-private
+#: (kept under ``results/ingest/``): ``rel_path`` embeds dataset ids (MIMIC ``files/pXX/p<subject_id>/s<study_id>/
+#: <dicom_id>.dcm``, CheXpert ``patientNNNNN/studyN``) and ``detail`` can quote a decoder message naming the file.
+REJECTION_COLUMNS = ("image_id", "source", "rel_path", "shard", "reason", "detail")
+#: The columns of the rejection list published next to the unified index (``results/store/rejections.parquet``).
+SHAREABLE_REJECTION_COLUMNS = ("image_id", "source", "shard", "reason")
 
 
 def shard_of(source_key: str, n_shards: int) -> int:
     """Stable, balanced shard assignment from the source key."""
     return int(hashlib.sha256(source_key.encode()).hexdigest()[:8], 16) % n_shards
-
-
-def index_source(source: str, root: Path, n_shards: int, salt: bytes, options: dict | None = None) -> pd.DataFrame:
-    """Run the adapter on a native layout and pseudonymise: returns the ingestion manifest.
-
-    The manifest keeps ``rel_path`` (needed to open the file; ingestion-private) but raw patient/study ids are replaced
-    by keyed hashes here, before anything is written.
-    """
-    started = time.perf_counter()
-    manifest = validate_manifest(get_adapter(source)(Path(root), options or {}))
-    manifest["image_id"] = [f"{source}-{pseudonym(salt, f'{source}/image', k)}" for k in manifest["source_key"]]
-    manifest["patient_pid"] = [f"{source}-{pseudonym(salt, f'{source}/patient', str(p))}"
-                               for p in manifest["patient_id"]]
-    manifest["study_pid"] = [f"{source}-{pseudonym(salt, f'{source}/study', str(s))}" for s in manifest["study_id"]]
-    manifest["shard"] = [shard_of(k, n_shards) for k in manifest["source_key"]]
-    manifest = manifest.drop(columns=["patient_id", "study_id"])
-    log.info("%s: %d manifest rows (%d pre-rejected) in %.1f s", source, len(manifest),
-             manifest["reject_reason"].notna().sum(), time.perf_counter() - started)
-    return manifest
-
-
-def _rejection(row: pd.Series, reason: str, detail: str = "") -> dict:
-    return {"image_id": row["image_id"], "source": row["source"], "rel_path": row["rel_path"], "shard": row["shard"],
-            "reason": reason, "detail": detail[:300]}
-
-
-def ingest_shard(manifest: pd.DataFrame, *, source: str, source_root: Path, shard: int, store_root: Path,
-                 resolutions: list[int], geometry: str, intensity: str, target_spacing_mm: float | None,
-                 canvas_mm: float | None = None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Decode and preprocess the manifest rows of one shard; write one container per resolution.
-
-    Returns (index part, rejections, stats). The caller writes the parquet files.
-    """
-    from cxrgen.imaging.decode import decode_image
-    from cxrgen.imaging.geometry import preprocess
-
-    rows = manifest[manifest["shard"] == shard].sort_values("image_id").reset_index(drop=True)
-    index_rows: list[dict] = []
-    rejections: list[dict] = []
-    writers = {res: ShardWriter(shard_path(store_root, res, source, shard)) for res in resolutions}
-    started = time.perf_counter()
-    try:
-        for _, row in tqdm(rows.iterrows(), total=len(rows), desc=f"{source} shard {shard}", disable=not progress,
-                           mininterval=2.0):
-            if isinstance(row["reject_reason"], str):
-                rejections.append(_rejection(row, row["reject_reason"], "flagged by the source adapter"))
-                continue
-            try:
-                decoded = decode_image(
-                    Path(source_root) / row["rel_path"], file_format=row["file_format"],
-                    bits_stored_hint=_none_if_nan(row["bits_stored_hint"]),
-                    spacing_hint_mm=_none_if_nan(row["spacing_hint_mm"]), intensity=intensity)
-                images = preprocess(decoded, target_spacing_mm=target_spacing_mm, policy=geometry,
-                                    resolutions=resolutions, canvas_mm=canvas_mm)
-            except RejectedImage as exc:
-                rejections.append(_rejection(row, exc.reason.value, exc.detail))
-                continue
-            except Exception as exc:  # a decoder bug on one file must not kill the shard
-                rejections.append(_rejection(row, RejectReason.UNREADABLE.value, f"{type(exc).__name__}: {exc}"))
-                continue
-            index_rows.append(_index_row(row, decoded, images, writers))
-    finally:
-        for writer in writers.values():
-            writer.close()
-    stats = {"source": source, "shard": shard, "files": int(len(rows)), "ingested": len(index_rows),
-             "rejected": len(rejections), "seconds": round(time.perf_counter() - started, 2)}
-    return pd.DataFrame(index_rows), pd.DataFrame(rejections, columns=list(_REJECTION_COLUMNS)), stats
-
-
-_REJECTION_COLUMNS = ("image_id", "source", "rel_path", "shard", "reason", "detail")
-
-
-def _none_if_nan(value) -> float | None:
-    return None if value is None or value != value else float(value)
-
-
-def _index_row(row: pd.Series, decoded, images: dict[int, np.ndarray], writers: dict[int, ShardWriter]) -> dict:
-    largest = images[max(images)]
-    content = np.round(decoded.pixels * 65535).astype(np.uint16)
-    out = {
-        "image_id": row["image_id"], "source": row["source"], "patient_pid": row["patient_pid"],
-        "study_pid": row["study_pid"], "view": row["view"], "sex": row["sex"], "age_bucket": age_bucket(row["age"]),
-        "report_findings": row["report_findings"], "report_impression": row["report_impression"],
-        "official_split": row["official_split"], "shard": int(row["shard"]),
-        "orig_height": int(decoded.pixels.shape[0]), "orig_width": int(decoded.pixels.shape[1]),
-        "orig_spacing_mm": float(decoded.spacing_mm[0]) if decoded.spacing_mm else float("nan"),
-        "spacing_source": decoded.spacing_source,
-        "content_sha256": hashlib.sha256(content.tobytes() + str(content.shape).encode()).hexdigest(),
-        "mean_intensity": float(largest.mean() / 65535.0),
-    }
-    for field in TECH_FIELDS:
-        value = decoded.meta.get(field)
-        out[field] = None if value is None else str(value)
-    for col in LABEL_COLUMNS:
-        out["raw_" + col] = row[col]
-    for res, image in images.items():
-        offset, nbytes, digest = writers[res].append(image)
-        out[f"offset_{res}"], out[f"nbytes_{res}"], out[f"sha256_{res}"] = offset, nbytes, digest
-    return out
-
-
-def write_shard_outputs(index_part: pd.DataFrame, rejections: pd.DataFrame, stats: dict,
-                        index_path: Path, rejections_path: Path, stats_path: Path) -> None:
-    for path in (index_path, rejections_path, stats_path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    index_part.to_parquet(index_path, index=False)
-    rejections.to_parquet(rejections_path, index=False)
-    Path(stats_path).write_text(json.dumps(stats, indent=1))

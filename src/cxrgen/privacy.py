@@ -12,20 +12,31 @@ log = logging.getLogger(__name__)
 
 #: Used only when every source is the embedded demo corpus (no real patient data involved).
 DEMO_SALT = "cxrgen-demo-corpus-public-salt"
+#: Shortest secret salt accepted for real data: a short key can be brute-forced offline against the keyed hashes of
+#: guessable ids (MIMIC subject ids are 8 digits), which would undo the pseudonymisation.
+MIN_SALT_LENGTH = 32
 
 
 def resolve_salt(salt_env: str, demo_only: bool) -> bytes:
-    """The pseudonymisation key. Real data require the env var; the demo falls back to a public salt."""
+    """The pseudonymisation key. Real data require the env var, holding at least :data:`MIN_SALT_LENGTH`
+    characters; the demo falls back to a public salt."""
     value = os.environ.get(salt_env, "")
-    if value:
-        return value.encode()
     if demo_only:
-        log.warning("%s is unset: using the public demo salt (fine for the embedded demo corpus only)", salt_env)
-        return DEMO_SALT.encode()
-    raise RuntimeError(
-        f"environment variable {salt_env} is not set: it holds the secret salt for pseudonymising patient ids of "
-        f"real data (config key privacy.salt_env). Set it to a long random string and keep it out of results/."
-    )
+        if not value:
+            log.warning("%s is unset: using the public demo salt (fine for the embedded demo corpus only)", salt_env)
+        return (value or DEMO_SALT).encode()
+    if not value:
+        raise RuntimeError(
+            f"environment variable {salt_env} is not set: it holds the secret salt for pseudonymising patient ids of "
+            f"real data (config key privacy.salt_env names the variable). Set it to a random string of at least "
+            f"{MIN_SALT_LENGTH} characters, e.g. export {salt_env}=\"$(openssl rand -hex 32)\", and keep it out of "
+            f"results/.")
+    if len(value) < MIN_SALT_LENGTH:
+        raise RuntimeError(
+            f"environment variable {salt_env} holds {len(value)} characters: pseudonymising real data needs a secret "
+            f"salt of at least {MIN_SALT_LENGTH} characters (config key privacy.salt_env names the variable), e.g. "
+            f"export {salt_env}=\"$(openssl rand -hex 32)\". A changed salt changes every pseudonymised id.")
+    return value.encode()
 
 
 def pseudonym(salt: bytes, namespace: str, raw_id: str, length: int = 16) -> str:

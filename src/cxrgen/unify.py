@@ -1,5 +1,5 @@
-"""MaCheX unification: merge shard index parts into one index with patient-wise splits, label policy and
-duplicate detection, and reconcile file counts per source."""
+"""MaCheX unification helpers (rule ``unify_store``, :mod:`cxrgen.stages.unify_store`): patient-wise splits,
+duplicate detection, count reconciliation per source and the published split manifests."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrgen.labels import LABEL_COLUMNS, apply_label_policy
 from cxrgen.sources.base import SPLITS
-from cxrgen.text.labeler import label_reports
 
 _SPLIT_RANK = {"train": 0, "val": 1, "test": 2}
 
@@ -63,50 +61,6 @@ def find_duplicates(index: pd.DataFrame, source_priority: list[str]) -> pd.DataF
         "duplicate_of_source": kept.loc[dups["content_sha256"], "source"].to_numpy(),
         "content_sha256": dups["content_sha256"].to_numpy(),
     })
-
-
-def unify(index_parts: list[Path], rejection_parts: list[Path], *, label_policy: dict, val_fraction: float,
-          test_fraction: float, source_priority: list[str], seed: int,
-          labeler_sources: list[str] | tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Returns (index, rejections, summary).
-
-    ``labeler_sources``: sources whose raw labels are replaced by the rule-based report labeler's output
-    (:mod:`cxrgen.text.labeler`) from their FINDINGS/IMPRESSION text — IU-Xray ships no CheXpert labels, only MeSH
-    indexing (positives only). Column ``label_source`` says where each row's labels come from: ``dataset`` or
-    ``labeler`` (machine labels, not human annotations)."""
-    parts = [pd.read_parquet(p) for p in index_parts]
-    index = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
-    rejections = pd.concat([pd.read_parquet(p) for p in rejection_parts], ignore_index=True)
-
-    duplicates = find_duplicates(index, source_priority) if len(index) else pd.DataFrame(
-        columns=["image_id", "source", "duplicate_of", "duplicate_of_source", "content_sha256"])
-    if len(duplicates):
-        dropped = index[index["image_id"].isin(duplicates["image_id"])]
-        rejections = pd.concat([rejections, pd.DataFrame({
-            "image_id": dropped["image_id"], "source": dropped["source"], "rel_path": None,
-            "shard": dropped["shard"], "reason": "duplicate",
-            "detail": "pixel-identical to " + dropped["image_id"].map(
-                dict(zip(duplicates["image_id"], duplicates["duplicate_of"], strict=True))),
-        })], ignore_index=True)
-        index = index[~index["image_id"].isin(duplicates["image_id"])]
-
-    index = index.sort_values(["source", "image_id"]).reset_index(drop=True)
-    index["split"] = assign_splits(index, val_fraction, test_fraction, seed) if len(index) else []
-    index["label_source"] = "dataset"
-    machine = index["source"].isin(list(labeler_sources)).to_numpy()
-    if machine.any():
-        labels = label_reports(index.loc[machine, "report_findings"].tolist(),
-                               index.loc[machine, "report_impression"].tolist())
-        for j, col in enumerate(LABEL_COLUMNS):
-            index.loc[machine, "raw_" + col] = labels[:, j]
-        index.loc[machine, "label_source"] = "labeler"
-    raw = index[["raw_" + c for c in LABEL_COLUMNS]].to_numpy(dtype=np.float32)
-    applied = apply_label_policy(raw, label_policy["uncertain"], label_policy["blank"])
-    for j, col in enumerate(LABEL_COLUMNS):
-        index[col] = applied[:, j]
-
-    summary = summarise(index, rejections, duplicates)
-    return index, rejections.reset_index(drop=True), summary | {"duplicates": duplicates.to_dict("records")}
 
 
 def summarise(index: pd.DataFrame, rejections: pd.DataFrame, duplicates: pd.DataFrame) -> dict:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from cxrgen.labels import LABEL_COLUMNS
-from cxrgen.report.data_report import GRID_ROW_PX, write_data_report
+from cxrgen.stages.report_data import GRID_ROW_PX, write_data_report
 from cxrgen.store.shards import ShardWriter, shard_path
 from cxrgen.unify import summarise
 

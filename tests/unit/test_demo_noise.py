@@ -4,11 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrgen.demo.build import build_demo_source
 from cxrgen.demo.noise import NOISE_KINDS, apply_noise, plan_noise
 from cxrgen.demo.phantom import PhantomSpec, render_phantom
-from cxrgen.ingest import index_source, ingest_shard
 from cxrgen.privacy import DEMO_SALT
+from cxrgen.stages.build_demo_sources import build_demo_sources
+from cxrgen.stages.index_source import build_manifest
+from cxrgen.stages.ingest_shard import decode_shard
 
 
 def test_plan_rate_kinds_exclusions_and_determinism():
@@ -48,8 +49,8 @@ def test_unknown_kind_names_the_allowed_ones(film):
 def test_injected_files_ingest_and_clean_files_are_unchanged(tmp_path, source):
     def build(name, fraction):
         root, meta = tmp_path / name / source, tmp_path / name / "_meta"
-        info = build_demo_source(source, root, meta / f"{source}.json", n_images=30, seed=5, downscale=12,
-                                 bad_fraction=0.1, noise_fraction=fraction, noise_path=meta / "noise.parquet")
+        info = build_demo_sources(source, root, meta / f"{source}.json", n_images=30, seed=5, downscale=12,
+                                  bad_fraction=0.1, noise_fraction=fraction, noise_path=meta / "noise.parquet")
         return root, info, pd.read_parquet(meta / "noise.parquet")
 
     root, info, truth = build("noisy", 0.25)
@@ -58,8 +59,8 @@ def test_injected_files_ingest_and_clean_files_are_unchanged(tmp_path, source):
     assert info["noisy_files"] == len(truth) >= 5 and set(truth["source"]) == {source}
     assert truth["kind"].nunique() >= 5
 
-    manifest = index_source(source, root, 1, DEMO_SALT.encode(), {})
-    index, rejections, _ = ingest_shard(manifest, source=source, source_root=root, shard=0,
+    manifest = build_manifest(source, root, 1, DEMO_SALT.encode(), {})
+    index, rejections, _ = decode_shard(manifest, source=source, source_root=root, shard=0,
                                         store_root=tmp_path / "store", resolutions=[32], geometry="pad",
                                         intensity="voi", target_spacing_mm=None, progress=False)
     joined = truth.merge(manifest[["rel_path", "image_id"]], on="rel_path", how="left")
@@ -67,8 +68,8 @@ def test_injected_files_ingest_and_clean_files_are_unchanged(tmp_path, source):
     assert joined["image_id"].isin(index["image_id"]).all()  # every noisy film reaches the store
     assert not joined["image_id"].isin(rejections["image_id"]).any()
     # bad-file rejection is untouched: the clean and the noisy build reject the same files for the same reasons
-    clean_manifest = index_source(source, clean_root, 1, DEMO_SALT.encode(), {})
-    _, clean_rejections, _ = ingest_shard(clean_manifest, source=source, source_root=clean_root, shard=0,
+    clean_manifest = build_manifest(source, clean_root, 1, DEMO_SALT.encode(), {})
+    _, clean_rejections, _ = decode_shard(clean_manifest, source=source, source_root=clean_root, shard=0,
                                           store_root=tmp_path / "store_clean", resolutions=[32], geometry="pad",
                                           intensity="voi", target_spacing_mm=None, progress=False)
     assert sorted(rejections["reason"]) == sorted(clean_rejections["reason"]) and len(rejections) > 0

@@ -1,11 +1,12 @@
-"""ingest_shard on a hand-made manifest: good files land in the store, bad files in the rejection manifest."""
+"""Rule ingest_shard (decode_shard) on a hand-made manifest: good files land in the store, bad ones are rejected."""
 
 import numpy as np
 import pandas as pd
 
 from cxrgen.demo.dicom_writer import write_dicom
-from cxrgen.ingest import ingest_shard, shard_of
+from cxrgen.ingest import shard_of
 from cxrgen.labels import LABEL_COLUMNS
+from cxrgen.stages.ingest_shard import decode_shard
 from cxrgen.store import ShardStore
 
 
@@ -45,7 +46,7 @@ def test_ingest_shard_routes_every_file(tmp_path):
         {"image_id": "mimic-e", "rel_path": "orphan.dcm", "reject_reason": "missing_metadata"},
         {"image_id": "mimic-f", "rel_path": "other-shard.dcm", "shard": 1},
     ])
-    index, rejections, stats = ingest_shard(manifest, source="mimic", source_root=src, shard=0,
+    index, rejections, stats = decode_shard(manifest, source="mimic", source_root=src, shard=0,
                                             store_root=tmp_path / "store", resolutions=[32, 64], geometry="pad",
                                             intensity="voi", target_spacing_mm=1.0, progress=False)
     assert list(index["image_id"]) == ["mimic-a", "mimic-b"]
@@ -82,7 +83,7 @@ def test_ingest_is_deterministic(tmp_path):
         rows.append({"image_id": f"mimic-{i}", "rel_path": f"{i}.dcm"})
     outputs = []
     for run in ("a", "b"):
-        index, _, _ = ingest_shard(_manifest(rows), source="mimic", source_root=src, shard=0,
+        index, _, _ = decode_shard(_manifest(rows), source="mimic", source_root=src, shard=0,
                                    store_root=tmp_path / run, resolutions=[32], geometry="crop", intensity="voi",
                                    target_spacing_mm=0.5, canvas_mm=40.0, progress=False)
         outputs.append((index.to_json(), (tmp_path / run / "32px/mimic/shard-0000.bin").read_bytes()))

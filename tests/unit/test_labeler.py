@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS
+from cxrgen.stages.unify_store import unify
 from cxrgen.text import labeler
 from cxrgen.text.labeler import label_frame, label_report, label_reports, split_sentences
-from cxrgen.unify import unify
 
 NAN = "blank"
 

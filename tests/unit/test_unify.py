@@ -2,8 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxrgen.ingest import REJECTION_COLUMNS, SHAREABLE_REJECTION_COLUMNS
 from cxrgen.labels import LABEL_COLUMNS
-from cxrgen.unify import assign_splits, find_duplicates, summarise, unify
+from cxrgen.stages.unify_store import unify, unify_store
+from cxrgen.unify import assign_splits, find_duplicates, summarise
 
 
 def _index(n_patients=400, images_per_patient=3, source="padchest", official=None, seed=0):
@@ -94,6 +96,37 @@ def test_unify_end_to_end_reconciles(tmp_path):
     assert summary["patients_in_more_than_one_split"] == 0
     assert set(np.unique(index[list(LABEL_COLUMNS)].to_numpy())) <= {0.0, 1.0}
     assert set(rejections["reason"]) == {"unreadable", "missing_file", "wrong_modality", "duplicate"}
+
+
+def test_unify_store_keeps_source_paths_out_of_the_store(tmp_path):
+    """The store (index, summary, splits, rejection list) is shareable: source paths, which embed dataset ids, and
+    decoder details go only to the ingestion-private rejection manifest."""
+    a = _index(10, 2, source="mimic")
+    a.to_parquet(tmp_path / "i.parquet")
+    subject_path = "files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.dcm"
+    pd.DataFrame({"image_id": ["mimic-x1", "mimic-x2"], "source": ["mimic", "mimic"],
+                  "rel_path": [subject_path, "files/p11/p11000011/s51000011/gone.dcm"], "shard": [0, 0],
+                  "reason": ["unreadable", "missing_file"],
+                  "detail": [f"UnidentifiedImageError: cannot identify image file '/data/{subject_path}'", ""]},
+                 ).to_parquet(tmp_path / "r.parquet")
+    store, private = tmp_path / "store", tmp_path / "ingest"
+    store.mkdir()
+    summary = unify_store(
+        [tmp_path / "i.parquet"], [tmp_path / "r.parquet"], label_policy={"uncertain": "ones", "blank": "zeros"},
+        val_fraction=0.1, test_fraction=0.1, source_priority=["mimic"], seed=0, labeler_sources=[],
+        index_path=store / "index.parquet", rejections_path=store / "rejections.parquet",
+        rejection_manifest_path=private / "rejections.parquet", summary_path=store / "summary.json",
+        splits_dir=store / "splits")
+    assert summary["total_rejected"] == 1
+    shared = pd.read_parquet(store / "rejections.parquet")
+    assert tuple(shared.columns) == SHAREABLE_REJECTION_COLUMNS
+    assert sorted(shared["reason"]) == ["missing_file", "unreadable"]
+    manifest = pd.read_parquet(private / "rejections.parquet")
+    assert tuple(manifest.columns) == REJECTION_COLUMNS and subject_path in set(manifest["rel_path"])
+    for path in store.rglob("*"):
+        if path.is_file():
+            text = pd.read_parquet(path).to_csv() if path.suffix == ".parquet" else path.read_text()
+            assert "10000032" not in text and "50414267" not in text and "11000011" not in text, path
 
 
 def test_summarise_counts_every_file_once():

@@ -120,7 +120,8 @@ def test_store_images_are_readable(tiny_run):
 def _strings_in(path: Path) -> str:
     if path.suffix == ".parquet":
         df = pd.read_parquet(path)
-        return "\n".join(df[c].astype(str).str.cat(sep="\n") for c in df.columns if df[c].dtype == object)
+        return "\n".join(df[c].astype(str).str.cat(sep="\n") for c in df.columns
+                         if not pd.api.types.is_numeric_dtype(df[c]))  # text: object or (pandas 3) str dtype
     if path.suffix in {".bin", ".png", ".jpg"}:
         return ""  # pixel containers written by our own encoder (no text chunks)
     return path.read_text(errors="ignore")
@@ -136,6 +137,61 @@ def test_no_phi_leaves_ingestion(tiny_run):
             text = _strings_in(path)
             leaked = [c for c in canaries if c in text]
             assert not leaked, f"{path}: {leaked[:3]}"
+
+
+#: Shareable outputs (relative to results/): the unified store's index, summary, split manifests and rejection list,
+#: the data report, and the MLflow store (params, tags). Source paths live only under results/ingest/.
+SHAREABLE_OUTPUTS = ("store/index.parquet", "store/summary.json", "store/splits", "store/rejections.parquet",
+                     "reports/data", "mlflow/mlflow.db")
+#: Raw ids shorter than this are not searched for: they also occur as ordinary numbers (NIH's Patient ID is a small
+#: integer; its zero-padded form is part of the NIH image index, which is searched).
+MIN_SEARCHED_ID_LENGTH = 6
+
+
+def raw_source_identifiers(results: Path) -> dict[str, set[str]]:
+    """Per demo source, the raw dataset identifiers as the source adapters read them from the demo sources' own
+    metadata and layout: patient ids (MIMIC subject_id, CheXpert patientNNNNN, NIH Patient ID, PadChest PatientID,
+    BRAX/VinDr/IU-Xray ids), study ids, image keys (dicom_id, Image Index, ImageID, …) and source-relative paths."""
+    from cxrgen.sources.base import get_adapter
+
+    identifiers = {}
+    for root in sorted(p for p in (results / "sources").iterdir() if p.is_dir() and p.name != "_meta"):
+        manifest = get_adapter(root.name)(root, {})
+        values = set()
+        for column in ("patient_id", "study_id", "source_key", "rel_path"):
+            values |= set(manifest[column].dropna().astype(str))
+        identifiers[root.name] = {v for v in values if len(v) >= MIN_SEARCHED_ID_LENGTH}
+    return identifiers
+
+
+def shareable_files(results: Path) -> list[Path]:
+    files = []
+    for name in SHAREABLE_OUTPUTS:
+        path = results / name
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file())
+        elif path.exists():
+            files.append(path)
+    return files
+
+
+def test_no_source_identifier_in_shareable_outputs(tiny_run):
+    results = tiny_run / "results"
+    identifiers = raw_source_identifiers(results)
+    assert set(identifiers) == {"mimic", "chexpert", "nih", "padchest", "brax", "vindr", "iuxray"}
+    assert all(len(ids) > 10 for ids in identifiers.values()), {s: len(ids) for s, ids in identifiers.items()}
+    files = shareable_files(results)
+    assert {"index.parquet", "summary.json", "rejections.parquet", "test.txt", "data_report.html"} <= {
+        p.name for p in files}
+    for path in files:
+        text = _strings_in(path)
+        for source, ids in identifiers.items():
+            leaked = sorted(i for i in ids if i in text)
+            assert not leaked, f"{path}: raw {source} identifiers {leaked[:3]}"
+    shared = pd.read_parquet(results / "store/rejections.parquet")
+    private = pd.read_parquet(results / "ingest/rejections.parquet")
+    assert "rel_path" not in shared.columns and "detail" not in shared.columns
+    assert len(private) == len(shared) and private["rel_path"].notna().any()
 
 
 def test_generative_chain_outputs(tiny_run):

@@ -50,8 +50,9 @@ def shard_ids(source):
     return [f"{i:04d}" for i in range(config["sources"][source]["shards"])]
 
 
-def demo_marker(wildcards):
-    return [f"results/sources/_meta/{wildcards.source}.json"] if is_demo(wildcards.source) else []
+def demo_source_dir(wildcards):
+    """The demo corpus of a source (rule build_demo_sources); real sources are read from their configured root."""
+    return [f"results/sources/{wildcards.source}"] if is_demo(wildcards.source) else []
 
 
 def shard_index_parts(wildcards=None):
@@ -81,10 +82,6 @@ def final_targets():
 
 
 # --- params functions (named, so rules stay declarative) ---
-def demo_out_root(wildcards):
-    return f"results/sources/{wildcards.source}"
-
-
 def demo_image_count(wildcards):
     return config["demo"]["images"].get(wildcards.source, 0)
 

@@ -3,10 +3,10 @@
 
 rule build_demo_sources:
     output:
+        root=directory("results/sources/{source}"),
         meta="results/sources/_meta/{source}.json",
         noise="results/sources/_meta/{source}.noise.parquet",  # ground truth of the injected noisy films (LNFS)
     params:
-        out_root=demo_out_root,
         n_images=demo_image_count,
         seed=config["seed"],
         downscale=config["demo"]["downscale"],

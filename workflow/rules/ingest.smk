@@ -3,7 +3,7 @@
 
 rule index_source:
     input:
-        demo_marker,
+        demo_source_dir,
     output:
         manifest="results/ingest/{source}/manifest.parquet",
     params:

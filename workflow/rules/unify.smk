@@ -7,7 +7,8 @@ rule unify_store:
         rejection_parts=shard_rejection_parts,
     output:
         index="results/store/index.parquet",
-        rejections="results/store/rejections.parquet",
+        rejections="results/store/rejections.parquet",  # shareable: pseudonymised id, source, shard, reason
+        rejection_manifest="results/ingest/rejections.parquet",  # ingestion-private: source paths, decoder details
         summary="results/store/summary.json",
         splits=directory("results/store/splits"),
     params:

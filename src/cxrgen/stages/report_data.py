@@ -1,10 +1,11 @@
-"""Data report of the unified store: count reconciliation, rejections, label prevalence, cohort mix, technical mix,
-sizes, duplicates and a sample grid per source.
+"""Rule ``report_data``: data report of the unified store — count reconciliation, rejections, label prevalence,
+cohort mix, technical mix, sizes, duplicates and a sample grid per source.
 
 Writes one self-contained HTML file (figures embedded as base64 PNG, so it also works inside ``snakemake --report``),
-a markdown twin (tables only) and the sample grid PNG. Privacy: only columns of the pseudonymised index and the
-*reason* column of the rejection manifest are used; ``rel_path`` and ``detail`` of rejections (which can carry dataset
-patient ids or file paths) and report texts never reach the output.
+a markdown twin (tables only) and the sample grid PNG. Privacy: it reads only shareable outputs of ``unify_store`` —
+the pseudonymised index, the summary and the *source* and *reason* columns of the shareable rejection list
+(``results/store/rejections.parquet``; the manifest with source paths stays under ``results/ingest/``); report texts
+never reach the output.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import logging
 import os
 import re
@@ -46,6 +48,17 @@ _MISSING = "n/a"
 
 
 # --------------------------------------------------------------------------------------------------- public API
+
+
+def report_data(index_path: Path | str, rejections_path: Path | str, summary_path: Path | str, *,
+                store_root: Path | str, resolution: int, html_path: Path | str, grid_path: Path | str,
+                markdown_path: Path | str, seed: int = 0) -> None:
+    """Read the unified store's index, shareable rejection list and summary (rule ``unify_store``) and write the
+    report (:func:`write_data_report`)."""
+    write_data_report(pd.read_parquet(index_path), pd.read_parquet(rejections_path, columns=["source", "reason"]),
+                      json.loads(Path(summary_path).read_text()), store_root=Path(store_root),
+                      resolution=int(resolution), html_path=Path(html_path), grid_path=Path(grid_path),
+                      markdown_path=Path(markdown_path), seed=seed)
 
 
 def write_data_report(index: pd.DataFrame, rejections: pd.DataFrame, summary: dict, store_root: Path,

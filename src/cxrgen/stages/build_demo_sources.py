@@ -1,4 +1,4 @@
-"""Build the embedded demo corpus of one source in its native layout (rule ``build_demo_sources``)."""
+"""Rule ``build_demo_sources``: the embedded demo corpus of one source, written in its native layout."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from cxrgen.demo.common import DemoContext
 
 
-def build_demo_source(source: str, out_root: Path, meta_path: Path, *, n_images: int, seed: int, downscale: float,
+def build_demo_sources(source: str, out_root: Path, meta_path: Path, *, n_images: int, seed: int, downscale: float,
                       bad_fraction: float, noise_fraction: float = 0.0, noise_path: Path | None = None) -> dict:
     """Write ``n_images`` phantoms of ``source`` under ``out_root`` in the dataset's native layout and record the
     build parameters plus the fake-PHI canary strings (for the no-PHI-leak test) in ``meta_path``.
