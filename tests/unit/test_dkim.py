@@ -10,16 +10,9 @@ import torch
 from test_ldm import TINY_UNET, ldm_cfg, make_clip, make_latent_cache
 
 from cxrgen.config import validate_config
+from cxrgen.hashing import dir_digest
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
-from cxrgen.models.diffusion import (
-    CxrPipeline,
-    LatentSampler,
-    SamplerSettings,
-    build_unet,
-    dir_digest,
-    make_train_scheduler,
-    write_pipeline_json,
-)
+from cxrgen.models.diffusion import LatentSampler, SamplerSettings, build_unet, make_train_scheduler
 from cxrgen.models.dkim import (
     DISEASE_SENTENCES,
     DkimAdapter,
@@ -29,6 +22,7 @@ from cxrgen.models.dkim import (
     knowledge_states,
     load_dkim,
 )
+from cxrgen.pipeline import CxrPipeline, write_pipeline_json
 from cxrgen.stages.train_dkim import grid_labels, train_dkim
 from cxrgen.train.loop import Interrupted, latest_checkpoint
 

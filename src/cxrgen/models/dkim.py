@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cxrgen.hashing import dir_digest
 from cxrgen.labels import CHEXPERT_LABELS, label_column
 
 DKIM_JSON = "dkim.json"
@@ -225,11 +226,9 @@ def save_dkim(adapter: DkimAdapter, out_dir: Path | str, info: dict) -> None:
 def load_dkim(adapter_dir: Path | str, *, base_ldm_dir: Path | str | None = None,
               device: str | torch.device = "cpu") -> DkimAdapter:
     """Strict load of an adapter directory. With ``base_ldm_dir``, refuse an adapter trained for another base UNet
-    (content hash of ``<base_ldm_dir>/unet``)."""
+    (:func:`cxrgen.hashing.dir_digest` of ``<base_ldm_dir>/unet``)."""
     from diffusers import ControlNetModel
     from safetensors.torch import load_file
-
-    from cxrgen.models.diffusion import dir_digest
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / DKIM_JSON).is_file():

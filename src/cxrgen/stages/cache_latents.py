@@ -24,8 +24,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from cxrgen.hashing import dir_digest
 from cxrgen.labels import LABEL_COLUMNS
-from cxrgen.models.autoencoder import autoencoder_hash, load_autoencoder
+from cxrgen.models.autoencoder import load_autoencoder
 from cxrgen.train.data import StoreImages, report_texts, select_rows
 from cxrgen.train.outputs import publish_dir
 
@@ -76,7 +77,7 @@ def cache_latents(*, index_path: Path | str, store_root: Path | str, resolution:
         index[column] = rows[column].to_numpy(dtype=np.float32)
     index.to_parquet(tmp / INDEX_FILE, index=False)
     meta = {
-        "autoencoder_sha256": autoencoder_hash(ae_dir), "scaling_factor": float(vae.config.scaling_factor),
+        "autoencoder_sha256": dir_digest(ae_dir), "scaling_factor": float(vae.config.scaling_factor),
         "stored": "unscaled posterior mean (latents.npy) and std (latents_std.npy)",
         "resolution": int(resolution), "shape": list(shape), "dtype": dtype, "splits": list(splits),
         "index_sha256": _file_sha256(index_path),
@@ -126,7 +127,7 @@ def load_latents(out_dir: Path | str, ae_dir: Path | str | None = None) -> Laten
         raise FileNotFoundError(f"{out_dir} is not a latent cache (no {META_FILE}); run rule cache_latents")
     meta = json.loads(meta_path.read_text())
     if ae_dir is not None:
-        current = autoencoder_hash(ae_dir)
+        current = dir_digest(ae_dir)
         if current != meta["autoencoder_sha256"]:
             raise StaleLatentsError(
                 f"stale latents: {out_dir} was encoded by autoencoder {meta['autoencoder_sha256'][:12]}, but "

@@ -10,7 +10,6 @@ base LDM's (section ``ldm``: splits, views, report-less text policy); section ``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cxrgen.hashing import dir_digest, module_digest
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
 from cxrgen.models.diffusion import (
     LatentSampler,
@@ -31,12 +31,11 @@ from cxrgen.models.diffusion import (
     decode_latents,
     denoise,
     diffusion_target,
-    dir_digest,
     drop_condition,
     load_unet,
-    read_pipeline_json,
 )
 from cxrgen.models.dkim import DkimAdapter, build_controlnet, build_knowledge_bank, knowledge_states, save_dkim
+from cxrgen.pipeline import read_pipeline_json
 from cxrgen.stages.train_ldm import GRID_FINDINGS, loop_config, plot_loss_history
 from cxrgen.train.loop import (
     LoopConfig,
@@ -51,15 +50,6 @@ from cxrgen.train.outputs import publish_dir
 
 log = logging.getLogger(__name__)
 
-
-
-def state_hash(module: torch.nn.Module) -> str:
-    """Content hash of a module's parameters and buffers (checks that the frozen base never changes)."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class DkimTrainer:
@@ -239,7 +229,7 @@ def train_dkim(*, ldm_dir: Path | str, latents_dir: Path | str, cfg: dict, ldm_c
 
     unet = load_unet(ldm_dir / "unet")
     base_sha = dir_digest(ldm_dir / "unet")
-    base_before = state_hash(unet)
+    base_before = module_digest(unet)
     scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(ldm_dir / "scheduler"))
     text_encoder = load_text_encoder(text_dir)
     if int(text_encoder.dim) != int(unet.config.cross_attention_dim):
@@ -282,7 +272,7 @@ def train_dkim(*, ldm_dir: Path | str, latents_dir: Path | str, cfg: dict, ldm_c
     try:
         result = trainer.fit(loop, state_dir, on_log=on_log, extra_state=extra)
         train_seconds = time.perf_counter() - started
-        if state_hash(trainer.unet) != base_before:
+        if module_digest(trainer.unet) != base_before:
             raise RuntimeError("the base UNet changed during DKIM training (it must stay frozen)")
 
         tmp = out_dir.with_name(out_dir.name + ".tmp")

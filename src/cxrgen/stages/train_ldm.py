@@ -33,8 +33,8 @@ from cxrgen.models.diffusion import (
     diffusion_target,
     drop_condition,
     make_train_scheduler,
-    write_pipeline_json,
 )
+from cxrgen.pipeline import write_pipeline_json
 from cxrgen.train.data import conditioning_texts
 from cxrgen.train.loop import (
     LoopConfig,
