@@ -179,15 +179,17 @@ def test_second_stage_freezes_the_base_resumes_and_saves(tmp_path):
     base_files = dir_digest(ldm / "unet")
     straight = _train(tmp_path, ldm, latents, "a", clip_dir=clip_dir)
     out = tmp_path / "dkim_a"
-    assert {p.name for p in out.iterdir()} == {"controlnet", "knowledge.safetensors", "dkim.json", "metrics.json",
+    assert {p.name for p in out.iterdir()} == {"config.json", "diffusion_pytorch_model.safetensors", "metrics.json",
                                               "loss.png", "samples.png"}
     assert straight["steps"] == 3 and straight["base_unchanged"] and dir_digest(ldm / "unet") == base_files
     assert straight["n_train"] == 9  # 12 train latents, 3 without a report (ldm.require_report)
     assert np.isfinite(straight["val_loss_base"]) and np.isfinite(straight["val_loss_dkim"])
     assert straight["val_loss_base"] != straight["val_loss_dkim"]  # the trained adapter does something
-    info = json.loads((out / "dkim.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    info = config["provenance"]
+    assert config["_class_name"] == "DkimAdapter"
     assert info["base_unet_sha"] == base_files and info["base_ldm"] == "../ldm/cheff"
-    assert info["sentences"]["Cardiomegaly"] == ["There is cardiomegaly.", "There is no cardiomegaly."]
+    assert config["sentences"]["Cardiomegaly"] == ["There is cardiomegaly.", "There is no cardiomegaly."]
 
     adapter = load_dkim(out, base_ldm_dir=ldm)
     zero_convs = list(adapter.controlnet.controlnet_down_blocks.parameters())
