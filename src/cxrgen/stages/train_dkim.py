@@ -196,10 +196,10 @@ def train_dkim(*, ldm_dir: Path | str, latents_dir: Path | str, cfg: dict, ldm_c
     Templates are embedded by the LDM's text encoder (named in its ``cxrgen_pipeline.json``; ``clip_dir``, if given,
     must be the same directory).
 
-    Writes ``out_dir`` atomically: ``controlnet/`` (EMA weights), ``knowledge.safetensors``, ``dkim.json`` (load with
-    :func:`cxrgen.models.dkim.load_dkim`; relative path and hash of the base LDM), ``metrics.json`` (validation ε-MSE
-    without/with the adapter, knowledge coverage, timings), ``loss.png``, ``samples.png`` (template prompts without /
-    with DKIM, same seeds). Resumable state in ``state_dir``; ``tracking_json`` → MLflow child run ``job_name``.
+    Writes ``out_dir`` atomically: the adapter as a diffusers model (``config.json`` with the relative path and hash of
+    the base LDM, safetensors with the EMA weights; load with :func:`cxrgen.models.dkim.load_dkim`), ``metrics.json``
+    (validation ε-MSE without/with the adapter, knowledge coverage, timings), ``loss.png``, ``samples.png`` (template
+    prompts without / with DKIM, same seeds). Resumable state in ``state_dir``; ``tracking_json`` → MLflow child run ``job_name``.
     """
     from diffusers import DDPMScheduler
 
