@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
-    from cxrgen.models.diffusion import CxrPipeline, SamplerSettings
+    from cxrgen.models.diffusion import SamplerSettings
+    from cxrgen.pipeline import CxrPipeline
     from cxrgen.report.figures import save_grid
     from cxrgen.stages.generate import to_uint16
 

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cxrgen.config import validate_config
+from cxrgen.hashing import dir_digest
 from cxrgen.labels import LABEL_COLUMNS
 from cxrgen.models.autoencoder import (
     WEIGHTS_FILE,
@@ -15,7 +16,6 @@ from cxrgen.models.autoencoder import (
     FeaturePerceptualLoss,
     PatchDiscriminator,
     adaptive_gan_weight,
-    autoencoder_hash,
     build_autoencoder,
     latent_scale_factor,
     load_autoencoder,
@@ -95,11 +95,11 @@ def test_strict_save_load_keeps_scaling_factor(tmp_path):
     assert AutoencoderKL.from_pretrained(tmp_path / "ae").config.scaling_factor == pytest.approx(0.731)
     for (k, p), (k2, q) in zip(vae.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(p, q)
-    digest = autoencoder_hash(tmp_path / "ae")
+    digest = dir_digest(tmp_path / "ae")
     weights = load_file(tmp_path / "ae" / WEIGHTS_FILE)
     weights.pop(next(iter(weights)))
     save_file(weights, tmp_path / "ae" / WEIGHTS_FILE)
-    assert autoencoder_hash(tmp_path / "ae") != digest
+    assert dir_digest(tmp_path / "ae") != digest
     with pytest.raises(RuntimeError, match="Missing key"):
         load_autoencoder(tmp_path / "ae")
 

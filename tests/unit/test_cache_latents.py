@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -7,8 +8,9 @@ import torch
 from test_autoencoder import RES, tiny_cfg, tiny_store
 
 from cxrgen.data.latents import LatentDataset, StaleLatentsError, load_latents
+from cxrgen.hashing import dir_digest
 from cxrgen.labels import LABEL_COLUMNS
-from cxrgen.models.autoencoder import autoencoder_hash, build_autoencoder, save_autoencoder
+from cxrgen.models.autoencoder import build_autoencoder, save_autoencoder
 from cxrgen.stages.cache_latents import cache_latents
 from cxrgen.train.data import StoreImages, select_rows
 
@@ -34,7 +36,7 @@ def test_cache_round_trip_matches_direct_encoding(cached):
     assert metrics["n"] == len(rows) == len(cache.index) == 20 and metrics["shape"] == [20, 3, 8, 8]
     assert cache.mean.shape == cache.std.shape == (20, 3, 8, 8) and cache.mean.dtype == np.float32
     assert cache.scaling_factor == pytest.approx(0.8)
-    assert cache.meta["autoencoder_sha256"] == autoencoder_hash(root / "ae")
+    assert cache.meta["autoencoder_sha256"] == dir_digest(root / "ae")
     assert list(cache.index["image_id"]) == list(rows["image_id"]) and list(cache.index["row"]) == list(range(20))
     images = StoreImages(root / "store", rows, RES)
     with torch.no_grad():
@@ -82,3 +84,21 @@ def test_meta_documents_storage(cached):
     root, *_ = cached
     meta = json.loads((root / "latents/meta.json").read_text())
     assert meta["stored"].startswith("unscaled") and meta["resolution"] == RES and meta["dtype"] == "float32"
+
+
+def test_one_hash_of_the_autoencoder_on_every_path(cached, tmp_path):
+    """The latent cache, the generated images' provenance and dir_digest agree on a copy of the same autoencoder
+    with training reports and Snakemake's timestamp next to it."""
+    from types import SimpleNamespace
+
+    from cxrgen.stages.generate import _provenance
+
+    root, *_ = cached
+    copy = tmp_path / "elsewhere/ae"
+    shutil.copytree(root / "ae", copy)
+    (copy / "metrics.json").write_text('{"mlflow_run_id": "x"}')
+    (copy / "reconstructions.png").write_bytes(b"png")
+    (copy / ".snakemake_timestamp").touch()
+    cache = load_latents(root / "latents", ae_dir=copy)  # not stale
+    recorded = _provenance(SimpleNamespace(info={"autoencoder": copy}))["ae_sha"]
+    assert recorded == cache.meta["autoencoder_sha256"] == dir_digest(root / "ae")

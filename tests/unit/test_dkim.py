@@ -10,16 +10,9 @@ import torch
 from test_ldm import TINY_UNET, ldm_cfg, make_clip, make_latent_cache
 
 from cxrgen.config import validate_config
+from cxrgen.hashing import dir_digest
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
-from cxrgen.models.diffusion import (
-    CxrPipeline,
-    LatentSampler,
-    SamplerSettings,
-    build_unet,
-    dir_digest,
-    make_train_scheduler,
-    write_pipeline_json,
-)
+from cxrgen.models.diffusion import LatentSampler, SamplerSettings, build_unet, make_train_scheduler
 from cxrgen.models.dkim import (
     DISEASE_SENTENCES,
     DkimAdapter,
@@ -29,6 +22,7 @@ from cxrgen.models.dkim import (
     knowledge_states,
     load_dkim,
 )
+from cxrgen.pipeline import CxrPipeline, write_pipeline_json
 from cxrgen.stages.train_dkim import grid_labels, train_dkim
 from cxrgen.train.loop import Interrupted, latest_checkpoint
 
@@ -185,15 +179,17 @@ def test_second_stage_freezes_the_base_resumes_and_saves(tmp_path):
     base_files = dir_digest(ldm / "unet")
     straight = _train(tmp_path, ldm, latents, "a", clip_dir=clip_dir)
     out = tmp_path / "dkim_a"
-    assert {p.name for p in out.iterdir()} == {"controlnet", "knowledge.safetensors", "dkim.json", "metrics.json",
+    assert {p.name for p in out.iterdir()} == {"config.json", "diffusion_pytorch_model.safetensors", "metrics.json",
                                               "loss.png", "samples.png"}
     assert straight["steps"] == 3 and straight["base_unchanged"] and dir_digest(ldm / "unet") == base_files
     assert straight["n_train"] == 9  # 12 train latents, 3 without a report (ldm.require_report)
     assert np.isfinite(straight["val_loss_base"]) and np.isfinite(straight["val_loss_dkim"])
     assert straight["val_loss_base"] != straight["val_loss_dkim"]  # the trained adapter does something
-    info = json.loads((out / "dkim.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    info = config["provenance"]
+    assert config["_class_name"] == "DkimAdapter"
     assert info["base_unet_sha"] == base_files and info["base_ldm"] == "../ldm/cheff"
-    assert info["sentences"]["Cardiomegaly"] == ["There is cardiomegaly.", "There is no cardiomegaly."]
+    assert config["sentences"]["Cardiomegaly"] == ["There is cardiomegaly.", "There is no cardiomegaly."]
 
     adapter = load_dkim(out, base_ldm_dir=ldm)
     zero_convs = list(adapter.controlnet.controlnet_down_blocks.parameters())

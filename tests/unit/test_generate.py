@@ -6,8 +6,10 @@ from test_ldm import TINY_UNET, ldm_cfg, make_autoencoder, make_clip, shared_tra
 
 from cxrgen.cli import main
 from cxrgen.config import validate_config
+from cxrgen.hashing import dir_digest
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
-from cxrgen.models.diffusion import build_unet, make_train_scheduler, write_pipeline_json
+from cxrgen.models.diffusion import build_unet, make_train_scheduler
+from cxrgen.pipeline import write_pipeline_json
 from cxrgen.prompts import label_template_report, side_free_variants
 from cxrgen.stages.generate import TEMPLATES, build_prompt_sets, generate, make_prompts, template_variants
 from cxrgen.store import ShardStore
@@ -100,7 +102,7 @@ def test_generate_writes_a_store_with_provenance(pipeline_dirs, tmp_path, tmp_pa
                 "sr_sha", "ldm_run_id", "offset_32", "nbytes_64", "sha256_64", *LABEL_COLUMNS}
     assert expected <= set(index.columns)
     assert (index["split"] == "synthetic").all() and index["image_id"].is_unique
-    assert index["ldm_sha"].nunique() == 1 and len(index.at[0, "sr_sha"]) == 16
+    assert index["ldm_sha"].nunique() == 1 and index.at[0, "sr_sha"] == dir_digest(root / "sr")
     assert (index.loc[index["set"] == "class_balanced", label_column("Pleural Effusion")] == 1.0).sum() == 2
     prompts = pd.read_parquet(tmp_path / "prompts.parquet").set_index("prompt_id")
     for column in ("prompt", "seed", *LABEL_COLUMNS):  # the prompt's labels travel with the image

@@ -257,7 +257,8 @@ def test_unconditional_variant_trains_a_unet2dmodel(tmp_path):
 def test_train_ldm_stage_writes_a_pipeline_loadable_with_diffusers(tmp_path, tmp_path_factory):
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
-    from cxrgen.models.diffusion import CxrPipeline, SamplerSettings, read_pipeline_json
+    from cxrgen.models.diffusion import SamplerSettings
+    from cxrgen.pipeline import CxrPipeline, read_pipeline_json
     from cxrgen.stages.train_ldm import train_ldm
 
     latents, ae_dir, _ = make_latent_cache(tmp_path)

@@ -18,7 +18,7 @@ from cxrgen.models.clip import (
     save_clip,
     scratch_clip,
 )
-from cxrgen.models.squeeze import SQUEEZE_WEIGHTS_FILE, InformationSqueeze
+from cxrgen.models.squeeze import SQUEEZE_DIR, InformationSqueeze
 from cxrgen.report.avatls import avatls_markdown, write_avatls_report
 from cxrgen.stages.train_clip import train_clip, train_clip_avatls
 from cxrgen.train.loop import Interrupted, seed_everything
@@ -99,19 +99,20 @@ def squeezed_dir(tmp_path):
 
 def test_saved_with_the_clip_dir_and_loaded_strictly(squeezed_dir):
     model_dir, bundle = squeezed_dir
-    assert json.loads((model_dir / "squeeze.json").read_text())["squeeze"]["length"] == 4
+    assert json.loads((model_dir / SQUEEZE_DIR / "config.json").read_text())["length"] == 4
     loaded = load_clip(model_dir)
     for (k, v), (k2, w) in zip(bundle.squeeze.state_dict().items(), loaded.squeeze.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, w)
     import open_clip  # plain open_clip still reads the directory (without the squeeze)
 
     assert isinstance(open_clip.create_model(f"local-dir:{model_dir}"), open_clip.CLIP)
-    weights = load_file(str(model_dir / SQUEEZE_WEIGHTS_FILE))
+    weights_file = model_dir / SQUEEZE_DIR / "diffusion_pytorch_model.safetensors"
+    weights = load_file(str(weights_file))
     weights.pop("queries")
-    save_file(weights, str(model_dir / SQUEEZE_WEIGHTS_FILE))
+    save_file(weights, str(weights_file))
     with pytest.raises(RuntimeError, match="queries"):
         load_clip(model_dir)
-    (model_dir / SQUEEZE_WEIGHTS_FILE).unlink()
+    weights_file.unlink()
     with pytest.raises(FileNotFoundError, match="squeeze"):
         load_clip(model_dir)
 
@@ -144,7 +145,7 @@ def _stage(tmp_path, name, fn, **kw):
 def test_avatls_stage_fine_tunes_the_baseline_resumes_and_reports(tmp_path):
     tiny_store(tmp_path)
     baseline = _stage(tmp_path, "base", train_clip)
-    assert baseline["squeeze"] is None and not (tmp_path / "out_base" / "squeeze.json").exists()
+    assert baseline["squeeze"] is None and not (tmp_path / "out_base" / SQUEEZE_DIR).exists()
     straight = _stage(tmp_path, "a", train_clip_avatls, baseline_dir=tmp_path / "out_base")
     assert straight["steps"] == 3 and straight["squeeze"]["length"] == 4 and straight["text_tokens"] == 16
     assert straight["trained_parameters"] == straight["squeeze_parameters"] + 1  # + the logit scale

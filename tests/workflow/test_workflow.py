@@ -211,7 +211,7 @@ def test_generative_chain_outputs(tiny_run):
     cheff_unet = load_unet(models / "ldm/cheff/unet")
     # diffcxr's LDM cross-attends to the AVA-TLS squeezed tokens; its DKIM adapter sits on that LDM
     assert load_unet(models / "ldm/diffcxr/unet").config.cross_attention_dim == cheff_unet.config.cross_attention_dim
-    assert json.loads((models / "dkim/diffcxr/dkim.json").read_text())
+    assert json.loads((models / "dkim/diffcxr/config.json").read_text())["_class_name"] == "DkimAdapter"
     assert load_sr(models / "sr").high_res == 64
     assert not list((tiny_run / "results").glob("models/**/*.tmp"))
     for state in ("train_clip", "train_autoencoder", "train_ldm/cheff", "train_ldm/diffcxr", "train_sr", "finetune_sr"):

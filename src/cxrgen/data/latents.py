@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxrgen.hashing import dir_digest
 from cxrgen.labels import LABEL_COLUMNS
-from cxrgen.models.autoencoder import autoencoder_hash
 
 MEAN_FILE, STD_FILE, INDEX_FILE, META_FILE = "latents.npy", "latents_std.npy", "latents_index.parquet", "meta.json"
 
@@ -57,7 +57,7 @@ def load_latents(out_dir: Path | str, ae_dir: Path | str | None = None) -> Laten
         raise FileNotFoundError(f"{out_dir} is not a latent cache (no {META_FILE}); run rule cache_latents")
     meta = json.loads(meta_path.read_text())
     if ae_dir is not None:
-        current = autoencoder_hash(ae_dir)
+        current = dir_digest(ae_dir)
         if current != meta["autoencoder_sha256"]:
             raise StaleLatentsError(
                 f"stale latents: {out_dir} was encoded by autoencoder {meta['autoencoder_sha256'][:12]}, but "

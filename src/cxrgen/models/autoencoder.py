@@ -10,7 +10,6 @@ the model config (``scaling_factor``), so ``AutoencoderKL.from_pretrained(dir)``
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -62,17 +61,6 @@ def load_autoencoder(ae_dir: Path | str) -> nn.Module:
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(ae_dir))
     vae.load_state_dict(load_file(ae_dir / WEIGHTS_FILE), strict=True)
     return vae.eval()
-
-
-def autoencoder_hash(ae_dir: Path | str) -> str:
-    """Content hash of a saved autoencoder: sha256 over its weights file and its config (scale factor included)."""
-    digest = hashlib.sha256()
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        digest.update(name.encode())
-        with open(Path(ae_dir) / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def latent_scale_factor(latent_mean: np.ndarray | torch.Tensor, latent_std: np.ndarray | torch.Tensor | None = None

@@ -194,7 +194,7 @@ def attach_squeeze(bundle: ClipBundle, squeeze_cfg: dict) -> ClipBundle:
 
 def save_clip(bundle: ClipBundle, out_dir: Path | str) -> Path:
     """Write ``open_clip_config.json`` + ``model.safetensors`` (+ HF tokenizer files of a pretrained source, + the
-    AVA-TLS squeeze's ``squeeze.json`` / ``squeeze.safetensors`` when the bundle has one)."""
+    AVA-TLS squeeze in ``squeeze/`` when the bundle has one: :func:`cxrgen.models.squeeze.save_squeeze`)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)

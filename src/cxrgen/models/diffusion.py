@@ -1,12 +1,12 @@
-"""Latent diffusion: the Cheff noise schedule, UNet builders, and the sampling pipeline (LDM → AE decoder → SR).
+"""Latent diffusion: the Cheff noise schedule, UNet builders, and DDIM latent sampling with classifier-free guidance.
 
 A trained LDM directory (written by :func:`cxrgen.stages.train_ldm.train_ldm`) holds::
 
     unet/                  diffusers UNet2DConditionModel (text) or UNet2DModel (unconditional); EMA weights
     unet_raw/              the raw (non-EMA) weights, optional
     scheduler/             DDPMScheduler config (T=1000, Cheff β 0.0015→0.0295 "scaled_linear", ε-prediction)
-    cxrgen_pipeline.json   {"conditioning": "text"|"none", "autoencoder": "../ae", "text_encoder": "../clip", ...}
-                           (paths relative to this directory)
+    cxrgen_pipeline.json   which autoencoder, text encoder and SR model it belongs to (:mod:`cxrgen.pipeline`,
+                           which also assembles the whole cascade: :class:`cxrgen.pipeline.CxrPipeline`)
 
 Loading with plain diffusers code (no cxrgen needed for the denoiser itself)::
 
@@ -24,9 +24,7 @@ Loading with plain diffusers code (no cxrgen needed for the denoiser itself)::
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,6 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 
-PIPELINE_JSON = "cxrgen_pipeline.json"
 CONDITIONINGS = ("text", "none")
 
 # Cheff §7.3.2 / configs cheff-diff-t2i.yml: linear_start 0.0015, linear_end 0.0295 ("linear" in √β), T=1000.
@@ -164,38 +161,6 @@ def drop_condition(tokens: torch.Tensor, mask: torch.Tensor, null_tokens: torch.
     return tokens, mask
 
 
-# ---------------------------------------------------------------------------------------------------- pipeline files
-
-
-def dir_digest(path: Path | str) -> str:
-    """A short content hash of a model directory's weights and configs (provenance for generated images)."""
-    digest = hashlib.sha256()
-    root = Path(path)
-    for file in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors", ".bin")):
-        digest.update(file.relative_to(root).as_posix().encode())
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
-    return digest.hexdigest()[:16]
-
-
-def write_pipeline_json(ldm_dir: Path, *, final_dir: Path, conditioning: str, ae_dir: Path,
-                        clip_dir: Path | None, sr_dir: Path | None, extra: dict | None = None) -> None:
-    """``cxrgen_pipeline.json`` in ``ldm_dir``; paths relative to ``final_dir`` (where the directory ends up)."""
-    def rel(p):
-        return None if p is None else os.path.relpath(Path(p).resolve(), Path(final_dir).resolve())
-    info = {"conditioning": conditioning, "autoencoder": rel(ae_dir), "text_encoder": rel(clip_dir),
-            "super_resolution": rel(sr_dir), **(extra or {})}
-    (Path(ldm_dir) / PIPELINE_JSON).write_text(json.dumps(info, indent=1))
-
-
-def read_pipeline_json(ldm_dir: Path | str) -> dict:
-    """The pipeline description with its relative paths resolved against ``ldm_dir``."""
-    info = json.loads((Path(ldm_dir) / PIPELINE_JSON).read_text())
-    for key in ("autoencoder", "text_encoder", "super_resolution"):
-        if info.get(key):
-            info[key] = (Path(ldm_dir) / info[key]).resolve()
-    return info
-
-
 # ---------------------------------------------------------------------------------------------------- sampling
 
 
@@ -213,7 +178,8 @@ class LatentSampler:
     Every sample owns a ``torch.Generator`` seeded with its seed: its initial noise and its DDIM η-noise never depend
     on its batch neighbours.
 
-    ``adapter``: an optional DKIM adapter (:class:`cxrgen.models.dkim.DkimAdapter`); ``sample`` then needs the
+    ``adapter``: an optional DKIM adapter (e.g. :class:`cxrgen.models.dkim.DkimAdapter`: ``condition``,
+    ``null_condition``, ``residuals``); ``sample`` then needs the
     prompts' ``labels`` and adds the adapter's residuals at every step (the guidance branch gets unknown knowledge).
     """
 
@@ -286,81 +252,3 @@ def decode_latents(autoencoder, latents: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         images = autoencoder.decode(latents / autoencoder.config.scaling_factor).sample
     return images.clamp(-1.0, 1.0)
-
-
-def sr_seed(seed: int) -> int:
-    """The SR stage's noise seed for a sample: derived from, but not equal to, the LDM seed."""
-    return int.from_bytes(hashlib.sha256(f"sr:{int(seed)}".encode()).digest()[:8], "little") >> 1
-
-
-class CxrPipeline:
-    """The whole cascade: text → DDIM latents → AE decoder → optional SR, for (prompt, seed) pairs.
-
-    >>> pipe = CxrPipeline.from_dir("results/ldm")          # AE/text encoder/SR found via cxrgen_pipeline.json
-    >>> out = pipe(["Large right pleural effusion."], [0], SamplerSettings(steps=50, guidance_scale=4))
-    >>> out["low"].shape, (out["high"].shape if out["high"] is not None else None)
-    """
-
-    def __init__(self, unet, train_scheduler_config, autoencoder, text_encoder=None, sr=None,
-                 info: dict | None = None, adapter=None):
-        self.autoencoder, self.text_encoder, self.sr = autoencoder.eval(), text_encoder, sr
-        self.sampler = LatentSampler(unet, train_scheduler_config, text_encoder.encode if text_encoder else None,
-                                     adapter=adapter)
-        self.info = info or {}
-
-    @classmethod
-    def from_dir(cls, ldm_dir: Path | str, *, ae_dir: Path | str | None = None, clip_dir: Path | str | None = None,
-                 sr_dir: Path | str | None = None, use_sr: bool = True,
-                 dkim_dir: Path | str | None = None) -> CxrPipeline:
-        """Load strictly from an LDM directory; explicit dirs override the ones named in ``cxrgen_pipeline.json``.
-        ``dkim_dir``: a DKIM adapter trained for this LDM (rule train_dkim); calls then need ``labels``."""
-        from cxrgen.models.autoencoder import load_autoencoder
-
-        ldm_dir = Path(ldm_dir)
-        info = read_pipeline_json(ldm_dir)
-        ae_dir = ae_dir or info.get("autoencoder")
-        if ae_dir is None:
-            raise ValueError(f"{ldm_dir / PIPELINE_JSON} names no autoencoder; pass ae_dir")
-        unet = load_unet(ldm_dir / "unet")
-        text_encoder = None
-        if info["conditioning"] == "text":
-            from cxrgen.models.clip import load_text_encoder
-
-            clip_dir = clip_dir or info.get("text_encoder")
-            if clip_dir is None:
-                raise ValueError(f"{ldm_dir / PIPELINE_JSON} names no text encoder; pass clip_dir")
-            text_encoder = load_text_encoder(clip_dir)
-        sr = None
-        sr_dir = sr_dir or (info.get("super_resolution") if use_sr else None)
-        if sr_dir is not None and use_sr:
-            from cxrgen.models.sr import load_sr
-
-            sr = load_sr(sr_dir)
-        scheduler_config = DDPMScheduler.load_config(ldm_dir / "scheduler")
-        info.update({"ldm_dir": ldm_dir.resolve(), "autoencoder": Path(ae_dir).resolve(),
-                     "text_encoder": Path(clip_dir).resolve() if text_encoder else None,
-                     "super_resolution": Path(sr_dir).resolve() if sr is not None else None})
-        adapter = None
-        if dkim_dir is not None:
-            from cxrgen.models.dkim import load_dkim
-
-            adapter = load_dkim(dkim_dir, base_ldm_dir=ldm_dir)
-            info["dkim"] = Path(dkim_dir).resolve()
-        return cls(unet, scheduler_config, load_autoencoder(ae_dir), text_encoder, sr, info, adapter=adapter)
-
-    def __call__(self, prompts: Sequence[str], seeds: Sequence[int], settings: SamplerSettings, *,
-                 sr_steps: int = 100, sr_eta: float = 0.0, labels=None) -> dict[str, torch.Tensor | None]:
-        """``low``: decoded images (B,1,h,w) in [-1,1]; ``high``: SR outputs or None. Each image depends only on its
-        (prompt, seed), not on the other items of the batch. ``labels``: the prompts' labels (DKIM adapter only)."""
-        latents = self.sampler.sample(prompts, seeds, settings, labels=labels)
-        low = decode_latents(self.autoencoder, latents.cpu())
-        high = None
-        if self.sr is not None:
-            from cxrgen.models.sr import super_resolve
-
-            if low.shape[-1] != self.sr.low_res:
-                raise ValueError(f"the autoencoder decodes {low.shape[-1]} px but the SR model expects "
-                                 f"{self.sr.low_res} px input")
-            generators = [torch.Generator().manual_seed(sr_seed(s)) for s in seeds]
-            high = super_resolve(self.sr, low, steps=sr_steps, eta=sr_eta, generator=generators)
-        return {"low": low, "high": high}

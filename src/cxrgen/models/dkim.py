@@ -21,13 +21,14 @@ zero, so the base model's output is unchanged until the adapter has learned some
 Classifier-free guidance: the unconditional branch gets the empty report *and* the all-unknown knowledge (the adapter
 is trained with the same joint dropout), so guidance amplifies the disease knowledge together with the report.
 
-An adapter directory (rule ``train_dkim``) holds ``controlnet/`` (diffusers layout, EMA weights), ``knowledge.safetensors``
-(the bank), ``dkim.json`` (findings, sentences, scale, the base LDM it was trained for and its content hash).
+An adapter directory (rule ``train_dkim``) is a diffusers model directory of :class:`DkimAdapter`: ``config.json``
+(ControlNet config, findings, sentences, scale, and as provenance the base LDM it was trained for and its
+:func:`cxrgen.hashing.dir_digest`) and ``diffusion_pytorch_model.safetensors`` (EMA ControlNet weights and the bank).
+Directories in the older format (``dkim.json``) are refused with a message to re-run rule ``train_dkim``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +36,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
+from diffusers import ConfigMixin, ModelMixin
 
+from cxrgen.hashing import dir_digest
 from cxrgen.labels import CHEXPERT_LABELS, label_column
+from cxrgen.models.saving import load_strict
 
-DKIM_JSON = "dkim.json"
-BANK_FILE = "knowledge.safetensors"
-CONTROLNET_DIR = "controlnet"
+LEGACY_DKIM_JSON = "dkim.json"  # the adapter format before DkimAdapter was a diffusers model
 POSITIVE, UNKNOWN, NEGATIVE = 1, 0, -1
 
 # (positive, negative) template sentence per CheXpert observation; None = no negative sentence ("No Finding" = 0
@@ -161,23 +162,62 @@ def build_controlnet(unet, n_findings: int, cond_channels: int):
                                      conditioning_channels=n_findings * dim)
 
 
-class DkimAdapter(nn.Module):
+class DkimAdapter(ModelMixin, ConfigMixin):
     """The trained part (``controlnet``) plus the frozen knowledge bank; the sampling hook of the generate stage.
 
     >>> knowledge = adapter.condition(labels)                 # [B, 14] labels (1/0/NaN) or a frame with lbl_* columns
     >>> eps = unet(x, t, encoder_hidden_states=ctx, encoder_attention_mask=mask,
     ...            **adapter.residuals(x, t, knowledge)).sample
+
+    A diffusers model: ``save_pretrained`` / ``from_pretrained`` write and read ``config.json`` (the ControlNet's
+    config, findings, negatives, scale, template sentences, provenance) and one safetensors file (ControlNet weights
+    and the bank). Built either from a ``controlnet`` and its ``bank`` (training) or, as ``from_config`` does, from
+    ``controlnet_config`` with an empty bank that the weights file then fills.
     """
 
-    def __init__(self, controlnet, bank: torch.Tensor, findings: Sequence[str], negatives: bool,
-                 conditioning_scale: float = 1.0):
+    ignore_for_config = ["controlnet", "bank"]
+
+    def __init__(self, controlnet=None, bank: torch.Tensor | None = None, findings: Sequence[str] = CHEXPERT_LABELS,
+                 negatives: bool = False, conditioning_scale: float = 1.0, controlnet_config: dict | None = None,
+                 sentences: dict | None = None, provenance: dict | None = None):
         super().__init__()
-        if bank.shape[:2] != (len(findings), 3):
-            raise ValueError(f"knowledge bank of shape {tuple(bank.shape)} does not fit {len(findings)} findings")
+        from diffusers import ControlNetModel
+
+        if (controlnet is None) == (controlnet_config is None):
+            raise ValueError("pass either a controlnet or a controlnet_config")
+        if controlnet is None:
+            controlnet = ControlNetModel.from_config(controlnet_config)
+        findings = list(findings)
+        templates = {f: list(DISEASE_SENTENCES[f]) for f in findings}
+        if sentences is not None:
+            changed = sorted(f for f in set(templates) | set(sentences)
+                             if [*sentences.get(f, [])] != templates.get(f))
+            if changed:
+                raise ValueError(f"the template sentences of {changed} changed since this adapter was trained; "
+                                 "re-run rule train_dkim")
+        width = int(controlnet.config.cross_attention_dim)
+        if bank is None:
+            bank = torch.zeros(len(findings), 3, width)
+        if tuple(bank.shape) != (len(findings), 3, width):
+            raise ValueError(f"knowledge bank of shape {tuple(bank.shape)} does not fit {len(findings)} findings "
+                             f"of width {width}")
         self.controlnet = controlnet
         self.register_buffer("bank", bank.float())
-        self.findings, self.negatives = list(findings), bool(negatives)
-        self.conditioning_scale = float(conditioning_scale)
+        self.register_to_config(findings=findings, negatives=bool(negatives), conditioning_scale=float(conditioning_scale),
+                                controlnet_config=_public(controlnet.config), sentences=templates,
+                                provenance=dict(provenance or {}))
+
+    @property
+    def findings(self) -> list[str]:
+        return list(self.config.findings)
+
+    @property
+    def negatives(self) -> bool:
+        return bool(self.config.negatives)
+
+    @property
+    def conditioning_scale(self) -> float:
+        return float(self.config.conditioning_scale)
 
     def states(self, labels) -> torch.Tensor:
         return torch.from_numpy(knowledge_states(labels, self.findings, self.negatives).astype(np.int64))
@@ -208,47 +248,31 @@ class DkimAdapter(nn.Module):
 # ---------------------------------------------------------------------------------------------------- save / load
 
 
-def save_dkim(adapter: DkimAdapter, out_dir: Path | str, info: dict) -> None:
-    """``controlnet/`` + ``knowledge.safetensors`` + ``dkim.json`` (``info`` adds provenance keys)."""
-    from safetensors.torch import save_file
+def _public(config) -> dict:
+    """A diffusers config without its private (``_``-prefixed: class name, version, load path) entries."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    adapter.controlnet.save_pretrained(out_dir / CONTROLNET_DIR)
-    save_file({"bank": adapter.bank.detach().cpu().contiguous()}, str(out_dir / BANK_FILE), metadata={"format": "pt"})
-    sentences = {f: list(DISEASE_SENTENCES[f]) for f in adapter.findings}
-    (out_dir / DKIM_JSON).write_text(json.dumps(
-        {"findings": adapter.findings, "negatives": adapter.negatives, "sentences": sentences,
-         "conditioning_scale": adapter.conditioning_scale, **info}, indent=1))
+
+def save_dkim(adapter: DkimAdapter, out_dir: Path | str, provenance: dict) -> None:
+    """``adapter.save_pretrained(out_dir)`` with ``provenance`` (base LDM and its hash, text encoder, training config,
+    …) recorded in its config."""
+    adapter.register_to_config(provenance={**adapter.config.provenance, **provenance})
+    adapter.save_pretrained(out_dir, safe_serialization=True)
 
 
 def load_dkim(adapter_dir: Path | str, *, base_ldm_dir: Path | str | None = None,
               device: str | torch.device = "cpu") -> DkimAdapter:
     """Strict load of an adapter directory. With ``base_ldm_dir``, refuse an adapter trained for another base UNet
-    (content hash of ``<base_ldm_dir>/unet``)."""
-    from diffusers import ControlNetModel
-    from safetensors.torch import load_file
-
-    from cxrgen.models.diffusion import dir_digest
-
+    (:func:`cxrgen.hashing.dir_digest` of ``<base_ldm_dir>/unet``)."""
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / DKIM_JSON).is_file():
-        raise FileNotFoundError(f"{adapter_dir} is not a DKIM adapter directory (no {DKIM_JSON}); run rule train_dkim")
-    info = json.loads((adapter_dir / DKIM_JSON).read_text())
+    if (adapter_dir / LEGACY_DKIM_JSON).is_file():
+        raise ValueError(f"{adapter_dir} is a DKIM adapter in the old format ({LEGACY_DKIM_JSON}, before adapters "
+                         "were diffusers models); re-run rule train_dkim")
+    adapter = load_strict(DkimAdapter, adapter_dir, "run rule train_dkim")
     if base_ldm_dir is not None:
+        trained_for = adapter.config.provenance.get("base_unet_sha")
         current = dir_digest(Path(base_ldm_dir) / "unet")
-        if current != info.get("base_unet_sha"):
-            raise ValueError(f"the DKIM adapter {adapter_dir} was trained for base UNet {info.get('base_unet_sha')}, "
+        if current != trained_for:
+            raise ValueError(f"the DKIM adapter {adapter_dir} was trained for base UNet {trained_for}, "
                              f"but {base_ldm_dir}/unet is {current}; re-run rule train_dkim")
-    for finding, pair in info["sentences"].items():
-        if tuple(pair) != DISEASE_SENTENCES[finding]:
-            raise ValueError(f"{adapter_dir}: the template sentences of {finding!r} changed since training ({pair})")
-    path = adapter_dir / CONTROLNET_DIR
-    controlnet = ControlNetModel.from_config(ControlNetModel.load_config(path))
-    weights = sorted(path.glob("*.safetensors"))
-    if len(weights) != 1:
-        raise FileNotFoundError(f"expected one safetensors file in {path}, found {len(weights)}")
-    controlnet.load_state_dict(load_file(weights[0]), strict=True)
-    bank = load_file(str(adapter_dir / BANK_FILE))["bank"]
-    adapter = DkimAdapter(controlnet.eval(), bank, info["findings"], info["negatives"], info["conditioning_scale"])
     return adapter.to(device).eval()

@@ -8,22 +8,27 @@ with the symmetric contrastive (InfoNCE) loss between its pooled output and the 
 squeezed tokens, a linear projection to the joint space, L2 normalisation (:meth:`InformationSqueeze.pooled`) — so the
 kept content is the image-relevant part of the report. The LDM then cross-attends to the K squeezed tokens.
 
-A CLIP model directory with a squeeze holds ``squeeze.json`` (``{"squeeze": <config>}``) and ``squeeze.safetensors``
-next to open_clip's own files (which plain ``open_clip.create_model("local-dir:…")`` still loads, without the squeeze).
+The module is a diffusers model (``ModelMixin`` + ``ConfigMixin``): a CLIP model directory with a squeeze holds it in
+``squeeze/`` (``config.json`` + ``diffusion_pytorch_model.safetensors``, ``InformationSqueeze.from_pretrained``) next
+to open_clip's own files (which plain ``open_clip.create_model("local-dir:…")`` still loads, without the squeeze).
+Directories in the older format (``squeeze.json`` + ``squeeze.safetensors``) are refused with a message to re-run
+rule ``train_clip_avatls``.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-SQUEEZE_CONFIG_FILE = "squeeze.json"
-SQUEEZE_WEIGHTS_FILE = "squeeze.safetensors"
-CONFIG_KEYS = ("width", "length", "heads", "layers", "mlp_ratio", "embed_dim")
+from cxrgen.models.saving import load_strict
+
+SQUEEZE_DIR = "squeeze"
+LEGACY_SQUEEZE_FILES = ("squeeze.json", "squeeze.safetensors")  # the format before the squeeze was a diffusers model
 
 
 class _SqueezeBlock(nn.Module):
@@ -45,19 +50,18 @@ class _SqueezeBlock(nn.Module):
         return x + self.mlp(self.ln_mlp(x))
 
 
-class InformationSqueeze(nn.Module):
+class InformationSqueeze(ModelMixin, ConfigMixin):
     """[B, L, D] report tokens + mask [B, L] (True = real token) → [B, K, D] squeezed tokens + all-True mask [B, K].
 
     ``width`` D = the text tower's width, ``length`` K, ``embed_dim`` = the joint image–text space (for
     :meth:`pooled`). Build after ``seed_everything`` for reproducible initial weights.
     """
 
+    @register_to_config
     def __init__(self, *, width: int, length: int, heads: int, layers: int, mlp_ratio: float, embed_dim: int):
         super().__init__()
         if width % heads:
             raise ValueError(f"config key 'clip.squeeze.heads' = {heads} must divide the text width {width}")
-        self.config = {"width": int(width), "length": int(length), "heads": int(heads), "layers": int(layers),
-                       "mlp_ratio": float(mlp_ratio), "embed_dim": int(embed_dim)}
         self.queries = nn.Parameter(torch.randn(length, width) * width**-0.5)
         self.blocks = nn.ModuleList(_SqueezeBlock(width, heads, mlp_ratio) for _ in range(layers))
         self.ln_out = nn.LayerNorm(width)
@@ -66,7 +70,7 @@ class InformationSqueeze(nn.Module):
 
     @property
     def length(self) -> int:
-        return self.config["length"]
+        return int(self.config.length)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if tokens.ndim != 3 or mask.shape != tokens.shape[:2]:
@@ -96,28 +100,17 @@ def squeeze_from_config(cfg: dict, *, width: int, embed_dim: int) -> Information
 
 
 def save_squeeze(module: InformationSqueeze, model_dir: Path | str) -> None:
-    from safetensors.torch import save_file
-
-    model_dir = Path(model_dir)
-    (model_dir / SQUEEZE_CONFIG_FILE).write_text(json.dumps({"squeeze": module.config}, indent=1))
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(model_dir / SQUEEZE_WEIGHTS_FILE), metadata={"format": "pt"})
+    """``module.save_pretrained(<model_dir>/squeeze)``."""
+    module.save_pretrained(Path(model_dir) / SQUEEZE_DIR, safe_serialization=True)
 
 
 def load_squeeze(model_dir: Path | str) -> InformationSqueeze | None:
     """The squeeze saved in a CLIP model directory (strict), or None when the directory has none."""
-    from safetensors.torch import load_file
-
     model_dir = Path(model_dir)
-    has_config, has_weights = (model_dir / SQUEEZE_CONFIG_FILE).is_file(), (model_dir / SQUEEZE_WEIGHTS_FILE).is_file()
-    if not has_config and not has_weights:
+    legacy = [name for name in LEGACY_SQUEEZE_FILES if (model_dir / name).is_file()]
+    if legacy:
+        raise ValueError(f"{model_dir} holds an AVA-TLS squeeze in the old format ({', '.join(legacy)}, before the "
+                         "squeeze was a diffusers model); re-run rule train_clip_avatls")
+    if not (model_dir / SQUEEZE_DIR).exists():
         return None
-    if has_config != has_weights:
-        raise FileNotFoundError(f"{model_dir} holds only one of {SQUEEZE_CONFIG_FILE} / {SQUEEZE_WEIGHTS_FILE}")
-    cfg = json.loads((model_dir / SQUEEZE_CONFIG_FILE).read_text())["squeeze"]
-    unknown = set(cfg) - set(CONFIG_KEYS)
-    if unknown or set(CONFIG_KEYS) - set(cfg):
-        raise ValueError(f"{model_dir / SQUEEZE_CONFIG_FILE}: expected keys {CONFIG_KEYS}, got {sorted(cfg)}")
-    module = InformationSqueeze(**cfg)
-    module.load_state_dict(load_file(str(model_dir / SQUEEZE_WEIGHTS_FILE)), strict=True)
-    return module.eval()
+    return load_strict(InformationSqueeze, model_dir / SQUEEZE_DIR, "re-run rule train_clip_avatls")

@@ -2,43 +2,64 @@
 image conditioned on the bicubic-upsampled low-resolution image concatenated on the channel axis (2 channels in,
 1 out), with a cosine variance schedule of 2000 steps and DDIM sampling.
 
-On disk (``save_sr``/``load_sr``)::
+:class:`SRModel` is a diffusers ``DiffusionPipeline``; on disk (``save_sr`` = ``save_pretrained``; ``load_sr`` reads it
+back strictly, where ``SRModel.from_pretrained`` would only warn about missing weights)::
 
-    <dir>/unet/             UNet2DModel.save_pretrained (config.json + safetensors)
-    <dir>/scheduler/        DDPMScheduler.save_pretrained (the training schedule)
-    <dir>/sr_config.json    {"low_res", "high_res", "mode"}
+    <dir>/model_index.json  the pipeline's components and config {"low_res", "high_res", "mode"}
+    <dir>/unet/             UNet2DModel (config.json + safetensors)
+    <dir>/scheduler/        DDPMScheduler (the training schedule)
 
 Plain diffusers use: ``UNet2DModel.from_pretrained(dir + "/unet")``, ``DDIMScheduler.from_pretrained(dir +
 "/scheduler")``; at each step feed ``torch.cat([x_t, bicubic_up(x_lr)], dim=1)`` with images in [-1, 1].
+Directories in the older format (``sr_config.json`` instead of ``model_index.json``) are refused with a message to
+re-run rule ``train_sr`` / ``finetune_sr``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import DiffusionPipeline
 
-SR_CONFIG = "sr_config.json"
+from cxrgen.models.saving import load_strict, require_model_dir
+
 MODES = ("bicubic", "decoded")
+LEGACY_SR_CONFIG = "sr_config.json"  # the format before SRModel was a diffusers pipeline
 
 
-@dataclass
-class SRModel:
-    """A super-resolution model: the denoiser, its training noise schedule and the resolutions it maps between."""
+class SRModel(DiffusionPipeline):
+    """A super-resolution model: the denoiser (``unet``), its training noise schedule (``scheduler``) and the
+    resolutions it maps between; ``mode`` says how its low-resolution inputs were made (``bicubic``, or ``decoded`` =
+    D(E(x)) after fine-tuning)."""
 
-    unet: torch.nn.Module
-    scheduler: object  # diffusers DDPMScheduler
-    low_res: int
-    high_res: int
-    mode: str = "bicubic"
+    # the sizes need defaults: DiffusionPipeline takes __init__ parameters without a default for components
+    def __init__(self, unet, scheduler, low_res: int = 0, high_res: int = 0, mode: str = "bicubic"):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(low_res=int(low_res), high_res=int(high_res), mode=mode)
 
-    def to(self, device: torch.device | str) -> SRModel:
-        self.unet.to(device)
-        return self
+    @property
+    def low_res(self) -> int:
+        return int(self.config.low_res)
+
+    @property
+    def high_res(self) -> int:
+        return int(self.config.high_res)
+
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {value!r}")
+        self.register_to_config(mode=value)
 
 
 def build_noise_scheduler(schedule_cfg: dict):
@@ -95,32 +116,27 @@ def build_sr(cfg: dict, *, low_res: int, high_res: int, mode: str = "bicubic") -
 
 
 def save_sr(model: SRModel, out_dir: Path | str) -> None:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.unet.save_pretrained(out_dir / "unet")
-    model.scheduler.save_pretrained(out_dir / "scheduler")
-    (out_dir / SR_CONFIG).write_text(json.dumps(
-        {"low_res": model.low_res, "high_res": model.high_res, "mode": model.mode}, indent=1))
+    model.save_pretrained(out_dir, safe_serialization=True)
 
 
 def load_sr(sr_dir: Path | str, device: torch.device | str = "cpu") -> SRModel:
     """Load a model written by :func:`save_sr`; fails if any weight is missing, unexpected or mis-shaped."""
-    from diffusers import DDPMScheduler, UNet2DModel
-    from safetensors.torch import load_file
-
     sr_dir = Path(sr_dir)
-    if not (sr_dir / SR_CONFIG).is_file():
-        raise FileNotFoundError(f"{sr_dir} is not a super-resolution model directory (no {SR_CONFIG})")
-    meta = json.loads((sr_dir / SR_CONFIG).read_text())
-    unet = UNet2DModel.from_config(UNet2DModel.load_config(sr_dir / "unet"))
-    weights = sorted((sr_dir / "unet").glob("*.safetensors"))
-    if len(weights) != 1:
-        raise FileNotFoundError(f"expected one safetensors file in {sr_dir / 'unet'}, found {len(weights)}")
-    unet.load_state_dict(load_file(weights[0]), strict=True)
-    unet.eval()
+    if (sr_dir / LEGACY_SR_CONFIG).is_file() and not (sr_dir / "model_index.json").is_file():
+        raise ValueError(f"{sr_dir} is a super-resolution model in the old format ({LEGACY_SR_CONFIG}, before SR models "
+                         "were diffusers pipelines); re-run rule train_sr / finetune_sr")
+    how = "run rule train_sr / finetune_sr"
+    config = require_model_dir(sr_dir, SRModel, how, config_name="model_index.json")
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    components = {"unet": UNet2DModel, "scheduler": DDPMScheduler}
+    for name, cls in components.items():
+        if config.get(name) != ["diffusers", cls.__name__]:
+            raise ValueError(f"{sr_dir}/model_index.json: expected {name} {cls.__name__}, got {config.get(name)}")
+    # the pipeline's own from_pretrained only warns about missing or unexpected weights
+    unet = load_strict(UNet2DModel, sr_dir / "unet", how)
     scheduler = DDPMScheduler.from_pretrained(sr_dir / "scheduler")
-    return SRModel(unet, scheduler, int(meta["low_res"]), int(meta["high_res"]), meta.get("mode", "bicubic")).to(
-        device)
+    return SRModel(unet, scheduler, config["low_res"], config["high_res"], config["mode"]).to(device)
 
 
 def resize_bicubic(images: torch.Tensor, size: int) -> torch.Tensor:

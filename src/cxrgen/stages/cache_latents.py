@@ -24,8 +24,9 @@ import torch
 from tqdm import tqdm
 
 from cxrgen.data.latents import INDEX_FILE, MEAN_FILE, META_FILE, STD_FILE
+from cxrgen.hashing import dir_digest
 from cxrgen.labels import LABEL_COLUMNS
-from cxrgen.models.autoencoder import autoencoder_hash, load_autoencoder
+from cxrgen.models.autoencoder import load_autoencoder
 from cxrgen.train.data import StoreImages, report_texts, select_rows
 from cxrgen.train.outputs import publish_dir
 
@@ -71,7 +72,7 @@ def cache_latents(*, index_path: Path | str, store_root: Path | str, resolution:
         index[column] = rows[column].to_numpy(dtype=np.float32)
     index.to_parquet(tmp / INDEX_FILE, index=False)
     meta = {
-        "autoencoder_sha256": autoencoder_hash(ae_dir), "scaling_factor": float(vae.config.scaling_factor),
+        "autoencoder_sha256": dir_digest(ae_dir), "scaling_factor": float(vae.config.scaling_factor),
         "stored": "unscaled posterior mean (latents.npy) and std (latents_std.npy)",
         "resolution": int(resolution), "shape": list(shape), "dtype": dtype, "splits": list(splits),
         "index_sha256": _file_sha256(index_path),

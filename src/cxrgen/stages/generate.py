@@ -139,7 +139,7 @@ def to_uint16(images: torch.Tensor) -> np.ndarray:
 
 
 def _provenance(pipe) -> dict[str, str]:
-    from cxrgen.models.diffusion import dir_digest
+    from cxrgen.hashing import dir_digest
 
     out = {}
     for key, name in (("ldm_dir", "ldm"), ("autoencoder", "ae"), ("super_resolution", "sr"), ("text_encoder", "clip"),
@@ -167,7 +167,8 @@ def generate(*, ldm_dir: Path | str, ae_dir: Path | str | None, clip_dir: Path |
     split="synthetic", source, view, shard, offset/nbytes/sha256 per resolution, model run ids and content hashes),
     ``grid.png`` (rows = findings of the template set, columns = samples), ``metrics.json``. Returns the metrics.
     """
-    from cxrgen.models.diffusion import CxrPipeline, SamplerSettings
+    from cxrgen.models.diffusion import SamplerSettings
+    from cxrgen.pipeline import CxrPipeline
 
     out_root = Path(out_root)
     prompts = pd.read_parquet(prompts_path)

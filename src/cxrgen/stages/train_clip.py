@@ -209,7 +209,7 @@ def train_clip_avatls(*, index_path: Path | str, store_root: Path | str, resolut
     """Rule ``train_clip_avatls``: fine-tune the CLIP model in ``baseline_dir`` (rule train_clip) with an AVA-TLS
     squeeze for ``clip.squeeze.max_steps`` steps (tower learning rate ``clip.squeeze.tower_lr``, squeeze
     ``clip.squeeze.lr``, warm-up ``clip.squeeze.warmup_steps``); everything else as :func:`train_clip`, whose outputs
-    (model dir with ``squeeze.json`` + ``squeeze.safetensors``, ``metrics.json`` with the same recall@k keys) it
+    (model dir with the squeeze in ``squeeze/``, ``metrics.json`` with the same recall@k keys) it
     writes to ``out_dir``. The LDM loading this directory cross-attends to ``clip.squeeze.length`` tokens."""
     squeeze_cfg = cfg["squeeze"]
     fine_tune = {**cfg, "max_steps": squeeze_cfg["max_steps"], "lr": squeeze_cfg["tower_lr"],

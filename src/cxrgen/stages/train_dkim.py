@@ -10,7 +10,6 @@ base LDM's (section ``ldm``: splits, views, report-less text policy); section ``
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -21,6 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cxrgen.hashing import dir_digest, module_digest
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
 from cxrgen.models.diffusion import (
     LatentSampler,
@@ -29,12 +29,11 @@ from cxrgen.models.diffusion import (
     decode_latents,
     denoise,
     diffusion_target,
-    dir_digest,
     drop_condition,
     load_unet,
-    read_pipeline_json,
 )
 from cxrgen.models.dkim import DkimAdapter, build_controlnet, build_knowledge_bank, knowledge_states, save_dkim
+from cxrgen.pipeline import read_pipeline_json
 from cxrgen.prompts import GRID_FINDINGS, finding_prompt
 from cxrgen.report.figures import plot_loss_history, save_grid
 from cxrgen.train.job import tracked_job, write_json
@@ -51,15 +50,6 @@ from cxrgen.train.sections import loop_config
 
 log = logging.getLogger(__name__)
 
-
-
-def state_hash(module: torch.nn.Module) -> str:
-    """Content hash of a module's parameters and buffers (checks that the frozen base never changes)."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class DkimTrainer:
@@ -206,10 +196,10 @@ def train_dkim(*, ldm_dir: Path | str, latents_dir: Path | str, cfg: dict, ldm_c
     Templates are embedded by the LDM's text encoder (named in its ``cxrgen_pipeline.json``; ``clip_dir``, if given,
     must be the same directory).
 
-    Writes ``out_dir`` atomically: ``controlnet/`` (EMA weights), ``knowledge.safetensors``, ``dkim.json`` (load with
-    :func:`cxrgen.models.dkim.load_dkim`; relative path and hash of the base LDM), ``metrics.json`` (validation ε-MSE
-    without/with the adapter, knowledge coverage, timings), ``loss.png``, ``samples.png`` (template prompts without /
-    with DKIM, same seeds). Resumable state in ``state_dir``; ``tracking_json`` → MLflow child run ``job_name``.
+    Writes ``out_dir`` atomically: the adapter as a diffusers model (``config.json`` with the relative path and hash of
+    the base LDM, safetensors with the EMA weights; load with :func:`cxrgen.models.dkim.load_dkim`), ``metrics.json``
+    (validation ε-MSE without/with the adapter, knowledge coverage, timings), ``loss.png``, ``samples.png`` (template
+    prompts without / with DKIM, same seeds). Resumable state in ``state_dir``; ``tracking_json`` → MLflow child run ``job_name``.
     """
     from diffusers import DDPMScheduler
 
@@ -239,7 +229,7 @@ def train_dkim(*, ldm_dir: Path | str, latents_dir: Path | str, cfg: dict, ldm_c
 
     unet = load_unet(ldm_dir / "unet")
     base_sha = dir_digest(ldm_dir / "unet")
-    base_before = state_hash(unet)
+    base_before = module_digest(unet)
     scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(ldm_dir / "scheduler"))
     text_encoder = load_text_encoder(text_dir)
     if int(text_encoder.dim) != int(unet.config.cross_attention_dim):
@@ -269,7 +259,7 @@ def train_dkim(*, ldm_dir: Path | str, latents_dir: Path | str, cfg: dict, ldm_c
         started = time.perf_counter()
         result = trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra)
         train_seconds = time.perf_counter() - started
-        if state_hash(trainer.unet) != base_before:
+        if module_digest(trainer.unet) != base_before:
             raise RuntimeError("the base UNet changed during DKIM training (it must stay frozen)")
 
         tmp = job.staging(out_dir)

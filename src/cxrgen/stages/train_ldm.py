@@ -7,7 +7,8 @@ batch is a function of the step). Classifier-free guidance training replaces a c
 with probability ``cfg_dropout``. EMA weights become the final weights. ``conditioning: none`` trains the
 unconditional variant (a ``UNet2DModel``) with the same function.
 
-How to load the result with plain diffusers code: see :mod:`cxrgen.models.diffusion`.
+How to load the result with plain diffusers code: see :mod:`cxrgen.models.diffusion`; the whole cascade:
+:class:`cxrgen.pipeline.CxrPipeline`.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from cxrgen.models.diffusion import (
     diffusion_target,
     drop_condition,
     make_train_scheduler,
-    write_pipeline_json,
 )
+from cxrgen.pipeline import write_pipeline_json
 from cxrgen.prompts import GRID_FINDINGS, finding_prompt
 from cxrgen.report.figures import plot_loss_history, save_grid
 from cxrgen.train.data import conditioning_texts

@@ -144,7 +144,7 @@ def train_sr(*, index_path: Path | str, store_root: Path | str, low_res: int, hi
     directory ``init_dir`` (optional, Cheff fine-tunes the base; its architecture then overrides ``cfg["model"]``).
     ``state_dir``: resumable checkpoints (not a workflow output). ``tracking_json``: written by init_tracking, or None.
 
-    Output: ``out_dir`` (written atomically at the end) with ``unet/``, ``scheduler/``, ``sr_config.json``
+    Output: ``out_dir`` (written atomically at the end) with ``model_index.json``, ``unet/``, ``scheduler/``
     (see :mod:`cxrgen.models.sr`), ``metrics.json``, ``val_grid.png`` (LR | bicubic | SR | HR) and
     ``loss_curve.png``. Returns the metrics dict. ``stop_after_steps`` simulates a kill (tests).
     """
