@@ -3,8 +3,8 @@
 * Distribution: Fréchet distance (FID when the features are Inception's) and KID (unbiased polynomial-kernel MMD²
   averaged over random subsets) on feature arrays ``[N, D]``; a real-vs-real floor from two disjoint halves.
 * Uncertainty: percentile bootstrap over independently resampled sets (seeded, configurable resamples).
-* Pixel fidelity: MSE, PSNR, SSIM and MS-SSIM per image (images in [0, 1], data range 1); MS-SSIM only when the image
-  is large enough for its scales (:func:`ms_ssim_unavailable_reason`).
+* Pixel fidelity: MSE, PSNR, SSIM and MS-SSIM per image (images in [0, 1], data range 1; SSIM and MS-SSIM by
+  torchmetrics); MS-SSIM only when the image is large enough for its scales (:func:`ms_ssim_unavailable_reason`).
 * Classification: AUROC and F1 per finding with micro / macro / weighted averages (MedCoDi-M Table 3 layout);
   findings with fewer than ``min_per_class`` known positives or negatives (default: one) are skipped and counted.
 
@@ -176,7 +176,7 @@ def describe_bootstrap(resamples: int, confidence: float) -> str:
 def _as_batch(images) -> torch.Tensor:
     import torch
 
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images).double()
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images.detach()).double()
     if x.ndim == 2:
         x = x[None, None]
     elif x.ndim == 3:
@@ -189,7 +189,7 @@ def _as_batch(images) -> torch.Tensor:
 def mse(pred, target) -> np.ndarray:
     """Per-image mean squared error of images in [0, 1]."""
     p, t = _as_batch(pred), _as_batch(target)
-    return ((p - t) ** 2).flatten(1).mean(dim=1).numpy()
+    return ((p - t) ** 2).flatten(1).mean(dim=1).cpu().numpy()
 
 
 def psnr(pred, target, data_range: float = 1.0) -> np.ndarray:
@@ -203,36 +203,23 @@ SSIM_KERNEL, SSIM_SIGMA = 11, 1.5  # Wang et al. 2004: 11×11 Gaussian window, �
 MS_SSIM_SCALES = 5  # Wang et al. 2003: five scales
 
 
-def _gaussian_window(size: int = SSIM_KERNEL, sigma: float = SSIM_SIGMA) -> torch.Tensor:
-    import torch
-
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
-
-
 def ssim(pred, target, data_range: float = 1.0) -> np.ndarray:
-    """Per-image SSIM (Wang et al. 2004: Gaussian 11×11 window, σ 1.5, K1 0.01, K2 0.03, statistics over the
-    window positions fully inside the image; equals ``skimage.metrics.structural_similarity(gaussian_weights=True,
-    sigma=1.5, use_sample_covariance=False)``)."""
-    import torch.nn.functional as F
+    """Per-image SSIM, the one SSIM of the project (evaluation and training-time validation alike): torchmetrics'
+    SSIM map (Gaussian 11×11 window, σ 1.5, K1 0.01, K2 0.03) averaged over the window positions fully inside the
+    image, as Wang et al. 2004 and ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False)`` do. torchmetrics' own scalar also averages the positions of the reflect-padded
+    border, which moves the score of a 64-px image by up to ~0.06. Computed in float64 on the inputs' device."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
 
     p, t = _as_batch(pred), _as_batch(target)
     if min(p.shape[-2:]) < SSIM_KERNEL:
         raise ValueError(f"SSIM needs images of at least {SSIM_KERNEL} px, got {tuple(p.shape[-2:])}")
-    window = _gaussian_window()
-
-    def blur(x):
-        return F.conv2d(x, window)
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_p, mu_t = blur(p), blur(t)
-    var_p = blur(p * p) - mu_p**2
-    var_t = blur(t * t) - mu_t**2
-    cov = blur(p * t) - mu_p * mu_t
-    ssim_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
-    return ssim_map.flatten(1).mean(dim=1).numpy()
+    # with gaussian_kernel=True torchmetrics sizes the window from σ (2·int(3.5σ + 0.5) + 1 = 11 for σ = 1.5)
+    _, ssim_map = structural_similarity_index_measure(p, t, gaussian_kernel=True, sigma=SSIM_SIGMA,
+                                                      kernel_size=SSIM_KERNEL, data_range=data_range,
+                                                      reduction="none", return_full_image=True)
+    border = SSIM_KERNEL // 2
+    return ssim_map[..., border:-border, border:-border].flatten(1).mean(dim=1).cpu().numpy()
 
 
 def ms_ssim_unavailable_reason(size: int, kernel_size: int = SSIM_KERNEL, scales: int = MS_SSIM_SCALES) -> str | None:
@@ -256,7 +243,7 @@ def ms_ssim(pred, target, data_range: float = 1.0) -> np.ndarray:
         raise ValueError(reason)
     return multiscale_structural_similarity_index_measure(p, t, gaussian_kernel=True, sigma=SSIM_SIGMA,
                                                           kernel_size=SSIM_KERNEL, data_range=data_range,
-                                                          reduction="none").numpy()
+                                                          reduction="none").cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------------- classification
