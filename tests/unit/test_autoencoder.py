@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cxrgen.config import validate_config
+from cxrgen.evaluate.metrics import ssim
 from cxrgen.hashing import dir_digest
 from cxrgen.labels import LABEL_COLUMNS
 from cxrgen.models.autoencoder import (
@@ -159,6 +160,9 @@ def test_psnr_ssim_on_identical_and_noisy_images():
     assert (scores["psnr"] > 20).all() and (scores["psnr"] < 35).all()
     assert (scores["ssim"] < 0.999).all() and (scores["ssim"] > 0.3).all()
     assert (reconstruction_metrics(x, x + 2 * noise)["ssim"] < scores["ssim"]).all()
+    # the harness's SSIM (cxrgen.evaluate.metrics.ssim) of the same images mapped to [0, 1]
+    expected = ssim((noisy + 1) / 2, (x + 1) / 2)
+    assert scores["ssim"].dtype == torch.float32 and np.allclose(scores["ssim"].numpy(), expected, atol=1e-6)
 
 
 def _train(tmp_path, name, tracking, **kw):

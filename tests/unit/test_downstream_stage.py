@@ -105,6 +105,15 @@ def test_imbalance_and_low_data_jobs_with_tracking_and_report(stores, tmp_path, 
     low = table[(table["experiment"] == "low_data") & (table["arm"] == "real_100pct")].iloc[0]
     assert low["seeds"] == [0, 1] and low["auroc_macro_ci"] is not None  # two seeds: a CI
     assert (tmp_path / "r/downstream.png").stat().st_size > 1000
+    # a finding skipped in the test set (a single class there) is absent from per_finding: "–" in the F1 table
+    imbalance["arms"]["real"]["test"]["per_finding"].pop(findings[0])
+    skipped = tmp_path / "skipped.json"
+    skipped.write_text(json.dumps(imbalance))
+    report_downstream(metrics_paths=[skipped], out_md=tmp_path / "s/downstream.md",
+                      out_png=tmp_path / "s/downstream.png", out_json=tmp_path / "s/downstream.json")
+    f1_row = [line for line in (tmp_path / "s/downstream.md").read_text().splitlines()
+              if line.startswith("| real |")][-1]
+    assert f1_row.split(" | ")[1] == "–"
 
 
 def test_mean_ci_matches_a_t_interval():

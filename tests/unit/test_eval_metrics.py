@@ -121,20 +121,70 @@ def test_bootstrap_is_seeded_and_reports_its_method():
 # ---------------------------------------------------------------------------------------------- pixels
 
 
-def test_psnr_ssim_of_known_pairs_match_skimage(synthetic_radiograph):
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+def test_psnr_of_known_pairs_matches_skimage(synthetic_radiograph):
+    from skimage.metrics import peak_signal_noise_ratio
 
     clean = synthetic_radiograph(64, 64, seed=1)
     noisy = np.clip(clean + np.random.default_rng(2).normal(0, 0.05, clean.shape), 0, 1)
     assert M.mse(noisy, clean)[0] == pytest.approx(np.mean((noisy - clean) ** 2))
     assert M.psnr(noisy, clean)[0] == pytest.approx(peak_signal_noise_ratio(clean, noisy, data_range=1.0), rel=1e-9)
-    expected = structural_similarity(clean, noisy, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                     use_sample_covariance=False)
-    assert M.ssim(noisy, clean)[0] == pytest.approx(expected, abs=2e-3)
-    assert M.ssim(clean, clean)[0] == pytest.approx(1.0)
     assert np.isinf(M.psnr(clean, clean)[0])
     # a constant offset of 0.1 has MSE 0.01 -> PSNR exactly 20 dB
     assert M.psnr(np.full((8, 8), 0.5), np.full((8, 8), 0.4))[0] == pytest.approx(20.0)
+
+
+def _distorted_pairs(synthetic_radiograph):
+    """Real-looking (radiograph, distorted copy) pairs at several sizes: noise, blur, a 2-px shift."""
+    for size in (32, 64, 128):
+        clean = synthetic_radiograph(size, size, seed=size)
+        blurred = torch.nn.functional.avg_pool2d(torch.tensor(clean)[None, None], 5, 1, 2)[0, 0].numpy()
+        for other in (np.clip(clean + np.random.default_rng(size).normal(0, 0.02, clean.shape), 0, 1),
+                      np.clip(clean + np.random.default_rng(size).normal(0, 0.1, clean.shape), 0, 1),
+                      blurred, np.roll(clean, 2, axis=1)):
+            yield clean, other
+
+
+def test_ssim_matches_the_previous_implementation_on_radiographs(synthetic_radiograph):
+    """The hand-written SSIM this replaces equalled skimage's Gaussian SSIM to float precision (measured: at most
+    1.1e-16 apart on these pairs), so skimage stands in for it: the torchmetrics-based SSIM agrees within 1e-9."""
+    from skimage.metrics import structural_similarity
+
+    for clean, other in _distorted_pairs(synthetic_radiograph):
+        expected = structural_similarity(clean, other, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                         use_sample_covariance=False)
+        assert M.ssim(other, clean)[0] == pytest.approx(expected, abs=1e-9)
+
+
+def test_ssim_is_torchmetrics_gaussian_11x11_over_the_inner_window_positions(synthetic_radiograph):
+    from torchmetrics.functional.image import structural_similarity_index_measure
+    from torchmetrics.image import StructuralSimilarityIndexMeasure
+
+    clean = torch.tensor(synthetic_radiograph(64, 64, seed=4))[None, None]
+    noisy = (clean + 0.05 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0), dtype=clean.dtype)
+             ).clamp(0, 1)
+    pair = torch.cat([noisy, clean]), torch.cat([clean, clean])
+    _, ssim_map = structural_similarity_index_measure(*pair, gaussian_kernel=True, sigma=1.5, kernel_size=11,
+                                                      data_range=1.0, reduction="none", return_full_image=True)
+    inner = ssim_map[..., 5:-5, 5:-5].flatten(1).mean(1).numpy()  # window positions fully inside the image
+    assert np.array_equal(M.ssim(*pair), inner)
+    module = StructuralSimilarityIndexMeasure(gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0,
+                                              reduction="none", return_full_image=True)
+    assert torch.equal(module(*pair)[1], ssim_map)  # the module and the functional form compute the same map
+
+
+def test_ssim_identity_symmetry_and_a_known_value(synthetic_radiograph):
+    clean = synthetic_radiograph(48, 40, seed=5)
+    noisy = np.clip(clean + np.random.default_rng(6).normal(0, 0.05, clean.shape), 0, 1)
+    assert M.ssim(clean, clean)[0] == pytest.approx(1.0, abs=1e-12)
+    assert M.ssim(noisy, clean)[0] == pytest.approx(M.ssim(clean, noisy)[0], abs=1e-12)
+    assert M.ssim(noisy, clean)[0] < 1.0
+    # two flat images of means a and b: no variance, so SSIM = (2ab + C1) / (a² + b² + C1) with C1 = (0.01 L)²
+    a, b, c1 = 0.5, 0.25, 0.01**2
+    assert M.ssim(np.full((16, 16), a), np.full((16, 16), b))[0] == pytest.approx((2 * a * b + c1) / (a**2 + b**2 + c1))
+    batch = M.ssim(np.stack([noisy, clean]), np.stack([clean, clean]))  # one value per image
+    assert batch.shape == (2,) and batch[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least 11 px"):
+        M.ssim(np.zeros((8, 8)), np.zeros((8, 8)))
 
 
 def test_ms_ssim_only_where_five_scales_fit(synthetic_radiograph):
@@ -165,10 +215,7 @@ def test_auroc_hand_made_cases_and_sklearn():
     assert M.auroc(y, s) == pytest.approx(roc_auc_score(y, s))
 
 
-def test_f1_and_threshold_rules():
-    assert M.f1_score([1, 1, 0, 0], [1, 0, 1, 0]) == 0.5  # tp 1, fp 1, fn 1
-    assert M.f1_score([1, 1, 0], [1, 1, 0]) == 1.0
-    assert M.f1_score([0, 0], [0, 0]) is None
+def test_threshold_rules():
     threshold = M.best_f1_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.7])
     assert 0.3 < threshold <= 0.6
     labels = np.array([[0, 1], [0, np.nan], [1, 1], [1, 1]], dtype=float)
@@ -179,6 +226,59 @@ def test_f1_and_threshold_rules():
     assert 0.3 < chosen[0] <= 0.6 and chosen[1] == 0.5  # second finding has no negative: fallback
     with pytest.raises(ValueError, match="val_max_f1"):
         M.choose_thresholds(labels, scores, "youden", 0.5)
+
+
+def test_best_f1_threshold_takes_the_highest_of_tied_thresholds():
+    # at >= 0.9: tp 1, fn 1 -> F1 2/3; at >= 0.6: tp 2, fp 2 -> F1 4/6, the same; every other threshold is lower
+    labels, scores = [1, 0, 0, 1, 0], [0.9, 0.8, 0.7, 0.6, 0.1]
+    assert M.best_f1_threshold(labels, scores) == pytest.approx(0.85)  # midway between 0.9 and the next score
+    assert M.best_f1_threshold([0, 1, 1], [0.2, 0.4, 0.4]) == pytest.approx(0.3)  # ties in score are not split
+    assert M.best_f1_threshold([1, 0, 1], [0.2, 0.1, 0.4]) == pytest.approx(0.15)
+
+
+def test_f1_at_a_threshold_counts_scores_equal_to_it_as_positive():
+    labels = np.array([[1, 1], [0, 1], [1, 0], [0, 0]], dtype=float)
+    probs = np.array([[0.5, 0.9], [0.5, 0.3], [0.2, 0.3], [0.1, 0.1]])
+    one = M.multilabel_scores(labels, probs, 0.5, ["A", "B"])
+    assert one["per_finding"]["A"]["f1"] == pytest.approx(0.5)  # predicted rows 0, 1: tp 1, fp 1, fn 1
+    assert one["per_finding"]["B"]["f1"] == pytest.approx(2 / 3)  # predicted row 0: tp 1, fn 1
+    assert one["per_finding"]["A"]["threshold"] == 0.5
+    per_finding = M.multilabel_scores(labels, probs, np.array([0.5, 0.3]), ["A", "B"])
+    assert per_finding["per_finding"]["B"]["f1"] == pytest.approx(0.8)  # rows 0-2 predicted: tp 2, fp 1
+    assert per_finding["f1"]["micro"] == pytest.approx(2 * 3 / (2 * 3 + 2 + 1))  # tp 3, fp 2, fn 1
+    alone = M.multilabel_scores(labels[:, :1], probs[:, :1], 0.5, ["A"])  # one finding: F1 of finding A still
+    assert alone["per_finding"]["A"]["f1"] == alone["f1"]["micro"] == alone["f1"]["macro"] == pytest.approx(0.5)
+    ranking_only = M.multilabel_scores(labels, probs, None, ["A", "B"])
+    assert ranking_only["per_finding"]["A"]["f1"] is None and ranking_only["f1"]["macro"] is None
+    assert ranking_only["auroc"] == one["auroc"]
+
+
+def test_multilabel_scores_agree_with_sklearn_per_finding_and_pooled():
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    rng = np.random.default_rng(3)
+    labels = (rng.random((120, 5)) < [0.1, 0.3, 0.5, 0.2, 0.4]).astype(float)
+    labels[rng.random(labels.shape) < 0.25] = np.nan
+    probs = np.clip(np.nan_to_num(labels, nan=0.5) * 0.3 + rng.random(labels.shape) * 0.7, 0, 1)
+    thresholds = np.array([0.3, 0.4, 0.5, 0.6, 0.7])
+    out = M.multilabel_scores(labels, probs, thresholds, list("ABCDE"))
+    assert out["n_evaluable"] == 5
+    pooled_y, pooled_p, pooled_hit = [], [], []
+    for j, name in enumerate("ABCDE"):
+        known = ~np.isnan(labels[:, j])
+        y, p = labels[known, j], probs[known, j]
+        assert out["per_finding"][name]["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        assert out["per_finding"][name]["f1"] == pytest.approx(f1_score(y, p >= thresholds[j]), abs=1e-12)
+        pooled_y.append(y)
+        pooled_p.append(p)
+        pooled_hit.append(p >= thresholds[j])
+    y, p, hit = np.concatenate(pooled_y), np.concatenate(pooled_p), np.concatenate(pooled_hit)
+    assert out["auroc"]["micro"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert out["f1"]["micro"] == pytest.approx(f1_score(y, hit), abs=1e-12)
+    aurocs = [out["per_finding"][n]["auroc"] for n in "ABCDE"]
+    assert out["auroc"]["macro"] == pytest.approx(np.mean(aurocs))
+    support = [out["per_finding"][n]["n_pos"] for n in "ABCDE"]
+    assert out["auroc"]["weighted"] == pytest.approx(np.average(aurocs, weights=support))
 
 
 def test_multilabel_scores_averages_and_skips():
@@ -196,6 +296,32 @@ def test_multilabel_scores_averages_and_skips():
     assert out["f1"]["micro"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))  # tp 3, fp 1, fn 1 over A and B
     pooled = M.auroc(np.r_[labels[:, 0], labels[:, 1]], np.r_[probs[:, 0], probs[:, 1]])
     assert out["auroc"]["micro"] == pytest.approx(pooled)
+
+
+def test_a_finding_lacking_a_class_is_skipped_from_every_average_its_f1_too():
+    # A: both classes; B: positives only (F1 would be 2/3); C: negatives only (two false positives at 0.5)
+    labels = np.array([[1, 1, 0], [0, 1, 0], [1, 1, 0], [0, np.nan, 0]], dtype=float)
+    probs = np.array([[0.9, 0.9, 0.7], [0.2, 0.1, 0.8], [0.8, 0.6, 0.1], [0.3, 0.5, 0.2]])
+    out = M.multilabel_scores(labels, probs, 0.5, ["A", "B", "C"])
+    assert set(out["per_finding"]) == {"A"} and out["n_evaluable"] == 1
+    assert out["skipped"] == [{"finding": "B", "n_pos": 3, "n_neg": 0}, {"finding": "C", "n_pos": 0, "n_neg": 4}]
+    for key in ("auroc", "f1"):  # every average is finding A's value alone
+        assert out[key]["macro"] == out[key]["weighted"] == out[key]["micro"] == out["per_finding"]["A"][key] == 1.0
+    nothing = M.multilabel_scores(labels[:, 1:], probs[:, 1:], 0.5, ["B", "C"])
+    assert nothing["per_finding"] == {} and nothing["auroc"]["macro"] is None and nothing["f1"]["micro"] is None
+
+
+def test_evaluator_validation_case_by_hand():
+    labels = np.array([[1, 0], [0, 1], [1, np.nan], [0, 1]], dtype=np.float64)
+    probs = np.array([[0.9, 0.2], [0.2, 0.1], [0.4, 0.5], [0.6, 0.8]])
+    found = M.multilabel_scores(labels, probs, 0.5, ["A", "B"])
+    a, b = found["per_finding"]["A"], found["per_finding"]["B"]
+    assert a["auroc"] == pytest.approx(0.75)  # pairs (0.9 > 0.2, 0.9 > 0.6, 0.4 > 0.2, 0.4 < 0.6)
+    assert b["auroc"] == pytest.approx(0.5) and b["n_pos"] == 2 and b["n_neg"] == 1
+    assert a["f1"] == pytest.approx(0.5)  # TP 1, FP 1, FN 1
+    assert b["f1"] == pytest.approx(2 / 3)  # TP 1 (0.8), FN 1 (0.1)
+    assert found["auroc"]["macro"] == pytest.approx(0.625)
+    assert found["auroc"]["weighted"] == pytest.approx(0.625)  # 2 positives each
 
 
 def test_weighted_average_uses_positive_support():

@@ -25,7 +25,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrgen.evaluate.metrics import multilabel_scores
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS
 from cxrgen.store import ShardStore
 
@@ -206,42 +206,6 @@ def positive_weights(labels: np.ndarray, max_weight: float) -> np.ndarray:
     return np.clip(ratio, 1.0 / max_weight, max_weight).astype(np.float32)
 
 
-def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, findings: list[str] | tuple[str, ...],
-                       threshold: float = 0.5) -> dict[str, Any]:
-    """AUROC and F1 (at ``threshold``) per finding over its known labels, with micro/macro/weighted averages
-    (MedCoDi-M Table 3 layout). A finding without both classes has AUROC None and is left out of the AUROC
-    averages; weighted = weighted by the number of positives. Returns plain floats/None (JSON-ready)."""
-    from sklearn.metrics import f1_score, roc_auc_score
-
-    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.float64)
-    per: dict[str, dict] = {}
-    for j, name in enumerate(findings):
-        known = ~np.isnan(labels[:, j])
-        y, p = labels[known, j], probs[known, j]
-        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-        auroc = float(roc_auc_score(y, p)) if n_pos and n_neg else None
-        f1 = float(f1_score(y, p >= threshold, zero_division=0.0)) if n_pos else None
-        per[name] = {"auroc": auroc, "f1": f1, "n_pos": n_pos, "n_neg": n_neg}
-
-    def _avg(key: str, weighted: bool) -> float | None:
-        pairs = [(v[key], v["n_pos"]) for v in per.values() if v[key] is not None]
-        if not pairs:
-            return None
-        values, weights = np.array([a for a, _ in pairs]), np.array([w for _, w in pairs], dtype=np.float64)
-        return float(np.average(values, weights=weights) if weighted and weights.sum() > 0 else values.mean())
-
-    columns = [j for j, name in enumerate(findings) if per[name]["auroc"] is not None]
-    known = ~np.isnan(labels[:, columns]) if columns else np.zeros((len(labels), 0), bool)
-    y_micro, p_micro = labels[:, columns][known], probs[:, columns][known]
-    micro_auroc = float(roc_auc_score(y_micro, p_micro)) if len(np.unique(y_micro)) == 2 else None
-    all_known = ~np.isnan(labels)
-    y_all, p_all = labels[all_known], probs[all_known]
-    micro_f1 = float(f1_score(y_all, p_all >= threshold, zero_division=0.0)) if (y_all == 1).any() else None
-    return {"per_finding": per, "threshold": threshold, "n_images": len(labels),
-            "auroc": {"micro": micro_auroc, "macro": _avg("auroc", False), "weighted": _avg("auroc", True)},
-            "f1": {"micro": micro_f1, "macro": _avg("f1", False), "weighted": _avg("f1", True)}}
-
-
 # --------------------------------------------------------------------------------------------------- data
 def with_store_root(rows: pd.DataFrame, store_root: Path | str) -> pd.DataFrame:
     """``rows`` (index rows of one store) with a ``store_root`` column, ready to concatenate with other stores."""
@@ -363,14 +327,6 @@ def finding_mask(task_findings: list[str] | None) -> np.ndarray:
     return np.array([name in task_findings for name in CHEXPERT_LABELS])
 
 
-def checkpoint_extra(state_dir: Path | str) -> dict:
-    """The ``extra`` state (e.g. the MLflow run id) of the latest checkpoint in ``state_dir`` ({} if none)."""
-    from cxrgen.train.loop import latest_checkpoint
-
-    ckpt = latest_checkpoint(Path(state_dir))
-    return dict(torch.load(ckpt, map_location="cpu", weights_only=False).get("extra", {})) if ckpt else {}
-
-
 def train_classifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, seed: int, state_dir: Path | str,
                      val_rows: pd.DataFrame | None = None, task_findings: list[str] | None = None,
                      extra_state: dict | None = None, on_log=None, on_eval=None,
@@ -417,7 +373,7 @@ def train_classifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, se
         with torch.no_grad():
             logits = torch.logit(probs.clamp(1e-7, 1 - 1e-7))
             loss = float(masked_bce(logits, labels))
-        found = multilabel_metrics(probs.numpy(), labels.numpy(), CHEXPERT_LABELS)
+        found = multilabel_scores(labels.numpy(), probs.numpy(), None, CHEXPERT_LABELS)
         out = {"val/loss": loss, "val/auroc_macro": _nan(found["auroc"]["macro"])}
         out.update({f"val/auroc/{name}": _nan(v["auroc"]) for name, v in found["per_finding"].items() if mask[
             CHEXPERT_LABELS.index(name)]})

@@ -3,10 +3,11 @@
 * Distribution: Fréchet distance (FID when the features are Inception's) and KID (unbiased polynomial-kernel MMD²
   averaged over random subsets) on feature arrays ``[N, D]``; a real-vs-real floor from two disjoint halves.
 * Uncertainty: percentile bootstrap over independently resampled sets (seeded, configurable resamples).
-* Pixel fidelity: MSE, PSNR, SSIM and MS-SSIM per image (images in [0, 1], data range 1); MS-SSIM only when the image
-  is large enough for its scales (:func:`ms_ssim_unavailable_reason`).
-* Classification: AUROC and F1 per finding with micro / macro / weighted averages (MedCoDi-M Table 3 layout);
-  findings with fewer than ``min_per_class`` known positives or negatives (default: one) are skipped and counted.
+* Pixel fidelity: MSE, PSNR, SSIM and MS-SSIM per image (images in [0, 1], data range 1; SSIM and MS-SSIM by
+  torchmetrics); MS-SSIM only when the image is large enough for its scales (:func:`ms_ssim_unavailable_reason`).
+* Classification (sklearn): AUROC and F1 per finding with micro / macro / weighted averages (MedCoDi-M Table 3
+  layout); findings with fewer than ``min_per_class`` known positives or negatives (default: one) are skipped and
+  counted. Every multilabel AUROC/F1 of the project is :func:`multilabel_scores`.
 
 The Fréchet trace term is computed as a nuclear norm: tr sqrt(S1 S2) = ||S1^½ S2^½||_* (the singular values of
 S1^½ S2^½ are the square roots of the eigenvalues of S1 S2), which is exact, real and stable where ``sqrtm`` of a
@@ -176,7 +177,7 @@ def describe_bootstrap(resamples: int, confidence: float) -> str:
 def _as_batch(images) -> torch.Tensor:
     import torch
 
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images).double()
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images.detach()).double()
     if x.ndim == 2:
         x = x[None, None]
     elif x.ndim == 3:
@@ -189,7 +190,7 @@ def _as_batch(images) -> torch.Tensor:
 def mse(pred, target) -> np.ndarray:
     """Per-image mean squared error of images in [0, 1]."""
     p, t = _as_batch(pred), _as_batch(target)
-    return ((p - t) ** 2).flatten(1).mean(dim=1).numpy()
+    return ((p - t) ** 2).flatten(1).mean(dim=1).cpu().numpy()
 
 
 def psnr(pred, target, data_range: float = 1.0) -> np.ndarray:
@@ -203,36 +204,23 @@ SSIM_KERNEL, SSIM_SIGMA = 11, 1.5  # Wang et al. 2004: 11×11 Gaussian window, �
 MS_SSIM_SCALES = 5  # Wang et al. 2003: five scales
 
 
-def _gaussian_window(size: int = SSIM_KERNEL, sigma: float = SSIM_SIGMA) -> torch.Tensor:
-    import torch
-
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
-
-
 def ssim(pred, target, data_range: float = 1.0) -> np.ndarray:
-    """Per-image SSIM (Wang et al. 2004: Gaussian 11×11 window, σ 1.5, K1 0.01, K2 0.03, statistics over the
-    window positions fully inside the image; equals ``skimage.metrics.structural_similarity(gaussian_weights=True,
-    sigma=1.5, use_sample_covariance=False)``)."""
-    import torch.nn.functional as F
+    """Per-image SSIM, the one SSIM of the project (evaluation and training-time validation alike): torchmetrics'
+    SSIM map (Gaussian 11×11 window, σ 1.5, K1 0.01, K2 0.03) averaged over the window positions fully inside the
+    image, as Wang et al. 2004 and ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False)`` do. torchmetrics' own scalar also averages the positions of the reflect-padded
+    border, which moves the score of a 64-px image by up to ~0.06. Computed in float64 on the inputs' device."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
 
     p, t = _as_batch(pred), _as_batch(target)
     if min(p.shape[-2:]) < SSIM_KERNEL:
         raise ValueError(f"SSIM needs images of at least {SSIM_KERNEL} px, got {tuple(p.shape[-2:])}")
-    window = _gaussian_window()
-
-    def blur(x):
-        return F.conv2d(x, window)
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_p, mu_t = blur(p), blur(t)
-    var_p = blur(p * p) - mu_p**2
-    var_t = blur(t * t) - mu_t**2
-    cov = blur(p * t) - mu_p * mu_t
-    ssim_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
-    return ssim_map.flatten(1).mean(dim=1).numpy()
+    # with gaussian_kernel=True torchmetrics sizes the window from σ (2·int(3.5σ + 0.5) + 1 = 11 for σ = 1.5)
+    _, ssim_map = structural_similarity_index_measure(p, t, gaussian_kernel=True, sigma=SSIM_SIGMA,
+                                                      kernel_size=SSIM_KERNEL, data_range=data_range,
+                                                      reduction="none", return_full_image=True)
+    border = SSIM_KERNEL // 2
+    return ssim_map[..., border:-border, border:-border].flatten(1).mean(dim=1).cpu().numpy()
 
 
 def ms_ssim_unavailable_reason(size: int, kernel_size: int = SSIM_KERNEL, scales: int = MS_SSIM_SCALES) -> str | None:
@@ -256,53 +244,41 @@ def ms_ssim(pred, target, data_range: float = 1.0) -> np.ndarray:
         raise ValueError(reason)
     return multiscale_structural_similarity_index_measure(p, t, gaussian_kernel=True, sigma=SSIM_SIGMA,
                                                           kernel_size=SSIM_KERNEL, data_range=data_range,
-                                                          reduction="none").numpy()
+                                                          reduction="none").cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------------- classification
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties); None without both classes."""
-    from scipy.stats import rankdata
+    """Area under the ROC curve (sklearn ``roc_auc_score``; tied scores count one half); None without both
+    classes."""
+    from sklearn.metrics import roc_auc_score
 
     y = np.asarray(labels, dtype=np.float64)
-    s = np.asarray(scores, dtype=np.float64)
-    n_pos = int((y == 1).sum())
-    n_neg = int((y == 0).sum())
-    if n_pos == 0 or n_neg == 0:
+    if not ((y == 1).any() and (y == 0).any()):
         return None
-    ranks = rankdata(s)
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def f1_score(labels: np.ndarray, predictions: np.ndarray) -> float | None:
-    """F1 of binary predictions; None when there is no positive label and no positive prediction."""
-    y = np.asarray(labels) == 1
-    p = np.asarray(predictions).astype(bool)
-    tp, fp, fn = int((y & p).sum()), int((~y & p).sum()), int((y & ~p).sum())
-    if tp + fp + fn == 0:
-        return None
-    return 2.0 * tp / (2.0 * tp + fp + fn)
+    return float(roc_auc_score(y == 1, np.asarray(scores, dtype=np.float64)))
 
 
 def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """The score threshold (predict positive when score >= threshold) that maximises F1 on (labels, scores): the
-    midpoint between the chosen score and the next lower one. None without both classes."""
+    """The score threshold (predict positive when score >= threshold) that maximises F1 on (labels, scores), the
+    highest one on ties: the midpoint between the chosen score and the next lower one. None without both classes."""
+    from sklearn.metrics import precision_recall_curve
+
     y = np.asarray(labels, dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)
     if not ((y == 1).any() and (y == 0).any()):
         return None
-    order = np.argsort(-s, kind="stable")
-    s_sorted, y_sorted = s[order], y[order] == 1
-    tp = np.cumsum(y_sorted)
-    fp = np.cumsum(~y_sorted)
-    fn = y_sorted.sum() - tp
-    last_of_tie = np.r_[s_sorted[1:] != s_sorted[:-1], True]  # a threshold cannot split tied scores
-    f1 = np.where(last_of_tie, 2 * tp / np.maximum(2 * tp + fp + fn, 1), -1.0)
-    k = int(np.argmax(f1))
-    below = s_sorted[k + 1] if k + 1 < len(s_sorted) else s_sorted[k] - 1e-6
-    return float((s_sorted[k] + below) / 2.0)
+    precision, recall, candidates = precision_recall_curve(y == 1, s)  # one per distinct score, increasing
+    precision, recall = precision[:-1], recall[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    # F1 values equal as fractions can differ in the last bit here: treat those as ties
+    chosen = float(candidates[np.flatnonzero(f1 >= f1.max() - 1e-12)[-1]])
+    lower = s[s < chosen]
+    below = lower.max() if len(lower) else chosen - 1e-6
+    return float((chosen + below) / 2.0)
 
 
 def choose_thresholds(labels: np.ndarray, scores: np.ndarray, rule: str, fixed: float) -> np.ndarray:
@@ -322,20 +298,27 @@ def choose_thresholds(labels: np.ndarray, scores: np.ndarray, rule: str, fixed: 
     return out
 
 
-def multilabel_scores(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray,
+def multilabel_scores(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | float | None,
                       findings: Sequence[str], min_per_class: int = 1) -> dict:
-    """AUROC and F1 per finding over its known (non-NaN) labels, plus averages over the *evaluable* findings (at
-    least ``min_per_class`` positives and negatives among the known labels; the others are listed under ``skipped``
-    with their counts):
+    """AUROC and F1 per finding over its known (non-NaN) labels, plus averages over the *evaluable* findings — the
+    one multilabel classification metric of the project (fidelity, evaluator validation, downstream, zero-shot).
+
+    The rule for a finding lacking a class: it is evaluable with at least ``min_per_class`` positives and as many
+    negatives among its known labels (at least one of each); otherwise it is absent from ``per_finding``, listed
+    under ``skipped`` with its counts, and left out of every average (its F1 too).
+
+    ``thresholds``: one decision threshold per finding, or one for all; None scores AUROC only (for scores that are
+    not probabilities), every F1 then None.
 
     * macro: unweighted mean over findings; weighted: mean weighted by each finding's positives (support);
     * micro AUROC: one ROC over all known (image, finding) pairs of the evaluable findings (scores pooled);
-    * micro F1: from the summed TP/FP/FN over the same pairs at the per-finding thresholds.
+    * micro F1: F1 of the pooled predictions over the same pairs (summed TP/FP/FN) at the per-finding thresholds.
     """
     labels = np.asarray(labels, dtype=np.float64)
     probs = np.asarray(probs, dtype=np.float64)
-    per, skipped = {}, []
-    pooled_y, pooled_p, tp, fp, fn = [], [], 0, 0, 0
+    if thresholds is not None:
+        thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(findings),))
+    per, skipped, columns = {}, [], []
     for j, name in enumerate(findings):
         known = ~np.isnan(labels[:, j])
         y, p = labels[known, j], probs[known, j]
@@ -343,24 +326,36 @@ def multilabel_scores(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndar
         if min(n_pos, n_neg) < max(1, min_per_class):
             skipped.append({"finding": name, "n_pos": n_pos, "n_neg": n_neg})
             continue
-        predicted = p >= thresholds[j]
-        per[name] = {"auroc": auroc(y, p), "f1": f1_score(y, predicted), "n_pos": n_pos, "n_neg": n_neg,
-                     "threshold": float(thresholds[j])}
-        pooled_y.append(y)
-        pooled_p.append(p)
-        tp += int((predicted & (y == 1)).sum())
-        fp += int((predicted & (y == 0)).sum())
-        fn += int((~predicted & (y == 1)).sum())
-    result = {"per_finding": per, "skipped": skipped, "n_images": len(labels), "n_evaluable": len(per)}
+        per[name] = {"auroc": auroc(y, p), "f1": None, "n_pos": n_pos, "n_neg": n_neg,
+                     "threshold": None if thresholds is None else float(thresholds[j])}
+        columns.append(j)
+    result = {"per_finding": per, "skipped": skipped, "n_images": len(labels), "n_evaluable": len(per),
+              "auroc": {"micro": None, "macro": None, "weighted": None},
+              "f1": {"micro": None, "macro": None, "weighted": None}}
     if not per:
-        result["auroc"] = {"micro": None, "macro": None, "weighted": None}
-        result["f1"] = {"micro": None, "macro": None, "weighted": None}
         return result
+    known = ~np.isnan(labels[:, columns])
+    result["auroc"]["micro"] = auroc(labels[:, columns][known], probs[:, columns][known])
+    if thresholds is not None:
+        # an unknown label is neither a positive nor a prediction: a true negative, which F1 does not count
+        truth = labels[:, columns] == 1
+        predicted = (probs[:, columns] >= thresholds[columns]) & known
+        per_column, result["f1"]["micro"] = _multilabel_f1(truth, predicted)
+        for entry, value in zip(per.values(), per_column, strict=True):
+            entry["f1"] = value
     support = np.array([v["n_pos"] for v in per.values()], dtype=np.float64)
-    for key in ("auroc", "f1"):
-        values = np.array([v[key] if v[key] is not None else 0.0 for v in per.values()])
-        result[key] = {"macro": float(values.mean()), "weighted": float(np.average(values, weights=support))}
-    result["auroc"]["micro"] = auroc(np.concatenate(pooled_y), np.concatenate(pooled_p))
-    result["f1"]["micro"] = 2.0 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
+    for key in ("auroc", "f1") if thresholds is not None else ("auroc",):
+        values = np.array([v[key] for v in per.values()], dtype=np.float64)
+        result[key].update(macro=float(values.mean()), weighted=float(np.average(values, weights=support)))
     return result
+
+
+def _multilabel_f1(truth: np.ndarray, predicted: np.ndarray) -> tuple[list[float], float]:
+    """sklearn F1 of each column of boolean [N, K] label and prediction arrays, and the micro F1 over all cells."""
+    from sklearn.metrics import f1_score as sklearn_f1
+
+    if truth.shape[1] == 1:  # sklearn reads a one-column indicator as binary labels
+        value = float(sklearn_f1(truth[:, 0], predicted[:, 0]))
+        return [value], value
+    return sklearn_f1(truth, predicted, average=None).tolist(), float(sklearn_f1(truth, predicted, average="micro"))
 

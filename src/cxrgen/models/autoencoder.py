@@ -216,15 +216,16 @@ def _scalar(value: torch.Tensor) -> float:
 
 
 def reconstruction_metrics(x: torch.Tensor, recon: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image PSNR (dB) and SSIM of images given in [-1, 1], evaluated in [0, 1] (data range 1; reconstructions
-    clamped). Returns tensors of shape (B,); PSNR is inf for identical images."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
+    """Per-image PSNR (dB) and SSIM (:func:`cxrgen.evaluate.metrics.ssim`, the SSIM of the evaluation harness) of
+    images given in [-1, 1], evaluated in [0, 1] (data range 1; reconstructions clamped). Returns float32 tensors of
+    shape (B,) on the inputs' device; PSNR is inf for identical images."""
+    from cxrgen.evaluate.metrics import ssim as structural_similarity
 
     a = ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
     b = ((recon.float() + 1.0) / 2.0).clamp(0.0, 1.0)
     mse = ((a - b) ** 2).flatten(1).mean(dim=1)
     psnr = 10.0 * torch.log10(1.0 / mse)
-    ssim = structural_similarity_index_measure(b, a, data_range=1.0, reduction="none")
+    ssim = torch.as_tensor(structural_similarity(b, a), dtype=torch.float32, device=a.device)
     return {"psnr": psnr, "ssim": ssim}
 
 

@@ -427,21 +427,20 @@ def zero_shot_label_auroc(image_features: torch.Tensor, prompt_features: Mapping
                           labels: Mapping[str, np.ndarray], min_per_class: int = 3) -> dict[str, float]:
     """Zero-shot classification, the label-level view of the embedding (CheXzero-style): each image is scored by the
     cosine similarity to the mean of a finding's prompt embeddings; AUROC per finding over images whose label is
-    known (NaN = unknown), for findings with at least ``min_per_class`` positives and negatives; ``macro`` = their
-    mean. Report retrieval on a small corpus of mostly normal reports sits near chance even for a model that knows
-    the findings; this metric separates the two."""
-    from sklearn.metrics import roc_auc_score
+    known (NaN = unknown), for findings with at least ``min_per_class`` positives and negatives (the rule of
+    :func:`cxrgen.evaluate.metrics.multilabel_scores`; the others are left out); ``macro`` = their mean. Report
+    retrieval on a small corpus of mostly normal reports sits near chance even for a model that knows the findings;
+    this metric separates the two."""
+    from cxrgen.evaluate.metrics import multilabel_scores
 
-    out: dict[str, float] = {}
-    for finding, prompts in prompt_features.items():
-        y = np.asarray(labels[finding], dtype=float)
-        known = ~np.isnan(y)
-        positives = int(y[known].sum())
-        if positives < min_per_class or known.sum() - positives < min_per_class:
-            continue
-        direction = F.normalize(prompts.mean(0), dim=-1)
-        scores = (image_features @ direction).numpy()
-        out[finding] = float(roc_auc_score(y[known], scores[known]))
+    findings = list(prompt_features)
+    if not findings:
+        return {}
+    scores = np.stack([(image_features @ F.normalize(prompt_features[f].mean(0), dim=-1)).numpy() for f in findings],
+                      axis=1)
+    label_matrix = np.stack([np.asarray(labels[f], dtype=float) for f in findings], axis=1)
+    found = multilabel_scores(label_matrix, scores, None, findings, min_per_class=min_per_class)
+    out = {finding: entry["auroc"] for finding, entry in found["per_finding"].items()}
     if out:
-        out["macro"] = float(np.mean(list(out.values())))
+        out["macro"] = found["auroc"]["macro"]
     return out

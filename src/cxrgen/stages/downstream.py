@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrgen.evaluate.classifier import multilabel_metrics, predict_rows, train_classifier
+from cxrgen.evaluate.classifier import predict_rows, train_classifier
 from cxrgen.evaluate.experiments import build_arms, label_frame, positives, real_rows, synthetic_pool
+from cxrgen.evaluate.metrics import multilabel_scores
 from cxrgen.labels import CHEXPERT_LABELS
 from cxrgen.report.figures import Panel, plot_curves, series
 from cxrgen.train.job import tracked_job, write_json
@@ -89,7 +90,8 @@ def run_downstream(*, real_index_path: Path | str, real_store_root: Path | str, 
                 stop_after_steps=stop_after_steps, desc=f"{experiment}:{arm.name}")
             columns = [CHEXPERT_LABELS.index(f) for f in arm.task_findings]
             probs = predict_rows(trained.evaluator, test)[:, columns]
-            scores = multilabel_metrics(probs, label_frame(test)[:, columns], arm.task_findings)
+            scores = multilabel_scores(label_frame(test)[:, columns], probs, thresholds=0.5,
+                                       findings=arm.task_findings)
             result = {"description": arm.description, "n": len(arm.rows), "n_real": arm.n_real,
                       "n_synthetic": arm.n_synthetic, "task_findings": arm.task_findings,
                       "positives": positives(arm.rows, arm.task_findings), "steps": trained.steps,
@@ -201,7 +203,7 @@ def report_downstream(*, metrics_paths: list[Path | str], out_md: Path | str, ou
              f"{first['views'] or 'all'}) at {first['resolution']} px. Synthetic pool: variant `{first['variant']}`. "
              f"Seeds per arm: {n_seeds}; ± is the half-width of a 95 % Student-t interval over seeds"
              + (" (n=1: no CI)." if n_seeds < 2 else "."),
-             "AUROC averages leave out findings whose test labels hold a single class; F1 at threshold 0.5."]
+             "AUROC and F1 (threshold 0.5) averages leave out findings whose test labels hold a single class."]
     if demo_note:
         lines.append("Demo-scale numbers (phantom corpus, small network, few steps) are not comparable with the "
                      "papers' numbers.")
@@ -233,9 +235,9 @@ def report_downstream(*, metrics_paths: list[Path | str], out_md: Path | str, ou
             for arm in part["arm"]:
                 cells = []
                 for f in findings:
-                    values = [r["arms"][arm]["test"]["per_finding"][f]["f1"] for r in results
+                    values = [(r["arms"][arm]["test"]["per_finding"].get(f) or {}).get("f1") for r in results
                               if r["experiment"] == experiment]
-                    values = [v for v in values if v is not None]  # None: no test positive
+                    values = [v for v in values if v is not None]  # None: skipped (a single class in the test set)
                     cells.append(f"{np.mean(values):.3f}" if values else "–")
                 lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     Path(out_md).parent.mkdir(parents=True, exist_ok=True)

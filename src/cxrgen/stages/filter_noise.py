@@ -203,12 +203,11 @@ def noise_truth(truth_paths: list[Path | str], manifest_paths: list[Path | str])
 
 
 def _auroc(y: np.ndarray, score: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
+    from cxrgen.evaluate.metrics import auroc
 
     ok = np.isfinite(score)
-    if ok.sum() < 2 or len(set(y[ok])) < 2:
-        return float("nan")
-    return float(roc_auc_score(y[ok], score[ok]))
+    value = auroc(y[ok], score[ok])  # None without both classes among the scored images
+    return float("nan") if value is None else value
 
 
 def evaluate(filtered: pd.DataFrame, truth: pd.DataFrame) -> dict:

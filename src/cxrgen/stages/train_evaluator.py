@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 
 from cxrgen.evaluate.classifier import (
-    multilabel_metrics,
     predict_rows,
     save_curve,
     save_evaluator,
     train_classifier,
     with_store_root,
 )
+from cxrgen.evaluate.metrics import multilabel_scores
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS
 from cxrgen.train.data import select_rows
 from cxrgen.train.job import tracked_job, write_json
@@ -63,8 +63,8 @@ def train_evaluator(*, index_path: Path | str, store_root: Path | str, resolutio
         if len(val):
             val_rows = val.sort_values("image_id").head(int(cfg["val_max_images"]))
             probs = predict_rows(trained.evaluator, val_rows)
-            val_metrics = multilabel_metrics(probs, val_rows[list(LABEL_COLUMNS)].to_numpy(np.float64),
-                                             CHEXPERT_LABELS)
+            val_metrics = multilabel_scores(val_rows[list(LABEL_COLUMNS)].to_numpy(np.float64), probs,
+                                            thresholds=0.5, findings=CHEXPERT_LABELS)
         metrics = {
             "steps": trained.steps, "resumed_from": trained.resumed_from, "selection": trained.selection,
             "selected_step": trained.selected_step, "n_train": len(train), "n_val": len(val),

@@ -80,13 +80,16 @@ def _to_unit(images: torch.Tensor) -> np.ndarray:
 
 
 def image_quality(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """Mean PSNR (dB), SSIM and MSE over a batch, on images mapped to [0, 1] (Cheff Table 2 metrics)."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    """Mean PSNR (dB), SSIM (:func:`cxrgen.evaluate.metrics.ssim`) and MSE over a batch, on images mapped to [0, 1]
+    (Cheff Table 2 metrics)."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from cxrgen.evaluate.metrics import ssim
 
     pred, true = _to_unit(prediction), _to_unit(target)
     psnr = [peak_signal_noise_ratio(t, p, data_range=1.0) for p, t in zip(pred, true, strict=True)]
-    ssim = [structural_similarity(t, p, data_range=1.0) for p, t in zip(pred, true, strict=True)]
-    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "mse": float(np.mean((pred - true) ** 2))}
+    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim(pred, true))),
+            "mse": float(np.mean((pred - true) ** 2))}
 
 
 def _save_grid(path: Path, columns: dict[str, torch.Tensor], high_res: int) -> None:
