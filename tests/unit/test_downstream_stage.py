@@ -7,8 +7,8 @@ from evaluate_helpers import real_store, synthetic_store
 from cxrgen.config import validate_config
 from cxrgen.evaluate.classifier import tiny_classifier_config
 from cxrgen.stages.downstream import mean_ci, report_downstream, run_downstream
+from cxrgen.stages.init_tracking import init_tracking
 from cxrgen.train.loop import Interrupted
-from cxrgen.train.tracking import init_tracking
 
 RES = 32
 
