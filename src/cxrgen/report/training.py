@@ -1,7 +1,8 @@
 """Training curves and end-of-training figures of every model, gathered into report figures.
 
 Trainers write their figures inside their (protected, atomic) model directories; the report needs plain output
-files, so rule ``report_training`` (:mod:`cxrgen.stages.report_training`) tiles them into one figure per kind: loss curves, and sample / reconstruction grids.
+files, so rule ``report_training`` (:mod:`cxrgen.stages.report_training`) tiles them into one figure per kind: loss
+curves, and sample / reconstruction grids.
 """
 
 from __future__ import annotations
