@@ -41,9 +41,8 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
 
     from cxrgen.models.diffusion import SamplerSettings
-    from cxrgen.pipeline import CxrPipeline
+    from cxrgen.pipeline import CxrPipeline, to_uint16
     from cxrgen.report.figures import save_grid
-    from cxrgen.stages.generate import to_uint16
 
     if args.num < 1:
         raise SystemExit("cxrgen generate: -n must be at least 1")

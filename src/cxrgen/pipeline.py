@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import ConfigMixin, DDPMScheduler
 from diffusers.configuration_utils import register_to_config
@@ -142,3 +143,9 @@ class CxrPipeline:
             generators = [torch.Generator().manual_seed(sr_seed(s)) for s in seeds]
             high = super_resolve(self.sr, low, steps=sr_steps, eta=sr_eta, generator=generators)
         return {"low": low, "high": high}
+
+
+def to_uint16(images: torch.Tensor) -> np.ndarray:
+    """(B,1,H,W) in [-1,1] → (B,H,W) uint16 (the store's pixel convention: [0,1] scaled to 0…65535)."""
+    pixels = ((images.clamp(-1, 1) + 1.0) / 2.0).squeeze(1).cpu().double().numpy()
+    return np.round(pixels * 65535.0).astype(np.uint16)

@@ -59,13 +59,13 @@ def test_bring_up_is_idempotent(slurm_cluster):
 
 def test_concurrent_mlflow_logging_from_slurm_jobs(slurm_cluster, mlflow_server, tmp_path):
     """Four SLURM jobs (two at a time on 2 cores) log params and 30 metric steps each into one tracking server."""
-    from cxrgen.train.tracking import init_tracking
+    from cxrgen.stages.init_tracking import init_tracking
 
     tracking_json = tmp_path / "run.json"
     env = job_env(MLFLOW_TRACKING_URI=mlflow_server)
     subprocess.run([str(VENV_BIN / "python"), "-c", textwrap.dedent(f"""
         from pathlib import Path
-        from cxrgen.train.tracking import init_tracking
+        from cxrgen.stages.init_tracking import init_tracking
         init_tracking(Path({str(tracking_json)!r}), "cluster-concurrency", {{"test": 1}}, Path({str(tmp_path)!r}))
         """)], check=True, env=env, timeout=120)
     assert init_tracking  # the helper under test (run in a subprocess so the server URI comes from the env)

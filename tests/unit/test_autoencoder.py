@@ -23,10 +23,10 @@ from cxrgen.models.autoencoder import (
     reconstruction_metrics,
     save_autoencoder,
 )
+from cxrgen.stages.init_tracking import init_tracking
 from cxrgen.stages.train_autoencoder import train_autoencoder
 from cxrgen.store import ShardWriter, shard_path
 from cxrgen.train.loop import Interrupted, latest_checkpoint
-from cxrgen.train.tracking import init_tracking
 
 RES = 32
 

@@ -24,10 +24,10 @@ from cxrgen.models.clip import (
     save_clip,
     scratch_clip,
 )
+from cxrgen.stages.init_tracking import init_tracking
 from cxrgen.stages.train_clip import train_clip
 from cxrgen.store import ShardWriter, shard_path
 from cxrgen.train.loop import Interrupted, latest_checkpoint, seed_everything
-from cxrgen.train.tracking import init_tracking
 
 RES = 32
 REPORTS = ["Large right pleural effusion.", "No acute cardiopulmonary abnormality.", "Cardiomegaly.", ""]

@@ -6,9 +6,10 @@ from evaluate_helpers import real_store, synthetic_store
 
 from cxrgen.config import validate_config
 from cxrgen.evaluate.classifier import tiny_classifier_config
-from cxrgen.stages.downstream import mean_ci, report_downstream, run_downstream
+from cxrgen.stages.init_tracking import init_tracking
+from cxrgen.stages.report_downstream import report_downstream
+from cxrgen.stages.run_downstream import run_downstream
 from cxrgen.train.loop import Interrupted
-from cxrgen.train.tracking import init_tracking
 
 RES = 32
 
@@ -114,9 +115,3 @@ def test_imbalance_and_low_data_jobs_with_tracking_and_report(stores, tmp_path, 
     f1_row = [line for line in (tmp_path / "s/downstream.md").read_text().splitlines()
               if line.startswith("| real |")][-1]
     assert f1_row.split(" | ")[1] == "–"
-
-
-def test_mean_ci_matches_a_t_interval():
-    mean, half = mean_ci([0.6, 0.7, 0.8])
-    assert mean == pytest.approx(0.7) and half == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
-    assert mean_ci([0.7]) == (0.7, None)

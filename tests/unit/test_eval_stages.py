@@ -1,9 +1,14 @@
 """Metric stages end to end on tiny stores: feature sets, distribution, fidelity, memorisation, reconstruction,
-summary — outputs, protocols, and behaviour that can fail (a copied training image is caught as memorised)."""
+summary — outputs, protocols, behaviour that can fail (a copied training image is caught as memorised), and each job's
+MLflow run read back from a real store (FINISHED with its metrics and artifacts, or FAILED with nothing published)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -15,7 +20,14 @@ from cxrgen.config import validate_config
 from cxrgen.evaluate.classifier import save_evaluator, tiny_evaluator
 from cxrgen.evaluate.features import load_feature_sets
 from cxrgen.labels import LABEL_COLUMNS
-from cxrgen.stages import evaluate_metrics as stages
+from cxrgen.stages.evaluate_distribution import evaluate_distribution
+from cxrgen.stages.evaluate_fidelity import evaluate_fidelity
+from cxrgen.stages.evaluate_memorisation import evaluate_memorisation
+from cxrgen.stages.evaluate_reconstruction import evaluate_reconstruction
+from cxrgen.stages.extract_generated_features import extract_generated_features
+from cxrgen.stages.extract_real_features import extract_real_features
+from cxrgen.stages.init_tracking import init_tracking
+from cxrgen.stages.write_summary import write_summary
 from cxrgen.store import ShardWriter, shard_path
 
 LOW, HIGH = 32, 64
@@ -100,19 +112,48 @@ def cfg():
 
 
 @pytest.fixture(scope="module")
-def feature_dirs(stores, cfg, tmp_path_factory):
+def tracking(tmp_path_factory):
+    """A real MLflow store (SQLite) with the pipeline's parent run, as rule init_tracking leaves it."""
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        root = tmp_path_factory.mktemp("mlflow")
+        init_tracking(root / "run.json", "cxrgen-test", {"seed": 0}, root)
+        yield root / "run.json"
+
+
+def job_run(tracking, job_name: str):
+    """The one MLflow run of job ``job_name`` (and the client to read it with)."""
+    from mlflow.tracking import MlflowClient
+
+    info = json.loads(tracking.read_text())
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    runs = client.search_runs([info["experiment_id"]], filter_string=f"tags.`snakemake.job` = '{job_name}'")
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return client, runs[0]
+
+
+def assert_finished(tracking, job_name: str, payload: dict | None, artifacts: set[str]):
+    client, run = job_run(tracking, job_name)
+    assert run.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == artifacts
+    if payload is not None:
+        assert payload["mlflow_run_id"] == run.info.run_id
+    return run
+
+
+@pytest.fixture(scope="module")
+def feature_dirs(stores, cfg, tracking, tmp_path_factory):
     real_root, _, syn_root = stores
     out = tmp_path_factory.mktemp("features")
     evaluator_dir = save_evaluator(tiny_evaluator(LOW), out / "evaluator")
-    counts = stages.extract_real_features(index_path=real_root / "index.parquet", store_root=real_root,
-                                         evaluator_dir=evaluator_dir,
-                                             cfg=narrowed(cfg, "extract_real_features"),
-                                             resolution=HIGH, seed=1,
-                                         out_dir=out / "real")
+    counts = extract_real_features(index_path=real_root / "index.parquet", store_root=real_root,
+                                   evaluator_dir=evaluator_dir, cfg=narrowed(cfg, "extract_real_features"),
+                                   resolution=HIGH, seed=1, out_dir=out / "real", tracking_json=tracking)
     assert counts == {"reference": 12, "train": 28, "val": 8}  # laterals left out
-    stages.extract_generated_features(synthetic_root=syn_root, evaluator_dir=evaluator_dir,
-        cfg=narrowed(cfg, "extract_generated_features"),
-                                      resolution=HIGH, out_dir=out / "generated")
+    extract_generated_features(synthetic_root=syn_root, evaluator_dir=evaluator_dir,
+                               cfg=narrowed(cfg, "extract_generated_features"), resolution=HIGH,
+                               out_dir=out / "generated", tracking_json=tracking,
+                               job_name="extract_generated_features:cheff")
     return out / "real", out / "generated"
 
 
@@ -128,14 +169,26 @@ def test_feature_sets_hold_features_probs_and_skipped_backbones(feature_dirs):
     assert not list(feature_dirs[0].parent.glob("*.tmp"))
 
 
+def test_feature_extraction_jobs_are_tracked(feature_dirs, tracking):
+    real = assert_finished(tracking, "extract_real_features", None, {"meta.json"})
+    assert real.data.metrics["images/reference"] == 12 and real.data.metrics["images/train"] == 28
+    assert real.data.params["evaluation.batch_size"] == "8" and real.data.params["seed"] == "1"
+    assert real.data.tags["cxrgen.stage"] == "extract_real_features"
+    generated = assert_finished(tracking, "extract_generated_features:cheff", None, {"meta.json"})
+    assert generated.data.metrics["images/generated"] == 14
+
+
+def distribution(feature_dirs, cfg, out, **kw) -> dict:
+    return evaluate_distribution(real_dir=feature_dirs[0], generated_dir=feature_dirs[1],
+                                 cfg=narrowed(cfg, "evaluate_distribution"), seed=0, variant="cheff",
+                                 out_json=out / "d.json", out_html=out / "d.html", out_figure=out / "d.png",
+                                 out_markdown=out / "md/d.md", **kw)
+
+
 def test_distribution_stage(feature_dirs, cfg, tmp_path):
-    out = stages.evaluate_distribution(real_dir=feature_dirs[0], generated_dir=feature_dirs[1],
-        cfg=narrowed(cfg, "evaluate_distribution"),
-        seed=0,
-                                       variant="cheff", out_json=tmp_path / "d.json", out_html=tmp_path / "d.html",
-                                       out_figure=tmp_path / "d.png", out_markdown=tmp_path / "md/d.md")
+    out = distribution(feature_dirs, cfg, tmp_path)
     saved = json.loads((tmp_path / "d.json").read_text())
-    assert saved["results"].keys() == {"evaluator"}
+    assert saved["results"].keys() == {"evaluator"} and saved["mlflow_run_id"] is None
     rows = saved["results"]["evaluator"]
     assert rows["generated vs real"]["n_a"] == 14 and rows["generated vs real"]["n_b"] == 12
     assert rows["real half A vs real half B (floor)"]["fid"]["value"] >= 0
@@ -145,21 +198,40 @@ def test_distribution_stage(feature_dirs, cfg, tmp_path):
     assert "Protocol:" in markdown and "xrv: skipped" in markdown and "(../d.png)" in markdown
     assert "<table>" in (tmp_path / "d.html").read_text()
     assert (tmp_path / "d.png").stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["d.html", "d.json", "d.md", "d.png", "md"]  # no staging
+
+
+def test_tracked_distribution_job_logs_its_run_and_writes_the_same_outputs(feature_dirs, cfg, tracking, tmp_path):
+    untracked = distribution(feature_dirs, cfg, tmp_path / "untracked")
+    tracked = distribution(feature_dirs, cfg, tmp_path / "tracked", tracking_json=tracking,
+                           job_name="evaluate_distribution:cheff")
+    run = assert_finished(tracking, "evaluate_distribution:cheff", tracked, {"d.json", "d.png"})
+    assert {k: v for k, v in tracked.items() if k != "mlflow_run_id"} == {
+        k: v for k, v in untracked.items() if k != "mlflow_run_id"}
+    for name in ("d.html", "md/d.md"):
+        assert (tmp_path / "tracked" / name).read_text() == (tmp_path / "untracked" / name).read_text()
+    floor = tracked["results"]["evaluator"]["real half A vs real half B (floor)"]["fid"]["value"]
+    assert run.data.metrics["fid/evaluator/floor"] == pytest.approx(floor)
+    assert run.data.params["variant"] == "cheff" and "evaluation.distribution.kid.degree" in run.data.params
+
+
+def test_failed_evaluation_job_is_failed_and_publishes_nothing(feature_dirs, cfg, tracking, tmp_path):
+    unknown_set = {**cfg, "distribution": {**cfg["distribution"], "sets": ["nope"]}}
     with pytest.raises(ValueError, match="present"):
-        stages.evaluate_distribution(real_dir=feature_dirs[0], generated_dir=feature_dirs[1],
-                                         cfg=narrowed({**cfg, "distribution": {**cfg["distribution"], "sets": ["nope"]}}, "evaluate_distribution"),
-                                         seed=0,
-                                     variant="cheff", out_json=tmp_path / "x.json", out_html=tmp_path / "x.html",
-                                     out_figure=tmp_path / "x.png", out_markdown=tmp_path / "x.md")
+        distribution(feature_dirs, unknown_set, tmp_path, tracking_json=tracking,
+                     job_name="evaluate_distribution:broken")
+    _, run = job_run(tracking, "evaluate_distribution:broken")
+    assert (run.info.status, run.data.tags["cxrgen.failed_phase"], run.data.tags["cxrgen.error"]) == (
+        "FAILED", "run", "ValueError")
+    assert not list(tmp_path.iterdir())
 
 
-def test_fidelity_stage(feature_dirs, cfg, tmp_path):
-    out = stages.evaluate_fidelity(real_dir=feature_dirs[0], generated_dir=feature_dirs[1],
-        cfg=narrowed(cfg, "evaluate_fidelity"),
-        seed=0,
-                                   variant="cheff", out_json=tmp_path / "f.json", out_html=tmp_path / "f.html",
-                                   out_figure=tmp_path / "f.png", out_grid=tmp_path / "g.png",
-                                   out_markdown=tmp_path / "f.md")
+def test_fidelity_stage(feature_dirs, cfg, tracking, tmp_path):
+    out = evaluate_fidelity(real_dir=feature_dirs[0], generated_dir=feature_dirs[1],
+                            cfg=narrowed(cfg, "evaluate_fidelity"), seed=0, variant="cheff",
+                            out_json=tmp_path / "f.json", out_html=tmp_path / "f.html", out_figure=tmp_path / "f.png",
+                            out_grid=tmp_path / "g.png", out_markdown=tmp_path / "f.md", tracking_json=tracking,
+                            job_name="evaluate_fidelity:cheff")
     assert list(out["results"]) == ["generated: class_balanced", "generated: test_reports", "generated: all sets",
                                     "real reference"]
     balanced = out["results"]["generated: class_balanced"]
@@ -173,15 +245,18 @@ def test_fidelity_stage(feature_dirs, cfg, tmp_path):
     markdown = (tmp_path / "f.md").read_text()
     assert "AUROC macro" in markdown and "real reference" in markdown and "skipped" in markdown
     assert (tmp_path / "g.png").stat().st_size > 1000
+    run = assert_finished(tracking, "evaluate_fidelity:cheff", out, {"f.json", "f.png", "g.png"})
+    assert "auroc_macro/real_reference" in run.data.metrics
+    assert json.loads((tmp_path / "f.json").read_text())["mlflow_run_id"] == run.info.run_id
 
 
-def test_memorisation_stage_catches_a_copied_training_image(feature_dirs, cfg, tmp_path):
-    out = stages.evaluate_memorisation(real_dir=feature_dirs[0], generated_dir=feature_dirs[1],
-        cfg=narrowed(cfg, "evaluate_memorisation"),
-        seed=0,
-                                       variant="cheff", out_json=tmp_path / "m.json", out_html=tmp_path / "m.html",
-                                       out_pairs=tmp_path / "p.png", out_histogram=tmp_path / "h.png",
-                                       out_markdown=tmp_path / "m.md")
+def test_memorisation_stage_catches_a_copied_training_image(feature_dirs, cfg, tracking, tmp_path):
+    out = evaluate_memorisation(real_dir=feature_dirs[0], generated_dir=feature_dirs[1],
+                                cfg=narrowed(cfg, "evaluate_memorisation"), seed=0, variant="cheff",
+                                out_json=tmp_path / "m.json", out_html=tmp_path / "m.html",
+                                out_pairs=tmp_path / "p.png", out_histogram=tmp_path / "h.png",
+                                out_markdown=tmp_path / "m.md", tracking_json=tracking,
+                                job_name="evaluate_memorisation:cheff")
     for space in ("evaluator features", "pixels (16 px)"):
         closest = out["closest"][space][0]
         assert closest["generated"] == "syn-000" and closest["train"] == "img-000"
@@ -197,9 +272,11 @@ def test_memorisation_stage_catches_a_copied_training_image(feature_dirs, cfg, t
     assert "MS-SSIM needs" in diversity["protocol"]
     assert (tmp_path / "p.png").stat().st_size > 1000 and (tmp_path / "h.png").stat().st_size > 1000
     assert "threshold" in (tmp_path / "m.md").read_text()
+    run = assert_finished(tracking, "evaluate_memorisation:cheff", out, {"m.json", "h.png", "p.png"})
+    assert run.data.metrics["share_below/feature/generated"] > 0
 
 
-def test_reconstruction_stage(stores, cfg, tmp_path):
+def test_reconstruction_stage(stores, cfg, tracking, tmp_path):
     from cxrgen.models.autoencoder import build_autoencoder, save_autoencoder
     from cxrgen.models.sr import build_sr, save_sr
 
@@ -212,13 +289,15 @@ def test_reconstruction_stage(stores, cfg, tmp_path):
     save_autoencoder(build_autoencoder(section["autoencoder"], LOW), tmp_path / "ae")
     save_sr(build_sr(section["sr"], low_res=LOW, high_res=HIGH), tmp_path / "sr_base")
     save_sr(build_sr(section["sr"], low_res=LOW, high_res=HIGH, mode="decoded"), tmp_path / "sr")
-    out = stages.evaluate_reconstruction(
-        index_path=real_root / "index.parquet", store_root=real_root, ae_dir=tmp_path / "ae",
-        sr_base_dir=tmp_path / "sr_base", sr_dir=tmp_path / "sr",
-            cfg=narrowed(cfg, "evaluate_reconstruction"),
-            seed=0, low_res=LOW, high_res=HIGH,
-        out_json=tmp_path / "r.json", out_html=tmp_path / "r.html", out_figure=tmp_path / "r.png",
-        out_markdown=tmp_path / "r.md")
+
+    def reconstruction(name: str, **kw) -> dict:
+        return evaluate_reconstruction(
+            index_path=real_root / "index.parquet", store_root=real_root, ae_dir=tmp_path / "ae",
+            sr_base_dir=tmp_path / "sr_base", sr_dir=tmp_path / "sr", cfg=narrowed(cfg, "evaluate_reconstruction"),
+            seed=0, low_res=LOW, high_res=HIGH, out_json=tmp_path / f"{name}.json", out_html=tmp_path / f"{name}.html",
+            out_figure=tmp_path / f"{name}.png", out_markdown=tmp_path / f"{name}.md", **kw)
+
+    out = reconstruction("r")
     results = out["results"]
     assert list(results) == ["bicubic", "AE", "SR base", "SR fine-tuned", "AE → SR base", "AE → SR fine-tuned"]
     assert results["AE"]["resolution"] == LOW and results["bicubic"]["resolution"] == HIGH
@@ -226,15 +305,11 @@ def test_reconstruction_stage(stores, cfg, tmp_path):
     assert results["bicubic"]["psnr"]["value"] > results["SR base"]["psnr"]["value"]  # an untrained SR is noise
     assert results["bicubic"]["ms_ssim"]["value"] is None and "MS-SSIM needs" in results["bicubic"]["ms_ssim"][
         "unavailable"]
-    again = stages.evaluate_reconstruction(
-        index_path=real_root / "index.parquet", store_root=real_root, ae_dir=tmp_path / "ae",
-        sr_base_dir=tmp_path / "sr_base", sr_dir=tmp_path / "sr",
-            cfg=narrowed(cfg, "evaluate_reconstruction"),
-            seed=0, low_res=LOW, high_res=HIGH,
-        out_json=tmp_path / "r2.json", out_html=tmp_path / "r2.html", out_figure=tmp_path / "r2.png",
-        out_markdown=tmp_path / "r2.md")
+    again = reconstruction("r2", tracking_json=tracking, job_name="evaluate_reconstruction")
     assert again["results"] == results  # seeded SR noise: deterministic
     assert "n/a (size)" in (tmp_path / "r.md").read_text()
+    run = assert_finished(tracking, "evaluate_reconstruction", again, {"r2.json", "r2.png"})
+    assert run.data.metrics["psnr/bicubic"] == pytest.approx(results["bicubic"]["psnr"]["value"])
 
 
 def test_summary_collects_fragments_and_states_comparability(tmp_path):
@@ -244,12 +319,31 @@ def test_summary_collects_fragments_and_states_comparability(tmp_path):
     (tmp_path / "reports/data/data.md").write_text("# Data\n\n| a |\n|---|\n| 1 |\n")
     (tmp_path / "reports/other.md").write_text("## Other stage\n\n### Detail\n")
     config = validate_config({"sources": {"nih": {}}})
-    text = stages.summary(fragments=[tmp_path / "reports/data/data.md", tmp_path / "reports/eval/a.md",
-                                     tmp_path / "reports/other.md"],
-                          out_path=tmp_path / "summary.md", demo=True, config=config)
+    text = write_summary(fragments=[tmp_path / "reports/data/data.md", tmp_path / "reports/eval/a.md",
+                                    tmp_path / "reports/other.md"],
+                         out_path=tmp_path / "summary.md", demo=True, config=config)
     assert (tmp_path / "summary.md").read_text() == text
     assert "not comparable with paper numbers" in text and "demo corpus" in text
     assert "## Data" in text and "## Part A" in text and "### Sub" in text
     assert "](eval/a.png)" in text  # link rebased from reports/eval/ to the summary's folder
     assert text.index("## Data") < text.index("## Part A")
     assert "\n## Other stage" in text and "\n### Detail" in text  # a fragment topped by ## stays a sibling
+
+
+def test_summary_job_never_imports_torch(tmp_path):
+    """write_summary runs after everything else and only joins text: a fresh interpreter that imports the stage and
+    writes a summary has not loaded torch (nor matplotlib or mlflow)."""
+    (tmp_path / "a.md").write_text("# A\n")
+    config = validate_config({"sources": {"nih": {}}})
+    script = textwrap.dedent(f"""
+        import json, sys
+        from cxrgen.stages.write_summary import write_summary
+        write_summary(fragments=[{str(tmp_path / "a.md")!r}], out_path={str(tmp_path / "summary.md")!r}, demo=False,
+                      config=json.loads({json.dumps(config, default=str)!r}))
+        print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}})))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+    assert "cxrgen" in loaded and not loaded & {"torch", "matplotlib", "mlflow"}
+    assert (tmp_path / "summary.md").read_text().startswith("# cxrgen summary")

@@ -23,9 +23,9 @@ from cxrgen.evaluate.classifier import (
     with_store_root,
 )
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS
+from cxrgen.stages.init_tracking import init_tracking
 from cxrgen.stages.train_evaluator import train_evaluator
 from cxrgen.train.loop import Interrupted, latest_checkpoint
-from cxrgen.train.tracking import init_tracking
 
 RES = 32
 

@@ -10,8 +10,9 @@ from cxrgen.hashing import dir_digest
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
 from cxrgen.models.diffusion import build_unet, make_train_scheduler
 from cxrgen.pipeline import write_pipeline_json
-from cxrgen.prompts import label_template_report, side_free_variants
-from cxrgen.stages.generate import TEMPLATES, build_prompt_sets, generate, make_prompts, template_variants
+from cxrgen.prompts import TEMPLATES, label_template_report, side_free_variants, template_variants
+from cxrgen.stages.build_prompts import build_prompt_sets, build_prompts
+from cxrgen.stages.generate import generate
 from cxrgen.store import ShardStore
 
 
@@ -90,7 +91,7 @@ def test_generate_writes_a_store_with_provenance(pipeline_dirs, tmp_path, tmp_pa
     index_path = tmp_path / "index.parquet"
     unified_index().to_parquet(index_path)
     cfg = gen_cfg(findings=["No Finding", "Pleural Effusion"])
-    counts = make_prompts(index_path=index_path, cfg=cfg, out_path=tmp_path / "prompts.parquet")
+    counts = build_prompts(index_path=index_path, cfg=cfg, out_path=tmp_path / "prompts.parquet")
     assert counts == {"test_reports": 3, "class_balanced": 4, "train_twins": 1}
     root = pipeline_dirs
     metrics = generate(ldm_dir=root / "ldm", ae_dir=None, clip_dir=None, sr_dir=root / "sr",

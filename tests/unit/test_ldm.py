@@ -229,7 +229,7 @@ _TRACKING: dict = {}
 def shared_tracking_json(tmp_path_factory):
     """One MLflow SQLite store per test session (creating its schema costs seconds; test_generate reuses it)."""
     if "path" not in _TRACKING:
-        from cxrgen.train.tracking import init_tracking
+        from cxrgen.stages.init_tracking import init_tracking
 
         root = tmp_path_factory.mktemp("mlflow")
         init_tracking(root / "run.json", "test", {}, root)

@@ -4,7 +4,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from cxrgen.report.training import report_training  # noqa: E402
+from cxrgen.stages.report_training import report_training  # noqa: E402
 
 
 def _figure(path):

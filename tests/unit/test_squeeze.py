@@ -19,7 +19,8 @@ from cxrgen.models.clip import (
     scratch_clip,
 )
 from cxrgen.models.squeeze import SQUEEZE_DIR, InformationSqueeze
-from cxrgen.report.avatls import avatls_markdown, write_avatls_report
+from cxrgen.report.avatls import avatls_markdown
+from cxrgen.stages.report_avatls import report_avatls
 from cxrgen.stages.train_clip import train_clip, train_clip_avatls
 from cxrgen.train.loop import Interrupted, seed_everything
 
@@ -164,8 +165,8 @@ def test_avatls_stage_fine_tunes_the_baseline_resumes_and_reports(tmp_path):
     for (k, v), (_, w) in zip(squeezed.squeeze.state_dict().items(), again.squeeze.state_dict().items(), strict=True):
         assert torch.equal(v, w), k
 
-    text = write_avatls_report(baseline_dir=tmp_path / "out_base", avatls_dir=tmp_path / "out_a",
-                               out_path=tmp_path / "reports" / "avatls.md")
+    text = report_avatls(baseline_dir=tmp_path / "out_base", avatls_dir=tmp_path / "out_a",
+                         out_path=tmp_path / "reports" / "avatls.md")
     assert (tmp_path / "reports" / "avatls.md").read_text() == text
     rows = [line for line in text.splitlines() if line.startswith("| val |") or line.startswith("| test |")]
     assert len(rows) == 2 * 2 * 3  # splits × directions × k

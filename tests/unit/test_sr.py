@@ -19,10 +19,10 @@ from cxrgen.models.sr import (
     save_sr,
     super_resolve,
 )
+from cxrgen.stages.init_tracking import init_tracking
 from cxrgen.stages.train_sr import train_sr
 from cxrgen.store import ShardWriter, shard_path
 from cxrgen.train.loop import Interrupted, latest_checkpoint
-from cxrgen.train.tracking import init_tracking
 
 LOW, HIGH = 32, 64
 

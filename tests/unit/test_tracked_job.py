@@ -11,10 +11,10 @@ import time
 
 import pytest
 
+from cxrgen.stages.init_tracking import init_tracking
 from cxrgen.train import job as job_module
 from cxrgen.train.job import RUN_ID_FILE, tracked_job
 from cxrgen.train.loop import Interrupted
-from cxrgen.train.tracking import init_tracking
 
 
 @pytest.fixture(name="tracking")

@@ -1,6 +1,7 @@
 import json
 
-from cxrgen.train.tracking import JobRun, init_tracking
+from cxrgen.stages.init_tracking import init_tracking
+from cxrgen.train.tracking import JobRun
 
 
 def test_parent_child_runs_and_resume(tmp_path, monkeypatch):

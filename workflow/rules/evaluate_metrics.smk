@@ -9,6 +9,7 @@ rule extract_real_features:
     input:
         index="results/store/index.parquet",
         evaluator="results/models/evaluator",
+        tracking=ancient("results/tracking/run.json"),
     output:
         features=directory("results/eval/real/features"),
     params:
@@ -27,6 +28,7 @@ rule extract_generated_features:
     input:
         store="results/synthetic/{variant}/store",
         evaluator="results/models/evaluator",
+        tracking=ancient("results/tracking/run.json"),
     output:
         features=directory("results/eval/{variant}/features"),
     params:

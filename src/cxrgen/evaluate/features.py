@@ -89,6 +89,15 @@ def iter_images(rows: pd.DataFrame, resolution: int, batch_size: int, desc: str 
         yield torch.stack([data.image(i) for i in range(start, min(len(data), start + batch_size))])
 
 
+def images_at(rows: pd.DataFrame, positions, resolution: int) -> np.ndarray:
+    """Images ``[K, R, R]`` in [0, 1] of the rows at ``positions``, in that order."""
+    positions = np.asarray(positions, dtype=int)
+    if len(positions) == 0:
+        return np.zeros((0, resolution, resolution), np.float32)
+    images = torch.cat(list(iter_images(rows.iloc[positions].reset_index(drop=True), resolution, 64)))
+    return images[:, 0].numpy()
+
+
 def extract(rows: pd.DataFrame, *, backbones: list[Backbone], evaluator, resolution: int, batch_size: int,
             name: str, with_features: bool = True) -> FeatureSet:
     """Features of every backbone (when ``with_features``) and the evaluator's probabilities for ``rows``."""

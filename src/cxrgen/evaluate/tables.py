@@ -139,10 +139,11 @@ def demote_headings(markdown: str, top: int = 2) -> str:
     return re.sub(r"^(#+) ", lambda m: "#" * max(1, len(m.group(1)) + shift) + " ", markdown, flags=re.M)
 
 
-def write_summary(fragments: list[Path | str], out_path: Path | str, *, demo: bool, header: dict[str, str]) -> str:
-    """``results/summary.md``: a header (run facts), the comparability caveat, then every fragment as a ``##`` section
-    (headings shifted, see :func:`demote_headings`) with relative links rebased to the summary's folder."""
-    out_path = Path(out_path)
+def summary_markdown(fragments: list[Path | str], summary_dir: Path | str, *, demo: bool,
+                     header: dict[str, str]) -> str:
+    """The text of ``results/summary.md`` (written into ``summary_dir``): a header (run facts), the comparability
+    caveat, then every fragment as a ``##`` section (headings shifted, see :func:`demote_headings`) with relative links
+    rebased to ``summary_dir``."""
     lines = ["# cxrgen summary", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()] + [""]
     lines += [("**This run used the embedded demo corpus.** " if demo else "") + DEMO_CAVEAT, ""]
@@ -150,8 +151,5 @@ def write_summary(fragments: list[Path | str], out_path: Path | str, *, demo: bo
     for fragment in fragments:
         fragment = Path(fragment)
         text = fragment.read_text(encoding="utf-8")
-        lines += [demote_headings(rebase_links(text, fragment.parent, out_path.parent)).rstrip(), ""]
-    text = "\n".join(lines).rstrip() + "\n"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(text, encoding="utf-8")
-    return text
+        lines += [demote_headings(rebase_links(text, fragment.parent, Path(summary_dir))).rstrip(), ""]
+    return "\n".join(lines).rstrip() + "\n"

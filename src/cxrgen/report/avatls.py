@@ -1,22 +1,12 @@
-"""Rule ``report_avatls``: the AVA-TLS ablation's retrieval table (markdown fragment) from the ``metrics.json`` of the
-baseline CLIP (rule train_clip) and of the squeezed CLIP (rule train_clip_avatls), both measured on the same evaluation
-pairs by :func:`cxrgen.models.clip.retrieval_metrics`."""
+"""The AVA-TLS ablation's retrieval table (markdown fragment of rule ``report_avatls``,
+:mod:`cxrgen.stages.report_avatls`) from the ``metrics.json`` of the baseline CLIP (rule train_clip) and of the
+squeezed CLIP (rule train_clip_avatls), both measured on the same evaluation pairs by
+:func:`cxrgen.models.clip.retrieval_metrics`."""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 KS = (1, 5, 10)
 DIRECTIONS = {"i2t": "image → report", "t2i": "report → image"}
-
-
-def _metrics(model_dir: Path | str) -> dict:
-    path = Path(model_dir) / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; {model_dir} is not a finished CLIP model directory")
-    return json.loads(path.read_text())
 
 
 def avatls_markdown(baseline: dict, avatls: dict) -> str:
@@ -68,14 +58,3 @@ def avatls_markdown(baseline: dict, avatls: dict) -> str:
                   f"{baseline['resolution']} px (MLflow run {baseline.get('mlflow_run_id')}); AVA-TLS: MLflow run "
                   f"{avatls.get('mlflow_run_id')}.", ""]
     return "\n".join(lines)
-
-
-def write_avatls_report(*, baseline_dir: Path | str, avatls_dir: Path | str, out_path: Path | str) -> str:
-    """Write :func:`avatls_markdown` of the two model directories to ``out_path`` (atomically); returns the text."""
-    text = avatls_markdown(_metrics(baseline_dir), _metrics(avatls_dir))
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out_path)
-    return text

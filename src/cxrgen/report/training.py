@@ -1,7 +1,8 @@
 """Training curves and end-of-training figures of every model, gathered into report figures.
 
 Trainers write their figures inside their (protected, atomic) model directories; the report needs plain output
-files, so rule ``report_training`` tiles them into one figure per kind: loss curves, and sample / reconstruction grids.
+files, so rule ``report_training`` (:mod:`cxrgen.stages.report_training`) tiles them into one figure per kind: loss
+curves, and sample / reconstruction grids.
 """
 
 from __future__ import annotations
@@ -48,10 +49,3 @@ def tile_figures(figures: dict[str, Path], out_path: Path | str, columns: int = 
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return len(items)
-
-
-def report_training(model_dirs: dict[str, Path | str], curves_path: Path | str, samples_path: Path | str) -> dict:
-    """Rule ``report_training``: the loss curves and the sample/reconstruction grids of ``model_dirs``."""
-    curves = tile_figures(find_figures(model_dirs, CURVE_FILES), curves_path)
-    samples = tile_figures(find_figures(model_dirs, SAMPLE_FILES), samples_path, columns=2, tile_inches=6.0)
-    return {"curves": curves, "sample_grids": samples}

@@ -1,12 +1,4 @@
-"""Stages ``make_prompts`` and ``generate``: prompt sets, then DDIM sampling → AE decoding → SR cascade into a store.
-
-Prompt sets (:func:`build_prompt_sets`):
-
-* ``test_reports``: one prompt per distinct report of the held-out splits (labels = the report's image labels);
-* ``class_balanced``: template report sentences per CheXpert finding (a few templates each, with laterality variants
-  where a finding has a side; "No Finding" uses normal-study templates), ``n_per_finding`` prompts per finding;
-* ``train_twins``: one prompt per sampled training image (its report, else a label-derived report; labels = the
-  image's), the synthetic training pool of the downstream augmentation experiments (MedCoDi-M §4.5).
+"""Stage ``generate``: DDIM sampling of the prompt sets (:mod:`cxrgen.stages.build_prompts`) → AE decoding → SR cascade into a store.
 
 Generated images go into the store format of the unified store (:mod:`cxrgen.store`): 16-bit PNG blobs in shard files
 ``<out_root>/<res>px/synthetic/shard-XXXX.bin`` and ``<out_root>/index.parquet`` with one row per image, readable by
@@ -15,9 +7,7 @@ Generated images go into the store format of the unified store (:mod:`cxrgen.sto
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -27,115 +17,12 @@ import torch
 from tqdm import tqdm
 
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
-from cxrgen.prompts import TEMPLATES, finding_prompt, label_template_report, template_variants  # noqa: F401 (re-exported)
+from cxrgen.pipeline import to_uint16
 from cxrgen.report.figures import save_grid
 from cxrgen.store import ShardWriter
 from cxrgen.train.job import tracked_job, write_json
 
 SOURCE = "synthetic"
-PROMPT_SETS = ("test_reports", "class_balanced", "train_twins")
-
-def prompt_seed(base_seed: int, prompt_id: str) -> int:
-    """A stable per-prompt seed (independent of set sizes and row order)."""
-    return int.from_bytes(hashlib.sha256(f"{base_seed}:{prompt_id}".encode()).digest()[:8], "little") >> 33
-
-
-def _texts(index: pd.DataFrame) -> pd.Series:
-    if "text" in index.columns:  # latent-cache index
-        return index["text"].fillna("").astype(str).str.strip()
-    from cxrgen.train.data import report_texts
-
-    return report_texts(index)
-
-
-def build_prompt_sets(index: pd.DataFrame, cfg: dict) -> pd.DataFrame:
-    """Prompts of the sets in ``cfg["sets"]`` from the unified (or latent-cache) index and section ``generate``.
-
-    Columns: prompt_id, set, prompt, laterality, source_image_id, lbl_* (NaN = not stated), seed. Deterministic.
-    """
-    seed = int(cfg["seed"])
-    frames = []
-    if "test_reports" in cfg["sets"]:
-        rows = index[index["split"].isin(cfg["report_splits"])].copy()
-        if cfg["views"]:
-            rows = rows[rows["view"].isin(cfg["views"])]
-        rows["prompt"] = _texts(rows).to_numpy()
-        rows = rows[rows["prompt"].str.len() > 0].sort_values("image_id")
-        rows = rows.drop_duplicates("prompt")  # one image per report
-        if cfg["max_reports"] is not None:
-            rows = rows.head(int(cfg["max_reports"]))
-        reports = pd.DataFrame({"prompt_id": "rep-" + rows["image_id"].astype(str), "set": "test_reports",
-                                "prompt": rows["prompt"], "laterality": "",
-                                "source_image_id": rows["image_id"].astype(str)})
-        for column in LABEL_COLUMNS:
-            reports[column] = rows[column].to_numpy(dtype=np.float32)
-        frames.append(reports)
-    if "class_balanced" in cfg["sets"]:
-        records = []
-        for finding in cfg["findings"] or CHEXPERT_LABELS:
-            variants = template_variants(finding)
-            for k in range(int(cfg["n_per_finding"])):
-                sentence, side = variants[k % len(variants)]
-                labels = dict.fromkeys(LABEL_COLUMNS, np.nan)
-                labels[label_column(finding)] = 1.0
-                if finding == "No Finding":
-                    labels = dict.fromkeys(LABEL_COLUMNS, 0.0)
-                    labels[label_column("No Finding")] = 1.0
-                else:
-                    labels[label_column("No Finding")] = 0.0
-                slug = label_column(finding).removeprefix("lbl_")
-                records.append({"prompt_id": f"tpl-{slug}-{k:04d}", "set": "class_balanced", "prompt": sentence,
-                                "laterality": side, "source_image_id": "", **labels})
-        frames.append(pd.DataFrame.from_records(records, columns=["prompt_id", "set", "prompt", "laterality",
-                                                                  "source_image_id", *LABEL_COLUMNS]))
-    if "train_twins" in cfg["sets"]:
-        frames.append(_train_twins(index, cfg))
-    if not frames:
-        raise ValueError(f"generate.sets is empty; choose from {PROMPT_SETS}")
-    prompts = pd.concat(frames, ignore_index=True)
-    for column in LABEL_COLUMNS:
-        prompts[column] = prompts[column].astype(np.float32)
-    prompts["seed"] = [prompt_seed(seed, pid) for pid in prompts["prompt_id"]]
-    return prompts.reset_index(drop=True)
-
-
-def _train_twins(index: pd.DataFrame, cfg: dict) -> pd.DataFrame:
-    """One prompt per sampled training-split image (a synthetic twin for the downstream experiments): its report, or
-    a label-derived report when it has none; labels = that image's labels. Rows without any text are skipped."""
-    twins = cfg["train_twins"]
-    rows = index[index["split"].isin(twins["splits"])].copy()
-    if cfg["views"]:
-        rows = rows[rows["view"].isin(cfg["views"])]
-    rows = rows.sort_values("image_id")
-    texts = _texts(rows).to_numpy()
-    labels = rows[list(LABEL_COLUMNS)].to_dict("records")
-    rows["prompt"] = [text or label_template_report(lbl, image_id)
-                      for text, lbl, image_id in zip(texts, labels, rows["image_id"], strict=True)]
-    rows = rows[rows["prompt"].str.len() > 0]
-    if twins["n"] is not None and len(rows) > int(twins["n"]):
-        rows = rows.sample(n=int(twins["n"]), random_state=int(cfg["seed"])).sort_values("image_id")
-    out = pd.DataFrame({"prompt_id": "twin-" + rows["image_id"].astype(str), "set": "train_twins",
-                        "prompt": rows["prompt"], "laterality": "", "source_image_id": rows["image_id"].astype(str)})
-    for column in LABEL_COLUMNS:
-        out[column] = rows[column].to_numpy(dtype=np.float32)
-    return out
-
-
-def make_prompts(*, index_path: Path | str, cfg: dict, out_path: Path | str) -> dict:
-    """Rule ``make_prompts``: the prompt sets of section ``generate`` from the unified index (``index_path``) as a
-    parquet file ``out_path``. Returns counts per set."""
-    prompts = build_prompt_sets(pd.read_parquet(index_path), cfg)
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(out_path) + ".tmp")
-    prompts.to_parquet(tmp, index=False)
-    os.replace(tmp, out_path)
-    return {k: int(v) for k, v in prompts["set"].value_counts().items()}
-
-
-def to_uint16(images: torch.Tensor) -> np.ndarray:
-    """(B,1,H,W) in [-1,1] → (B,H,W) uint16 (the store's pixel convention: [0,1] scaled to 0…65535)."""
-    pixels = ((images.clamp(-1, 1) + 1.0) / 2.0).squeeze(1).cpu().double().numpy()
-    return np.round(pixels * 65535.0).astype(np.uint16)
 
 
 def _provenance(pipe) -> dict[str, str]:

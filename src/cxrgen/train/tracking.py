@@ -47,8 +47,9 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def init_tracking(out_json: Path, experiment: str, config: dict, results_dir: Path) -> dict:
-    """Create (or reuse) the experiment and a parent run for this pipeline; write their ids to ``out_json``."""
+def create_pipeline_run(experiment: str, config: dict, results_dir: Path) -> dict:
+    """Create (or reuse) the experiment and a parent run for this pipeline; returns the ids every job's run needs
+    (what rule ``init_tracking`` writes to ``results/tracking/run.json``)."""
     uri = default_tracking_uri(results_dir)
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -57,10 +58,7 @@ def init_tracking(out_json: Path, experiment: str, config: dict, results_dir: Pa
         experiment, artifact_location=None if uri.startswith("http") else artifacts.as_uri())
     parent = client.create_run(experiment_id, run_name="pipeline", tags={
         "cxrgen.kind": "pipeline", "git.commit": git_commit(), "config.sha256": config_digest(config)})
-    info = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent.info.run_id}
-    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_json).write_text(json.dumps(info, indent=1))
-    return info
+    return {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent.info.run_id}
 
 
 class JobRun:

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 def main(smk) -> None:
     setup_job(smk.log[0], smk.threads)
-    from cxrgen.stages.evaluate_metrics import evaluate_distribution
+    from cxrgen.stages.evaluate_distribution import evaluate_distribution
 
     evaluate_distribution(real_dir=smk.input.real, generated_dir=smk.input.generated, cfg=dict(smk.params.cfg),
                           seed=smk.params.seed, variant=smk.wildcards.variant, out_json=smk.output.json,

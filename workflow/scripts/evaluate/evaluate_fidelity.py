@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 def main(smk) -> None:
     setup_job(smk.log[0], smk.threads)
-    from cxrgen.stages.evaluate_metrics import evaluate_fidelity
+    from cxrgen.stages.evaluate_fidelity import evaluate_fidelity
 
     evaluate_fidelity(real_dir=smk.input.real, generated_dir=smk.input.generated, cfg=dict(smk.params.cfg),
                       seed=smk.params.seed, variant=smk.wildcards.variant, out_json=smk.output.json,

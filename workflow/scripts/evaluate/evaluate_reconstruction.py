@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 def main(smk) -> None:
     setup_job(smk.log[0], smk.threads)
-    from cxrgen.stages.evaluate_metrics import evaluate_reconstruction
+    from cxrgen.stages.evaluate_reconstruction import evaluate_reconstruction
 
     evaluate_reconstruction(index_path=smk.input.index, store_root=smk.params.store_root,
                             ae_dir=smk.input.autoencoder, sr_base_dir=smk.input.sr_base, sr_dir=smk.input.sr,

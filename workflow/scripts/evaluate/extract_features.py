@@ -11,15 +11,18 @@ if TYPE_CHECKING:
 
 def main(smk) -> None:
     setup_job(smk.log[0], smk.threads)
-    from cxrgen.stages import evaluate_metrics as stages
-
     common = {"evaluator_dir": smk.input.evaluator, "cfg": dict(smk.params.cfg), "resolution": smk.params.resolution,
-              "out_dir": smk.output.features}
+              "out_dir": smk.output.features, "tracking_json": smk.input.tracking}
     if smk.rule == "extract_real_features":
-        counts = stages.extract_real_features(index_path=smk.input.index, store_root=smk.params.store_root,
-                                              seed=smk.params.seed, **common)
+        from cxrgen.stages.extract_real_features import extract_real_features
+
+        counts = extract_real_features(index_path=smk.input.index, store_root=smk.params.store_root,
+                                       seed=smk.params.seed, job_name=smk.rule, **common)
     else:
-        counts = stages.extract_generated_features(synthetic_root=smk.input.store, **common)
+        from cxrgen.stages.extract_generated_features import extract_generated_features
+
+        counts = extract_generated_features(synthetic_root=smk.input.store,
+                                            job_name=f"{smk.rule}:{smk.wildcards.variant}", **common)
     print(counts)
 
 

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 def main(smk) -> None:
     setup_logging(smk.log[0])
-    from cxrgen.stages.downstream import report_downstream
+    from cxrgen.stages.report_downstream import report_downstream
 
     report_downstream(metrics_paths=list(smk.input.metrics), out_md=smk.output.markdown, out_png=smk.output.figure,
                       out_json=smk.output.table, demo_note=smk.params.demo)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 def main(smk) -> None:
     setup_job(smk.log[0], smk.threads)
     claim_job_state(smk)  # a changed config or input starts fresh, not from stale state
-    from cxrgen.stages.downstream import run_downstream
+    from cxrgen.stages.run_downstream import run_downstream
 
     metrics = run_downstream(real_index_path=smk.input.index, real_store_root=smk.params.store_root,
                              synthetic_store_root=smk.input.synthetic, experiment=smk.wildcards.experiment,

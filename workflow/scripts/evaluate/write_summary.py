@@ -10,10 +10,10 @@ if TYPE_CHECKING:
 
 def main(smk) -> None:
     setup_logging(smk.log[0])
-    from cxrgen.stages.evaluate_metrics import summary
+    from cxrgen.stages.write_summary import write_summary
 
-    summary(fragments=list(smk.input.fragments), out_path=smk.output.summary, demo=smk.params.demo,
-            config=dict(smk.config))
+    write_summary(fragments=list(smk.input.fragments), out_path=smk.output.summary, demo=smk.params.demo,
+                  config=dict(smk.config))
 
 
 if "snakemake" in globals():

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 def main(smk) -> None:
     setup_logging(smk.log[0])
-    from cxrgen.text.evaluate import evaluate_labeler
+    from cxrgen.stages.evaluate_labeler import evaluate_labeler
 
     print(json.dumps(evaluate_labeler(smk.input.index, smk.output.markdown, smk.output.table), indent=1))
 

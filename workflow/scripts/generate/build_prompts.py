@@ -2,10 +2,8 @@
 
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
 from cxrgen.logutil import setup_logging
-from cxrgen.stages.generate import build_prompt_sets
+from cxrgen.stages.build_prompts import build_prompts
 
 if TYPE_CHECKING:
     from snakemake.script import snakemake
@@ -13,9 +11,7 @@ if TYPE_CHECKING:
 
 def main(smk) -> None:
     setup_logging(smk.log[0])
-    prompts = build_prompt_sets(pd.read_parquet(smk.input.index), dict(smk.params.cfg))
-    prompts.to_parquet(smk.output.prompts, index=False)
-    print(prompts.groupby("set").size().to_dict())
+    print(build_prompts(index_path=smk.input.index, cfg=dict(smk.params.cfg), out_path=smk.output.prompts))
 
 
 if "snakemake" in globals():

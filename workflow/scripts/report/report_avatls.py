@@ -3,7 +3,7 @@
 from typing import TYPE_CHECKING
 
 from cxrgen.logutil import setup_logging
-from cxrgen.report.avatls import write_avatls_report
+from cxrgen.stages.report_avatls import report_avatls
 
 if TYPE_CHECKING:
     from snakemake.script import snakemake
@@ -11,8 +11,8 @@ if TYPE_CHECKING:
 
 def main(smk) -> None:
     setup_logging(smk.log[0])
-    print(write_avatls_report(baseline_dir=smk.input.baseline, avatls_dir=smk.input.avatls,
-                              out_path=smk.output.report))
+    print(report_avatls(baseline_dir=smk.input.baseline, avatls_dir=smk.input.avatls,
+                        out_path=smk.output.report))
 
 
 if "snakemake" in globals():

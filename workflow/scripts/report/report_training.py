@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 def main(smk) -> None:
     setup_logging(smk.log[0])
-    from cxrgen.report.training import report_training
+    from cxrgen.stages.report_training import report_training
 
     model_dirs = dict(zip(smk.params.names, smk.input.models, strict=True))
     print(report_training(model_dirs, smk.output.curves, smk.output.samples))

@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cxrgen.logutil import setup_logging
-from cxrgen.train.tracking import init_tracking
+from cxrgen.stages.init_tracking import init_tracking
 
 if TYPE_CHECKING:
     from snakemake.script import snakemake
