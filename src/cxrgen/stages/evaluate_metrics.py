@@ -832,5 +832,5 @@ def summary(*, fragments: list[Path | str], out_path: Path | str, demo: bool, co
 
     header = {"seed": str(config.get("seed")), "config digest": config_digest(config),
               "store resolutions": ", ".join(f"{r} px" for r in config["ingest"]["resolutions"]),
-              "variants": ", ".join(config.get("generate", {}).get("variants", ["cheff"]))}
+              "variants": ", ".join(config.get("variants", {"cheff": {}}))}
     return write_summary(fragments, out_path, demo=demo, header=header)

@@ -19,7 +19,7 @@ def main(smk) -> None:
         pd.read_parquet(smk.input.index), pd.read_parquet(smk.input.rejections),
         json.loads(Path(smk.input.summary).read_text()), store_root=Path(smk.params.store_root),
         resolution=int(smk.params.resolution), html_path=Path(smk.output.html), grid_path=Path(smk.output.grid),
-        markdown_path=Path(smk.output.markdown), seed=int(smk.config.get("seed", 0)))
+        markdown_path=Path(smk.output.markdown), seed=int(smk.params.seed))
 
 
 if "snakemake" in globals():
