@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import yaml
@@ -47,37 +46,66 @@ def _explain(error: jsonschema.ValidationError) -> str:
         extra = sorted(set(error.instance) - set(allowed))
         where = f"under '{key}'" if error.absolute_path else "at the top level"
         return f"unknown config key(s) {extra} {where}; allowed keys: {allowed}"
-    if error.validator == "propertyNames":
-        allowed = error.schema["propertyNames"].get("enum")
-        return f"config key '{key}' has an unknown entry {error.instance!r}; allowed: {allowed}"
+    if "propertyNames" in error.relative_schema_path:  # the name of an entry, not its value
+        names = error.schema
+        allowed = (names["enum"] if error.validator == "enum" else
+                   f"names other than {names['not']['enum']}" if error.validator == "not" else
+                   f"names matching {names.get('pattern')} of at most {names.get('maxLength')} characters")
+        return f"config key '{key}' has an entry named {error.instance!r}, which is not allowed; allowed: {allowed}"
     return f"config key '{key}': {error.message}"
 
 
-def _fill_defaults(instance: Any, schema: dict, root: dict) -> Any:
-    if "$ref" in schema:
-        ref = schema["$ref"].removeprefix("#/").split("/")
-        target = root
-        for part in ref:
-            target = target[part]
-        return _fill_defaults(instance, target, root)
-    if isinstance(instance, dict):
-        for name, sub in schema.get("properties", {}).items():
-            if name not in instance and "default" in sub:
-                instance[name] = copy.deepcopy(sub["default"])
-            if name in instance:
-                instance[name] = _fill_defaults(instance[name], sub, root)
-    return instance
+def _with_defaults(validator_class):
+    """``validator_class`` that also fills in each missing property's ``default`` while it validates (the
+    extension pattern from jsonschema's FAQ): defaults are inserted before the properties are descended into, so a
+    defaulted section gets its own keys' defaults, and ``$ref`` targets are resolved by jsonschema itself."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, schema):
+        if validator.is_type(instance, "object"):
+            for name, subschema in properties.items():
+                if name not in instance and isinstance(subschema, dict) and "default" in subschema:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": properties_with_defaults})
+
+
+DefaultFillingValidator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _check_references(config: dict) -> list[str]:
+    """Cross-key rules JSON schema cannot express: a key naming an entry of another section."""
+    problems = []
+    variant = config.get("downstream", {}).get("variant")
+    if variant is not None and variant not in config.get("variants", {}):
+        problems.append(f"config key 'downstream.variant' = {variant!r} is not a defined variant; "
+                        f"defined variants (key 'variants'): {sorted(config.get('variants', {}))}")
+    return problems
 
 
 def validate_config(config: dict) -> dict:
     """Validate and return a copy with defaults filled in. Raises ConfigError naming the key and allowed values."""
-    schema = load_schema()
-    filled = _fill_defaults(copy.deepcopy(config), schema, schema)
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(filled), key=lambda e: list(e.absolute_path))
-    if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_explain(e) for e in errors))
+    filled = copy.deepcopy(config)
+    validator = DefaultFillingValidator(load_schema())
+    errors = sorted(validator.iter_errors(filled), key=lambda e: [str(p) for p in e.absolute_path])
+    problems = [_explain(e) for e in errors] or _check_references(filled)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return filled
+
+
+def ldm_name(variant: dict) -> str:
+    """The LDM a variant samples, named by the training-time mechanisms in its flags: an LDM is defined by
+    (``lnfs``, ``avatls``) alone, since DKIM is an adapter trained on a frozen LDM and used at sampling time. No
+    mechanism = ``cheff`` (the report-conditioned LDM), both = ``diffcxr``, one = ``diffcxr-<flag>``; variants with
+    the same two flags share one LDM (``results/models/ldm/<name>``) and its DKIM adapter (``models/dkim/<name>``)."""
+    lnfs, avatls = bool(variant.get("lnfs")), bool(variant.get("avatls"))
+    if lnfs and avatls:
+        return "diffcxr"
+    if lnfs or avatls:
+        return "diffcxr-lnfs" if lnfs else "diffcxr-avatls"
+    return "cheff"
 
 
 def load_config(*paths: str | Path) -> dict:
@@ -118,21 +146,28 @@ def narrow(section: dict, include: list[str] | tuple[str, ...] | None = None,
     return out
 
 
+WHOLE_CONFIG = "*"
+
+
 def load_rule_sections(path: Path | str) -> dict[str, dict]:
-    """The workflow's table of what each rule gets of its config section (``workflow/config_sections.yaml``)."""
+    """The workflow's table of what each rule gets of the config (``workflow/config_sections.yaml``): entries keyed
+    ``<rule>`` (its ``cfg`` param) or ``<rule>.<param>`` (any other param), each ``{section, include, exclude}``;
+    section ``*`` is the whole config."""
     table = yaml.safe_load(Path(path).read_text()) or {}
-    for rule, entry in table.items():
+    for key, entry in table.items():
         unknown = set(entry) - {"section", "include", "exclude"}
         if "section" not in entry or unknown:
-            raise ConfigError(f"{path}: entry {rule!r} needs 'section' and may have 'include'/'exclude' "
+            raise ConfigError(f"{path}: entry {key!r} needs 'section' and may have 'include'/'exclude' "
                               f"(unknown: {sorted(unknown)})")
     return table
 
 
 def section_for(config: dict, table: dict[str, dict], rule: str) -> dict:
-    """``rule``'s params from the whole validated config: its section narrowed by its entry in ``table``."""
+    """The params entry ``rule`` (``<rule>`` or ``<rule>.<param>``) of ``table`` from the whole validated config:
+    its section narrowed by the entry."""
     if rule not in table:
         raise KeyError(f"unknown rule {rule!r} for a narrowed config section; known: {', '.join(table)}")
     entry = table[rule]
-    return narrow(config[entry["section"]], entry.get("include"), tuple(entry.get("exclude", ())),
+    section = config if entry["section"] == WHOLE_CONFIG else config[entry["section"]]
+    return narrow(section, entry.get("include"), tuple(entry.get("exclude", ())),
                   where=f"{rule}: {entry['section']}")

@@ -3,7 +3,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxrgen.config import ConfigError, deep_merge, enabled_sources, load_config, load_rule_sections, validate_config
+from cxrgen.config import (
+    WHOLE_CONFIG,
+    ConfigError,
+    deep_merge,
+    enabled_sources,
+    ldm_name,
+    load_config,
+    load_rule_sections,
+    section_for,
+    validate_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 RULE_SECTIONS = load_rule_sections(ROOT / "workflow" / "config_sections.yaml")
@@ -27,10 +37,32 @@ def test_test_overlay_merges_on_top():
 
 
 def test_minimal_config_gets_defaults():
-    cfg = validate_config({"sources": {"nih": {"root": "/data/nih"}}})
+    given = {"sources": {"nih": {"root": "/data/nih"}}}
+    cfg = validate_config(given)
     assert cfg["ingest"]["geometry"] == "pad"
     assert cfg["ingest"]["resolutions"] == [256, 1024]
-    assert cfg["sources"]["nih"]["shards"] == 1
+    assert cfg["sources"]["nih"]["shards"] == 1  # a default behind a $ref (definitions/source)
+    assert cfg["unify"]["label_policy"]["uncertain"] == "ignore"  # a defaulted section gets its own keys' defaults
+    assert given == {"sources": {"nih": {"root": "/data/nih"}}}  # the caller's dict is not modified
+    cfg["ingest"]["resolutions"].append(8)
+    assert validate_config(given)["ingest"]["resolutions"] == [256, 1024]  # defaults are copies, not the schema's
+
+
+def test_variants_default_to_the_ablation_and_flags_to_false():
+    cfg = validate_config({"sources": {"nih": {}}})
+    assert cfg["variants"]["cheff"] == {"lnfs": False, "avatls": False, "dkim": False}
+    assert cfg["variants"]["diffcxr-dkim"] == {"lnfs": False, "avatls": False, "dkim": True}
+    assert list(cfg["variants"]) == ["cheff", "diffcxr-lnfs", "diffcxr-avatls", "diffcxr-dkim", "diffcxr"]
+    demo = load_config(ROOT / "config.yaml")
+    assert list(demo["variants"]) == ["cheff", "diffcxr"] and demo["variants"]["diffcxr"]["dkim"]
+    assert set(load_config(ROOT / "resources/config-full-scale.yaml")["variants"]) == set(cfg["variants"])
+
+
+def test_ldm_of_a_variant_is_named_by_its_training_flags():
+    names = {name: ldm_name(flags) for name, flags in validate_config({"sources": {"nih": {}}})["variants"].items()}
+    assert names == {"cheff": "cheff", "diffcxr-lnfs": "diffcxr-lnfs", "diffcxr-avatls": "diffcxr-avatls",
+                     "diffcxr-dkim": "cheff", "diffcxr": "diffcxr"}  # DKIM is an adapter on the cheff LDM
+    assert ldm_name({"lnfs": True, "avatls": True, "dkim": False}) == "diffcxr"  # shares diffcxr's LDM
 
 
 @pytest.mark.parametrize(
@@ -43,6 +75,12 @@ def test_minimal_config_gets_defaults():
         ({"bogus_key": 1}, ["bogus_key", "at the top level"]),
         ({"ingest": {"resolutions": [8]}}, ["ingest.resolutions.0"]),
         ({"demo": {"images": {"nihh": 3}}}, ["demo.images", "nihh"]),
+        ({"variants": {"Diff CXR": {}}}, ["'variants'", "'Diff CXR'", "^[a-z0-9][a-z0-9_-]*$"]),
+        ({"variants": {"real": {}}}, ["'variants'", "'real'", "reconstruction"]),
+        ({"variants": {"mine": {"lnfz": True}}}, ["lnfz", "under 'variants.mine'", "avatls", "dkim", "lnfs"]),
+        ({"variants": {"mine": {"dkim": "yes"}}}, ["variants.mine.dkim", "boolean"]),
+        ({"downstream": {"variant": "diffcxr-lnfs"}}, ["'downstream.variant'", "'diffcxr-lnfs'", "'cheff', 'diffcxr'"]),
+        ({"generate": {"variants": ["cheff"]}}, ["variants", "under 'generate'"]),  # the old list is gone
     ],
 )
 def test_errors_name_the_key_and_allowed_values(patch, expected):
@@ -53,6 +91,18 @@ def test_errors_name_the_key_and_allowed_values(patch, expected):
 
 
 @pytest.mark.parametrize(("overlay", "changed_rules"), [
+    ({"variants": {"diffcxr-mine": {"lnfs": True}}}, set()),  # only the new variant's jobs (tests/workflow)
+    ({"generate": {"steps": 7}}, {"generate"}),
+    ({"generate": {"n_per_finding": 7}}, {"build_prompts"}),
+    ({"generate": {"sets": ["test_reports"]}}, {"build_prompts", "generate"}),
+    ({"ldm": {"sample_grid": {"steps": 7}}}, {"train_ldm"}),
+    ({"ldm": {"views": ["PA"]}}, {"train_ldm", "train_dkim.ldm_cfg"}),
+    ({"ldm": {"lr": 1e-3}}, {"train_ldm"}),
+    ({"evaluator": {"views": ["PA"]}}, {"train_evaluator"}),
+    ({"evaluator": {"lr": 1e-3}}, {"train_evaluator", "run_downstream.evaluator_cfg"}),
+    ({"downstream": {"seeds": [5]}}, set()),
+    ({"downstream": {"scarcity": {"total": 7}}}, set()),  # the job's own experiment is added in common.smk
+    ({"downstream": {"views": ["PA"]}}, {"run_downstream"}),
     ({"evaluation": {"fidelity": {"min_per_class": 5}}}, {"evaluate_fidelity"}),
     ({"evaluation": {"memorisation": {"pairs_shown": 2}}}, {"evaluate_memorisation"}),
     ({"evaluation": {"memorisation": {"max_train": 50}}}, {"evaluate_memorisation", "extract_real_features"}),
@@ -63,16 +113,27 @@ def test_errors_name_the_key_and_allowed_values(patch, expected):
     ({"sr": {"batch_size": 7}}, {"train_sr", "finetune_sr"}),
 ])
 def test_rules_get_only_the_config_keys_they_read(overlay, changed_rules):
-    from cxrgen.config import section_for
-
     base = validate_config({"sources": {"nih": {}}})
-    changed = validate_config({"sources": {"nih": {}}, **overlay})
-    assert {rule for rule in RULE_SECTIONS
+    changed = validate_config(deep_merge(base, overlay))
+    narrowed = [rule for rule, entry in RULE_SECTIONS.items() if entry["section"] != WHOLE_CONFIG]
+    assert {rule for rule in narrowed
             if section_for(base, RULE_SECTIONS, rule) != section_for(changed, RULE_SECTIONS, rule)} == changed_rules
+    for rule in set(RULE_SECTIONS) - set(narrowed):  # init_tracking and write_summary record the whole config
+        assert section_for(changed, RULE_SECTIONS, rule) == changed
+
+
+def test_rule_sections_table_names_existing_keys(tmp_path):
+    config = validate_config({"sources": {"nih": {}}})
+    for rule in RULE_SECTIONS:
+        assert section_for(config, RULE_SECTIONS, rule)  # every include/exclude names a key of its section
+    bad = tmp_path / "sections.yaml"
+    bad.write_text("train_ldm: {sections: ldm}\n")
+    with pytest.raises(ConfigError, match="'train_ldm' needs 'section'"):
+        load_rule_sections(bad)
 
 
 def test_narrowed_sections_keep_subkeys_and_name_unknown_rules():
-    from cxrgen.config import narrow, section_for
+    from cxrgen.config import narrow
 
     config = validate_config({"sources": {"nih": {}}})
     real = section_for(config, RULE_SECTIONS, "extract_real_features")

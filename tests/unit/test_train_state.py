@@ -1,37 +1,32 @@
 import os
-from types import SimpleNamespace
 
 from cxrgen.train.state import claim_job_state, claim_state_dir, job_fingerprint
 
 
-class _Named(dict):
-    """Stands in for Snakemake's named lists (attribute access + items())."""
-
-    __getattr__ = dict.__getitem__
-
-
 def _job(tmp_path, lr=1e-3, tracking="run.json"):
+    """A job as the adapters pass it: plain rule name, wildcards, params and inputs."""
     index = tmp_path / "index.parquet"
     if not index.exists():
         index.write_bytes(b"rows")
-    return SimpleNamespace(rule="train_ldm", wildcards=_Named(ldm_variant="cheff"),
-                           params=_Named(cfg={"lr": lr}, seed=0, state_dir=str(tmp_path / "state")),
-                           input=_Named(index=str(index), tracking=str(tmp_path / tracking)))
+    state_dir = str(tmp_path / "state")
+    return {"rule": "train_ldm", "wildcards": {"ldm_variant": "cheff"},
+            "params": {"cfg": {"lr": lr}, "seed": 0, "state_dir": state_dir},
+            "inputs": {"index": str(index), "tracking": str(tmp_path / tracking)}, "state_dir": state_dir}
 
 
 def test_same_job_resumes_and_changed_config_or_input_starts_fresh(tmp_path):
     job = _job(tmp_path)
-    assert not claim_job_state(job)  # first claim: nothing to resume
+    assert not claim_job_state(**job)  # first claim: nothing to resume
     state = tmp_path / "state"
     (state / "ckpt-00000010.pt").write_bytes(b"old run")
-    assert claim_job_state(job) and (state / "ckpt-00000010.pt").exists()  # a kill / time limit: resume
-    assert claim_job_state(_job(tmp_path, tracking="other.json"))  # the MLflow handle does not count
-    assert not claim_job_state(_job(tmp_path, lr=5e-4))  # config changed: old state moved aside
+    assert claim_job_state(**job) and (state / "ckpt-00000010.pt").exists()  # a kill / time limit: resume
+    assert claim_job_state(**_job(tmp_path, tracking="other.json"))  # the MLflow handle does not count
+    assert not claim_job_state(**_job(tmp_path, lr=5e-4))  # config changed: old state moved aside
     assert not (state / "ckpt-00000010.pt").exists() and (state / "stale/ckpt-00000010.pt").read_bytes() == b"old run"
     (state / "ckpt-00000005.pt").write_bytes(b"new run")
     index = tmp_path / "index.parquet"
     os.utime(index, ns=(index.stat().st_atime_ns, index.stat().st_mtime_ns + 10**9))  # input rebuilt
-    assert not claim_job_state(_job(tmp_path, lr=5e-4))
+    assert not claim_job_state(**_job(tmp_path, lr=5e-4))
     assert [p.name for p in (state / "stale").iterdir()] == ["ckpt-00000005.pt"]  # one stale generation kept
 
 

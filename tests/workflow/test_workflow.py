@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -272,6 +273,38 @@ def test_evaluator_and_downstream_outputs(tiny_run):
         assert metrics["arms"] and all(a["test"]["n_images"] == metrics["n_test"] for a in metrics["arms"].values())
     markdown = (tiny_run / "results/reports/downstream/downstream.md").read_text()
     assert "### Scarcity" in markdown and "n=1, no CI" in markdown
+
+
+def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job a ``snakemake -n`` output plans."""
+    jobs = []
+    for line in dry_run_output.splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):$", line):
+            jobs.append((match.group(1), {}))
+        elif jobs and line.strip().startswith("wildcards:"):
+            jobs[-1][1].update(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
+    return jobs
+
+
+def test_adding_a_variant_plans_only_its_own_jobs(tiny_run, tmp_path):
+    """After the tiny run, a variant with a new LDM (diffcxr-lnfs) and one sampling the existing cheff LDM with DKIM
+    (diffcxr-dkim) plan only their own jobs: no build_prompts, no existing LDM, sample or metric is rerun. The
+    aggregates over all variants (summary, training report, the pipeline's tracking run) follow."""
+    overlay = tmp_path / "more_variants.yaml"
+    overlay.write_text("variants:\n  diffcxr-lnfs: {lnfs: true}\n  diffcxr-dkim: {dkim: true}\n")
+    out = run([*SNAKEMAKE, "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tiny_run),
+               "--configfile", str(ROOT / "config.yaml"), str(ROOT / "tests/config/test.yaml"), str(overlay)])
+    jobs = planned_jobs(out)
+    new = {"diffcxr-lnfs", "diffcxr-dkim"}
+    per_variant = ("generate", "extract_generated_features", "evaluate_distribution", "evaluate_fidelity",
+                   "evaluate_memorisation")
+    required = {"train_ldm", "train_dkim", *per_variant, "write_summary", "report_training", "all"}
+    # init_tracking records the whole config's digest on the pipeline's MLflow run; no job depends on its timestamp
+    assert required <= {rule for rule, _ in jobs} <= required | {"init_tracking"}, out[-3000:]
+    assert [w for rule, w in jobs if rule == "train_ldm"] == [{"ldm_variant": "diffcxr-lnfs"}]
+    assert [w for rule, w in jobs if rule == "train_dkim"] == [{"ldm_variant": "cheff"}]  # DKIM on the cheff LDM
+    for rule in per_variant:
+        assert sorted(w["variant"] for r, w in jobs if r == rule) == sorted(new), rule
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,40 +1,41 @@
 # Config validation (JSON schema with defaults; errors name the key and the allowed values) and path helpers.
 from pathlib import Path
 
-from cxrgen.config import enabled_sources, load_rule_sections, section_for, validate_config
+from cxrgen.config import enabled_sources, ldm_name, load_rule_sections, section_for, validate_config
 
 config.update(validate_config(config))
 RULE_SECTIONS = load_rule_sections(workflow.source_path("../config_sections.yaml"))
 
 
-def rule_section(config, rule):
-    """The keys of its config section that ``rule`` reads (workflow/config_sections.yaml)."""
-    return section_for(config, RULE_SECTIONS, rule)
+def rule_section(config, rule, param="cfg"):
+    """The config keys that param ``param`` of ``rule`` carries (workflow/config_sections.yaml)."""
+    return section_for(config, RULE_SECTIONS, rule if param == "cfg" else f"{rule}.{param}")
 
 SOURCES = enabled_sources(config)
 RESOLUTIONS = config["ingest"]["resolutions"]
 LOW_RES, HIGH_RES = min(RESOLUTIONS), max(RESOLUTIONS)  # Cheff: LDM/AE at x_LR (256), SR x_LR -> x_HR (1024)
 
 
-# Generated variants (generate.variants) and the LDMs they need: diffcxr-dkim samples the cheff LDM with the DKIM
-# adapter; every other variant has its own LDM (trained on LNFS-kept images and/or with the AVA-TLS text encoder).
-VARIANTS = list(config["generate"]["variants"])
-LNFS_LDM_VARIANTS = ("diffcxr-lnfs", "diffcxr")
-DKIM_VARIANTS = ("diffcxr-dkim", "diffcxr")
+# Generated variants (config key `variants`: name -> lnfs/avatls/dkim flags) and the LDMs they sample. An LDM is
+# defined by (lnfs, avatls) and named by cxrgen.config.ldm_name (cheff, diffcxr-lnfs, diffcxr-avatls, diffcxr);
+# DKIM is an adapter trained on an LDM (results/models/dkim/<ldm_variant>) and used when a dkim variant samples it.
+VARIANTS = list(config["variants"])
 
 
 def ldm_variant_of(variant):
-    return "cheff" if variant == "diffcxr-dkim" else variant
+    return ldm_name(config["variants"][variant])
 
 
-LDM_VARIANTS = sorted({ldm_variant_of(v) for v in VARIANTS})
+LDM_FLAGS = {ldm_variant_of(v): {k: config["variants"][v][k] for k in ("lnfs", "avatls")} for v in VARIANTS}
+LDM_VARIANTS = sorted(LDM_FLAGS)
+DKIM_LDM_VARIANTS = sorted({ldm_variant_of(v) for v in VARIANTS if config["variants"][v]["dkim"]})
 
 
 wildcard_constraints:
     source="|".join(SOURCES),
     shard=r"\d{4}",
     variant="|".join(VARIANTS),
-    ldm_variant="cheff|diffcxr-lnfs|diffcxr-avatls|diffcxr",
+    ldm_variant="|".join(LDM_VARIANTS),
 
 
 def is_demo(source):
@@ -137,15 +138,15 @@ def results_dir_of_tracking(wildcards, output):
     return str(Path(output[0]).parents[1])  # results/tracking/run.json
 
 
-# Generated/LDM variants whose LDM cross-attends to the AVA-TLS squeezed CLIP (rule train_clip_avatls).
-AVATLS_LDM_VARIANTS = ("diffcxr-avatls", "diffcxr")
+def clip_dir_of(ldm_variant):
+    """The text encoder an LDM was trained with: the AVA-TLS squeezed CLIP (rule train_clip_avatls) or the baseline
+    (the DKIM templates and the prompts are embedded by the same one)."""
+    return "results/models/clip_avatls" if LDM_FLAGS[ldm_variant]["avatls"] else "results/models/clip"
 
 
-def clip_dir_of_ldm_variant(wildcards):
-    """The text encoder an LDM variant was trained with (the DKIM templates are embedded by the same one)."""
-    if wildcards.ldm_variant in AVATLS_LDM_VARIANTS:
-        return "results/models/clip_avatls"
-    return "results/models/clip"
+def lnfs_input_of(ldm_variant):
+    """The LNFS-filtered index an LDM (and its DKIM adapter) trains on, if it uses LNFS."""
+    return {"lnfs": "results/lnfs/filtered_index.parquet"} if LDM_FLAGS[ldm_variant]["lnfs"] else {}
 
 
 def dkim_state_dir(wildcards):
@@ -154,8 +155,8 @@ def dkim_state_dir(wildcards):
 
 # --- metric harness (workflow/rules/evaluate_metrics.smk) ---
 def eval_variants():
-    """Generated variants the metric harness evaluates (section generate.variants)."""
-    return list(config["generate"].get("variants", ["cheff"]))
+    """Generated variants the metric harness evaluates (config key variants)."""
+    return VARIANTS
 
 
 def eval_resolution():
@@ -192,6 +193,12 @@ def downstream_synthetic_store(wildcards):
     return f"results/synthetic/{config['downstream']['variant']}/store"
 
 
+def downstream_cfg(wildcards):
+    """Section downstream for one job: the shared keys (workflow/config_sections.yaml) and its own experiment's."""
+    return {**rule_section(config, "run_downstream"),
+            wildcards.experiment: config["downstream"][wildcards.experiment]}
+
+
 def downstream_state_dir(wildcards):
     return f"results/state/run_downstream/{wildcards.experiment}/{wildcards.seed}"
 
@@ -203,11 +210,9 @@ def downstream_metrics_files(wildcards=None):
 
 # --- generative core (workflow/rules/train.smk, generate.smk) ---
 def train_ldm_inputs(wildcards):
-    inputs = {"latents": "results/latents", "autoencoder": "results/models/autoencoder",
-              "clip": clip_dir_of_ldm_variant(wildcards), "tracking": ancient("results/tracking/run.json")}
-    if wildcards.ldm_variant in LNFS_LDM_VARIANTS:
-        inputs["lnfs"] = "results/lnfs/filtered_index.parquet"
-    return inputs
+    return {"latents": "results/latents", "autoencoder": "results/models/autoencoder",
+            "clip": clip_dir_of(wildcards.ldm_variant), "tracking": ancient("results/tracking/run.json"),
+            **lnfs_input_of(wildcards.ldm_variant)}
 
 
 def ldm_state_dir(wildcards):
@@ -217,10 +222,9 @@ def ldm_state_dir(wildcards):
 def generate_inputs(wildcards):
     ldm_variant = ldm_variant_of(wildcards.variant)
     inputs = {"prompts": "results/synthetic/prompts.parquet", "ldm": f"results/models/ldm/{ldm_variant}",
-              "autoencoder": "results/models/autoencoder", "sr": "results/models/sr",
-              "clip": "results/models/clip_avatls" if ldm_variant in AVATLS_LDM_VARIANTS else "results/models/clip",
+              "autoencoder": "results/models/autoencoder", "sr": "results/models/sr", "clip": clip_dir_of(ldm_variant),
               "tracking": ancient("results/tracking/run.json")}
-    if wildcards.variant in DKIM_VARIANTS:
+    if config["variants"][wildcards.variant]["dkim"]:
         inputs["dkim"] = f"results/models/dkim/{ldm_variant}"
     return inputs
 
@@ -228,30 +232,27 @@ def generate_inputs(wildcards):
 def generate_cfg(wildcards):
     """Section generate for one variant: the synthetic train twins (the downstream experiments' pool) are only
     generated for the variant the experiments use (downstream.variant)."""
-    cfg = dict(config["generate"])
+    cfg = rule_section(config, "generate")
     if wildcards.variant != config["downstream"]["variant"]:
         cfg["sets"] = [s for s in cfg["sets"] if s != "train_twins"]
     return cfg
 
 
 def train_dkim_inputs(wildcards):
-    inputs = {"ldm": f"results/models/ldm/{wildcards.ldm_variant}", "latents": "results/latents",
-              "clip": clip_dir_of_ldm_variant(wildcards), "tracking": ancient("results/tracking/run.json")}
-    if wildcards.ldm_variant in LNFS_LDM_VARIANTS:
-        inputs["lnfs"] = "results/lnfs/filtered_index.parquet"
-    return inputs
+    return {"ldm": f"results/models/ldm/{wildcards.ldm_variant}", "latents": "results/latents",
+            "clip": clip_dir_of(wildcards.ldm_variant), "tracking": ancient("results/tracking/run.json"),
+            **lnfs_input_of(wildcards.ldm_variant)}
 
 
 def _trained_models():
     models = {"clip": "results/models/clip", "autoencoder": "results/models/autoencoder",
               "sr_base": "results/models/sr_base", "sr": "results/models/sr", "evaluator": "results/models/evaluator"}
-    if any(ldm_variant_of(v) in AVATLS_LDM_VARIANTS for v in VARIANTS):
+    if any(flags["avatls"] for flags in LDM_FLAGS.values()):
         models["clip_avatls"] = "results/models/clip_avatls"
     for ldm_variant in LDM_VARIANTS:
         models[f"ldm/{ldm_variant}"] = f"results/models/ldm/{ldm_variant}"
-    for variant in VARIANTS:
-        if variant in DKIM_VARIANTS:
-            models[f"dkim/{ldm_variant_of(variant)}"] = f"results/models/dkim/{ldm_variant_of(variant)}"
+    for ldm_variant in DKIM_LDM_VARIANTS:
+        models[f"dkim/{ldm_variant}"] = f"results/models/dkim/{ldm_variant}"
     return models
 
 

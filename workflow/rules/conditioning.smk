@@ -21,14 +21,12 @@ rule train_dkim:
     output:
         model=protected(directory("results/models/dkim/{ldm_variant}")),
     params:
-        cfg=config["dkim"],
-        ldm_cfg=config["ldm"],
+        cfg=rule_section(config, "train_dkim"),
+        ldm_cfg=rule_section(config, "train_dkim", "ldm_cfg"),
         seed=config["seed"],
         state_dir=dkim_state_dir,
     log:
         "results/logs/train_dkim/{ldm_variant}.log",
-    wildcard_constraints:
-        ldm_variant=r"[a-z0-9][a-z0-9-]*",
     threads: 2
     script:
         "../scripts/train/train_dkim.py"

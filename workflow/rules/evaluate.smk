@@ -11,7 +11,7 @@ rule train_evaluator:
     params:
         store_root=store_root_of_index,
         resolution=LOW_RES,
-        cfg=config["evaluator"],
+        cfg=rule_section(config, "train_evaluator"),
         seed=config["seed"],
         state_dir="results/state/train_evaluator",
     log:
@@ -32,8 +32,8 @@ rule run_downstream:
     params:
         store_root=store_root_of_index,
         resolution=LOW_RES,
-        cfg=config["downstream"],
-        evaluator_cfg=config["evaluator"],
+        cfg=downstream_cfg,
+        evaluator_cfg=rule_section(config, "run_downstream", "evaluator_cfg"),
         base_seed=config["seed"],
         state_dir=downstream_state_dir,
     wildcard_constraints:

@@ -203,6 +203,7 @@ rule write_summary:
         summary="results/summary.md",
     params:
         demo=all(is_demo(s) for s in SOURCES),
+        config=rule_section(config, "write_summary", "config"),
     log:
         "results/logs/write_summary/write_summary.log",
     threads: 1

@@ -14,7 +14,7 @@ rule filter_noise:
             category="5. Diff-CXR",
         ),
     params:
-        cfg=config["lnfs"],
+        cfg=rule_section(config, "filter_noise"),
         seed=config["seed"],
         store_root=store_root_of_index,
         resolution=LOW_RES,

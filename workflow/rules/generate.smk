@@ -7,8 +7,7 @@ rule build_prompts:
     output:
         prompts="results/synthetic/prompts.parquet",
     params:
-        cfg=config["generate"],
-        seed=config["seed"],
+        cfg=rule_section(config, "build_prompts"),
     log:
         "results/logs/build_prompts/build_prompts.log",
     script:

@@ -21,6 +21,7 @@ rule report_data:
     params:
         store_root=store_root_of_index,
         resolution=max(RESOLUTIONS),
+        seed=config["seed"],
     log:
         "results/logs/report_data/report_data.log",
     threads: 1

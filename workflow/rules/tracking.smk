@@ -10,6 +10,7 @@ rule init_tracking:
         "results/tracking/run.json",
     params:
         experiment=config["tracking"]["experiment"],
+        config=rule_section(config, "init_tracking", "config"),
         results_dir=results_dir_of_tracking,
     log:
         "results/logs/init_tracking/init_tracking.log",

@@ -49,7 +49,7 @@ rule train_autoencoder:
     params:
         store_root=store_root_of_index,
         resolution=LOW_RES,
-        cfg=config["autoencoder"],
+        cfg=rule_section(config, "train_autoencoder"),
         seed=config["seed"],
         state_dir="results/state/train_autoencoder",
     log:
@@ -81,7 +81,7 @@ rule train_ldm:
     output:
         model=protected(directory("results/models/ldm/{ldm_variant}")),
     params:
-        cfg=config["ldm"],
+        cfg=rule_section(config, "train_ldm"),
         seed=config["seed"],
         state_dir=ldm_state_dir,
     log:

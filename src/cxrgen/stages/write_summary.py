@@ -14,7 +14,7 @@ def write_summary(*, fragments: list[Path | str], out_path: Path | str, demo: bo
     returns its text."""
     header = {"seed": str(config.get("seed")), "config digest": config_digest(config),
               "store resolutions": ", ".join(f"{r} px" for r in config["ingest"]["resolutions"]),
-              "variants": ", ".join(config.get("generate", {}).get("variants", ["cheff"]))}
+              "variants": ", ".join(config.get("variants", {"cheff": {}}))}
     out_path = Path(out_path)
     text = summary_markdown(fragments, out_path.parent, demo=demo, header=header)
     out_path.parent.mkdir(parents=True, exist_ok=True)

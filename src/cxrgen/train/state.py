@@ -70,9 +70,7 @@ def claim_state_dir(state_dir: Path | str, fingerprint: str) -> bool:
     return False
 
 
-def claim_job_state(job) -> bool:
-    """:func:`claim_state_dir` for a Snakemake job object (``rule``, ``wildcards``, ``params`` with ``state_dir``,
-    ``input``), without importing Snakemake."""
-    fingerprint = job_fingerprint(job.rule, dict(job.wildcards.items()), dict(job.params.items()),
-                                  dict(job.input.items()))
-    return claim_state_dir(job.params.state_dir, fingerprint)
+def claim_job_state(*, rule: str, wildcards: dict, params: dict, inputs: dict, state_dir: Path | str) -> bool:
+    """:func:`claim_state_dir` for one workflow job, given as plain values: its rule name, wildcards, params and
+    inputs (name -> path or list of paths). Returns True when the job resumes its own state."""
+    return claim_state_dir(state_dir, job_fingerprint(rule, wildcards, params, inputs))

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
 
 def main(smk) -> None:
     setup_job(smk.log[0], smk.threads)
-    claim_job_state(smk)  # a changed config or input starts fresh, not from stale state
+    claim_job_state(rule=smk.rule, wildcards=dict(smk.wildcards.items()), params=dict(smk.params.items()),
+                    inputs=dict(smk.input.items()), state_dir=smk.params.state_dir)  # changed job: fresh state
     from cxrgen.stages.train_evaluator import train_evaluator
 
     metrics = train_evaluator(index_path=smk.input.index, store_root=smk.params.store_root,

@@ -13,7 +13,7 @@ def main(smk) -> None:
     from cxrgen.stages.write_summary import write_summary
 
     write_summary(fragments=list(smk.input.fragments), out_path=smk.output.summary, demo=smk.params.demo,
-                  config=dict(smk.config))
+                  config=dict(smk.params.config))
 
 
 if "snakemake" in globals():

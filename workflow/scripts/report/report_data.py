@@ -13,7 +13,7 @@ def main(smk) -> None:
     setup_logging(smk.log[0])
     report_data(smk.input.index, smk.input.rejections, smk.input.summary, store_root=smk.params.store_root,
                 resolution=int(smk.params.resolution), html_path=smk.output.html, grid_path=smk.output.grid,
-                markdown_path=smk.output.markdown, seed=int(smk.config.get("seed", 0)))
+                markdown_path=smk.output.markdown, seed=int(smk.params.seed))
 
 
 if "snakemake" in globals():
