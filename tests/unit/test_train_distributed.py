@@ -1,6 +1,13 @@
 """Data-parallel training with the shared loop: 2 gloo processes on CPU train the same weights as one process with
 the same global batch, and a killed + resumed 2-process run equals the uninterrupted one bit for bit."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -110,3 +117,48 @@ def test_several_ranks_need_a_trainer_declared_ready(tmp_path):
 
 def test_one_rank_is_a_plain_call(tmp_path):
     assert launch(train_tiny, 1, tmp_path, max_steps=2)["history"][-1]["step"] == 2
+
+
+def wait_forever(pid_dir):
+    rank = int(os.environ["RANK"])
+    (Path(pid_dir) / f"{rank}.threads").write_text(str(torch.get_num_threads()))
+    (Path(pid_dir) / f"{rank}.pid").write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # an unreaped zombie has stopped running
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_ranks_die_with_a_killed_launcher_and_share_the_cpus(tmp_path):
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            "from test_train_distributed import wait_forever; from cxrgen.train.distributed import launch; "
+            f"launch(wait_forever, 2, {str(tmp_path)!r})")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    launcher = subprocess.Popen([sys.executable, "-c", code], env={**env, "PYTHONPATH": os.pathsep.join(sys.path)})
+    pids = []
+    try:
+        deadline = time.time() + 120
+        while len(list(tmp_path.glob("*.pid"))) < 2:
+            assert time.time() < deadline and launcher.poll() is None, "ranks did not start"
+            time.sleep(0.2)
+        pids = [int(f.read_text()) for f in tmp_path.glob("*.pid")]
+        # without OMP_NUM_THREADS, each of the 2 ranks gets half of the cores (as under torchrun)
+        expected = str(max(1, (os.cpu_count() or 1) // 2))
+        assert [f.read_text() for f in sorted(tmp_path.glob("*.threads"))] == [expected, expected]
+        launcher.send_signal(signal.SIGKILL)  # like a job whose main process is killed: no clean-up code runs
+        launcher.wait()
+        deadline = time.time() + 30
+        while any(_alive(pid) for pid in pids) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in pids)
+    finally:
+        launcher.kill()
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

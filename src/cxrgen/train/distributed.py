@@ -106,6 +106,8 @@ def launch(fn, world_size: int, *args, backend: str | None = None, **kwargs) -> 
         env = {**os.environ, "WORLD_SIZE": str(world_size), "CXRGEN_RENDEZVOUS": f"file://{tmp / 'rendezvous'}",
                "CXRGEN_BACKEND": backend or default_backend(),
                "CXRGEN_LOG_LEVEL": str(logging.getLogger().getEffectiveLevel()),
+               # like torchrun: ranks sharing the CPUs must not each start one thread per core
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world_size))),
                # the callee's module must import in the fresh interpreters as it does here (tests, src layouts)
                "PYTHONPATH": os.pathsep.join([p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")])}
         procs = [subprocess.Popen([sys.executable, "-m", "cxrgen.train.distributed", str(tmp), str(rank)],
@@ -155,11 +157,26 @@ def _first_error(outcomes: dict, codes: list[int]) -> BaseException:
     _, rank, (_, error, text, _) = errors[0]
     if error is None:
         error = RuntimeError(f"rank {rank} failed (its exception does not pickle)")
-    error.add_note(f"raised on rank {rank} of {len(codes)}:\n{text}")
+    error.add_note(f"raised on rank {rank} of {len(codes)} (exit codes {codes}):\n{text}")
     return error
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this rank when the launching process dies (a killed job must not leave ranks that keep
+    training and writing checkpoints)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before prctl took effect
+        os._exit(1)
+
+
 def _run_rank(tmp: Path, rank: int) -> None:
+    _die_with_parent()
     world_size = int(os.environ["WORLD_SIZE"])
     logging.basicConfig(level=int(os.environ.get("CXRGEN_LOG_LEVEL", logging.INFO)),
                         format=f"%(asctime)s [rank {rank}] %(name)s %(levelname)s %(message)s")
