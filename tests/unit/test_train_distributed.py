@@ -162,3 +162,17 @@ def test_ranks_die_with_a_killed_launcher_and_share_the_cpus(tmp_path):
         for pid in pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_the_sampler_follows_the_loop_config_over_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # e.g. a single-process training inside a rank of a bigger job
+    monkeypatch.setenv("RANK", "1")
+    cfg = LoopConfig(max_steps=2, device="cpu", world_size=1, rank=0, local_rank=0)
+    sizes = []
+
+    def loader_for(start):
+        return iter(StepBatchSampler(37, GLOBAL_BATCH, cfg.seed, start, cfg.max_steps))
+
+    run_training(cfg, modules={}, optimizers={}, loader_for=loader_for, state_dir=tmp_path,
+                 train_step=lambda batch, ctx: sizes.append(len(batch)) or {})
+    assert sizes == [GLOBAL_BATCH, GLOBAL_BATCH]

@@ -107,15 +107,16 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Batches of indices as a pure function of (seed, step): epoch e uses permutation(seed, e); batches never cross
     epochs' boundaries in a way that depends on history. Starts at ``start_step``.
 
-    ``batch_size`` is the global batch. With several ranks (``rank``/``world_size``; None: the current process group
-    or torchrun environment, see :func:`cxrgen.train.distributed.current_world`) each rank gets its contiguous
+    ``batch_size`` is the global batch. With several ranks (``rank``/``world_size``; None: those of the running
+    :func:`run_training`, else of the process group or torchrun environment) each rank gets its contiguous
     1/world_size slice of the step's global batch, a pure function of (seed, step, rank)."""
 
     def __init__(self, n_items: int, batch_size: int, seed: int, start_step: int, max_steps: int, *,
                  rank: int | None = None, world_size: int | None = None):
         if n_items < 1:
             raise ValueError("cannot train on an empty dataset")
-        found = current_world()
+        active = _ACTIVE_LOOP.get()
+        found = active.world if active is not None else current_world()
         self.rank = found.rank if rank is None else rank
         self.world_size = found.world_size if world_size is None else world_size
         if batch_size % self.world_size:
@@ -446,9 +447,9 @@ def run_training(
     history: list[dict[str, float]] = []
     step, ran = start, 0
     started = time.perf_counter()
-    batches = loader_for(start)
     token = _ACTIVE_LOOP.set(runtime)
     try:
+        batches = loader_for(start)
         with tqdm(total=cfg.max_steps, initial=start, desc=desc, mininterval=5.0, disable=not world.is_main) as bar:
             while step < cfg.max_steps:
                 if cfg.stop_after_steps is not None and ran >= cfg.stop_after_steps:
