@@ -196,3 +196,13 @@ def test_the_sampler_follows_the_loop_config_over_the_environment(tmp_path, monk
     run_training(cfg, modules={}, optimizers={}, loader_for=loader_for, state_dir=tmp_path,
                  train_step=lambda batch, ctx: sizes.append(len(batch)) or {})
     assert sizes == [GLOBAL_BATCH, GLOBAL_BATCH]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_gpus_with_nccl_train_the_single_gpu_weights(tmp_path):
+    parallel = launch(train_tiny, 2, tmp_path / "two", with_ema=False, device="cuda")
+    single = train_tiny(tmp_path / "one", with_ema=False, device="cuda")
+    assert parallel["ranks_agree"]
+    for name, p in single["weights"].items():
+        assert torch.allclose(parallel["weights"][name], p, rtol=0, atol=1e-5), name
