@@ -314,8 +314,8 @@ def _backward_step(runtime: _Runtime | None, loss: torch.Tensor, module: nn.Modu
                              "scaler / is not synchronised over ranks")
     distributed = runtime is not None and runtime.world.world_size > 1
     if distributed:
-        # the loss of this rank's rows over the whole global batch: backward then sees the gradient magnitudes of a
-        # single-process run (an fp16 overflow happens where it would happen there), and the ranks' sum is the mean
+        # this rank's share of the global batch's mean loss: backward's activation gradients get the magnitudes of
+        # the single-process run (fp16 overflows alike), and the sum over ranks is the global mean's gradient
         loss = loss / runtime.world.world_size
     optimizer.zero_grad(set_to_none=True)
     (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -513,6 +513,6 @@ def clip_and_step(loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.
     """Backward, optional gradient clipping, optimizer step; returns the gradient norm (before clipping).
 
     Inside :func:`run_training` this is :meth:`TrainContext.backward_step` with an explicit ``grad_clip``: the fp16
-    loss scaler of ``optimizer`` and the gradient averaging over ranks apply (the loop is found through a context
+    loss scaler of ``optimizer`` and the gradient synchronisation over ranks apply (the loop is found through a context
     variable, so trainers written before ``ctx.backward_step`` get both). Outside the loop: a plain fp32 step."""
     return _backward_step(_ACTIVE_LOOP.get(), loss, module, optimizer, grad_clip)
