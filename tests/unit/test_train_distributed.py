@@ -1,6 +1,7 @@
 """Data-parallel training with the shared loop: 2 gloo processes on CPU train the same weights as one process with
 the same global batch, and a killed + resumed 2-process run equals the uninterrupted one bit for bit."""
 
+import math
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from cxrgen.train.distributed import launch
@@ -29,7 +31,7 @@ GLOBAL_BATCH = 8
 ATOL = 1e-6
 
 
-def train_tiny(state_dir, max_steps=10, stop_after=None, fail_on_rank=None, with_ema=True):
+def train_tiny(state_dir, max_steps=10, stop_after=None, fail_on_rank=None, with_ema=True, device="cpu", **loop):
     """A trainer written for several ranks: noise is drawn for the global batch, each rank keeps its rows."""
     X = torch.randn(37, 5, generator=torch.Generator().manual_seed(0))
     Y = X @ torch.randn(5, 1, generator=torch.Generator().manual_seed(1))
@@ -37,8 +39,8 @@ def train_tiny(state_dir, max_steps=10, stop_after=None, fail_on_rank=None, with
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     ema = attach_ema("model", model, decay=0.9) if with_ema else None  # (diffusers' import costs seconds)
-    cfg = LoopConfig(max_steps=max_steps, checkpoint_every=3, log_every=1, seed=3, device="cpu",
-                     stop_after_steps=stop_after)
+    cfg = LoopConfig(max_steps=max_steps, checkpoint_every=3, log_every=1, seed=3, device=device,
+                     stop_after_steps=stop_after, **loop)
 
     def loader_for(start):
         return ((X[idx], Y[idx]) for idx in StepBatchSampler(len(X), GLOBAL_BATCH, cfg.seed, start, cfg.max_steps))
@@ -48,14 +50,21 @@ def train_tiny(state_dir, max_steps=10, stop_after=None, fail_on_rank=None, with
             raise ValueError(f"rank {ctx.rank} fails on purpose")
         x, y = batch
         noise = ctx.local(torch.randn((len(x) * ctx.world_size, 5), generator=ctx.generator)) * 0.01
-        loss = ((model(x + noise) - y) ** 2).mean()
+        with ctx.autocast():
+            out = model((x + noise).to(ctx.device))
+        loss = ((out.float() - y.to(ctx.device)) ** 2).mean()
         return {"loss": loss.item(), "grad_norm": ctx.backward_step(loss, model, opt)}
 
     result = run_training(cfg, modules={"model": model}, optimizers={"model": opt}, loader_for=loader_for,
                           train_step=step, state_dir=state_dir, emas={"model": ema} if ema else None,
                           distributed_ready=True)
-    return {"weights": {k: v.clone() for k, v in model.state_dict().items()},
-            "ema": [p.clone() for p in ema.shadow_params] if ema else None, "history": result.history,
+    weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    every_rank = [weights]
+    if dist.is_initialized():
+        every_rank = [None] * dist.get_world_size()
+        dist.all_gather_object(every_rank, weights)
+    return {"weights": weights, "ranks_agree": all(torch.equal(w[k], weights[k]) for w in every_rank for k in w),
+            "ema": [p.detach().cpu().clone() for p in ema.shadow_params] if ema else None, "history": result.history,
             "resumed_from": result.resumed_from}
 
 
@@ -67,6 +76,7 @@ def two_ranks(tmp_path_factory):
 
 def test_two_ranks_train_the_single_process_weights(two_ranks, tmp_path):
     (parallel, state_dir), single = two_ranks, train_tiny(tmp_path)
+    assert parallel["ranks_agree"]
     for name, p in single["weights"].items():
         assert torch.allclose(parallel["weights"][name], p, rtol=0, atol=ATOL), name
     for p, q in zip(parallel["ema"], single["ema"], strict=True):
@@ -77,6 +87,16 @@ def test_two_ranks_train_the_single_process_weights(two_ranks, tmp_path):
     payload = torch.load(latest_checkpoint(state_dir), weights_only=False)
     assert payload["world_size"] == 2 and len(payload["rank_rngs"]) == 2
     assert not torch.equal(payload["rank_rngs"][0][0], payload["rank_rngs"][1][0])  # own dropout stream per rank
+
+
+def test_two_fp16_ranks_skip_overflowing_steps_together(tmp_path):
+    """GradScaler with summed gradients: an overflow on any rank reaches every rank, so all skip that step and the
+    ranks stay identical (the scalers' checkpointing is the single-process code: test_train_precision)."""
+    loop = {"mixed_precision": "fp16", "grad_scale_init": 2.0**24, "grad_scale_growth_interval": 2}
+    run = launch(train_tiny, 2, tmp_path, with_ema=False, **loop)
+    skipped = [not math.isfinite(h["grad_norm"]) for h in run["history"]]
+    assert run["ranks_agree"] and any(skipped) and not all(skipped)
+    assert torch.load(latest_checkpoint(tmp_path), weights_only=False)["scalers"]["model"]["scale"] < 2.0**24
 
 
 def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(two_ranks, tmp_path):
@@ -176,3 +196,13 @@ def test_the_sampler_follows_the_loop_config_over_the_environment(tmp_path, monk
     run_training(cfg, modules={}, optimizers={}, loader_for=loader_for, state_dir=tmp_path,
                  train_step=lambda batch, ctx: sizes.append(len(batch)) or {})
     assert sizes == [GLOBAL_BATCH, GLOBAL_BATCH]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_gpus_with_nccl_train_the_single_gpu_weights(tmp_path):
+    parallel = launch(train_tiny, 2, tmp_path / "two", with_ema=False, device="cuda")
+    single = train_tiny(tmp_path / "one", with_ema=False, device="cuda")
+    assert parallel["ranks_agree"]
+    for name, p in single["weights"].items():
+        assert torch.allclose(parallel["weights"][name], p, rtol=0, atol=1e-5), name

@@ -17,8 +17,12 @@ Data parallel: with a world size W > 1 (ranks started by :func:`cxrgen.train.dis
 every rank holds all modules; ``run_training`` broadcasts rank 0's parameters and buffers after (re)starting and rank
 0's buffers before every step (what DDP's ``broadcast_buffers`` does). :class:`StepBatchSampler` gives each rank its
 contiguous 1/W slice of the global batch (``batch_size`` stays the global batch of the single-process run), and the
-backward step averages gradients over the ranks before unscaling and clipping, so every rank applies the same update.
-That is DDP's arithmetic without the ``DistributedDataParallel`` wrapper: trainers call their own module references
+backward step divides the rank's loss (a mean over its rows) by W and sums the gradients over the ranks before
+unscaling and clipping: every rank applies the update of the global batch's mean loss, and backward's activation
+gradients have the single-process magnitudes (an fp16 overflow there is one here; only a parameter gradient summed over
+fewer rows in fp16 can stay finite where the whole batch's sum overflowed). An overflow on any rank reaches every rank
+through the sum, so all ranks skip the same steps. That is DDP's arithmetic (mean of the ranks' gradients) without the
+``DistributedDataParallel`` wrapper: trainers call their own module references
 (and diffusers attributes) in ``forward``, and DDP only synchronises when ``forward`` goes through the wrapper, so
 wrapping would silently train W different models. ``ctx.generator`` is the same stream on every rank (the one of the
 single-process run): a distributed-ready trainer draws its random numbers for the global batch and keeps its rows with
@@ -184,7 +188,8 @@ class TrainContext:
 
     def backward_step(self, loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.Optimizer,
                       grad_clip: float | None = _FROM_CONFIG) -> float:
-        """zero_grad → backward (loss scaled under fp16) → gradients averaged over ranks → unscale → clip at
+        """zero_grad → backward (loss scaled under fp16; divided by the world size, gradients summed over ranks:
+        the global batch's mean when ``loss`` is this rank's mean) → unscale → clip at
         ``grad_clip`` (default: ``LoopConfig.grad_clip``; None: no clipping) → optimizer step (skipped when an fp16
         gradient overflowed) → scaler update. Returns the (unscaled) gradient norm before clipping."""
         runtime = self._runtime if self._runtime is not None else _ACTIVE_LOOP.get()
@@ -277,8 +282,8 @@ def _flat_collective(tensors: list[torch.Tensor], collective: Callable[[torch.Te
             t.copy_(chunk.view_as(t))
 
 
-def _average_gradients(parameters: Iterable[nn.Parameter], world_size: int, device: torch.device) -> None:
-    """Every rank's gradients become the mean over ranks. A parameter without a gradient on every rank keeps none;
+def _sum_gradients(parameters: Iterable[nn.Parameter], device: torch.device) -> None:
+    """Every rank's gradients become the sum over ranks. A parameter without a gradient on every rank keeps none;
     one with a gradient on some ranks only counts zeros for the others."""
     params = [p for p in parameters if p.requires_grad]
     if not params:
@@ -291,12 +296,7 @@ def _average_gradients(parameters: Iterable[nn.Parameter], world_size: int, devi
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
-
-    def mean(flat: torch.Tensor) -> None:
-        dist.all_reduce(flat)
-        flat /= world_size
-
-    _flat_collective(grads, mean)
+    _flat_collective(grads, dist.all_reduce)
 
 
 def _broadcast_from_main(tensors: list[torch.Tensor]) -> None:
@@ -312,10 +312,15 @@ def _backward_step(runtime: _Runtime | None, loss: torch.Tensor, module: nn.Modu
         if scaler is None and (runtime.mixed_precision == "fp16" or runtime.world.world_size > 1):
             raise ValueError("this optimizer was not passed to run_training(optimizers=...): it has no fp16 loss "
                              "scaler / is not synchronised over ranks")
+    distributed = runtime is not None and runtime.world.world_size > 1
+    if distributed:
+        # this rank's share of the global batch's mean loss: backward's activation gradients get the magnitudes of
+        # the single-process run (fp16 overflows alike), and the sum over ranks is the global mean's gradient
+        loss = loss / runtime.world.world_size
     optimizer.zero_grad(set_to_none=True)
     (scaler.scale(loss) if scaler is not None else loss).backward()
-    if runtime is not None and runtime.world.world_size > 1:
-        _average_gradients(module.parameters(), runtime.world.world_size, runtime.device)
+    if distributed:
+        _sum_gradients(module.parameters(), runtime.device)
     if scaler is not None:
         scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip if grad_clip else float("inf"))
@@ -508,6 +513,6 @@ def clip_and_step(loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.
     """Backward, optional gradient clipping, optimizer step; returns the gradient norm (before clipping).
 
     Inside :func:`run_training` this is :meth:`TrainContext.backward_step` with an explicit ``grad_clip``: the fp16
-    loss scaler of ``optimizer`` and the gradient averaging over ranks apply (the loop is found through a context
+    loss scaler of ``optimizer`` and the gradient synchronisation over ranks apply (the loop is found through a context
     variable, so trainers written before ``ctx.backward_step`` get both). Outside the loop: a plain fp32 step."""
     return _backward_step(_ACTIVE_LOOP.get(), loss, module, optimizer, grad_clip)
