@@ -66,7 +66,7 @@ def test_concurrent_mlflow_logging_from_slurm_jobs(slurm_cluster, mlflow_server,
     subprocess.run([str(VENV_BIN / "python"), "-c", textwrap.dedent(f"""
         from pathlib import Path
         from cxrgen.stages.init_tracking import init_tracking
-        init_tracking(Path({str(tracking_json)!r}), "cluster-concurrency", {{"test": 1}}, Path({str(tmp_path)!r}))
+        init_tracking(Path({str(tracking_json)!r}), "cluster-concurrency", Path({str(tmp_path)!r}))
         """)], check=True, env=env, timeout=120)
     assert init_tracking  # the helper under test (run in a subprocess so the server URI comes from the env)
     job_script = tmp_path / "log_job.py"

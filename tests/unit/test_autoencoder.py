@@ -179,7 +179,7 @@ def test_stage_kill_resume_equality_outputs_and_tracking(tmp_path, monkeypatch):
     (tmp_path / "store").mkdir()
     tiny_store(tmp_path / "store")
     tracking = tmp_path / "run.json"
-    init_tracking(tracking, "test", {}, tmp_path)
+    init_tracking(tracking, "test", tmp_path)
     straight = _train(tmp_path, "a", None)  # library use: no tracking
     with pytest.raises(Interrupted):
         _train(tmp_path, "b", tracking, stop_after_steps=3)  # GAN active from step 2; checkpoint at step 2

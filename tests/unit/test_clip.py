@@ -218,7 +218,7 @@ def test_stage_kill_resume_equality_outputs_and_tracking(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tiny_store(tmp_path)
     tracking = tmp_path / "run.json"
-    init_tracking(tracking, "test", {}, tmp_path)
+    init_tracking(tracking, "test", tmp_path)
     straight = _train(tmp_path, "a", None)
     assert straight["n_train_pairs"] == 9  # 12 train rows, every 4th without a report
     assert np.isfinite(straight["final_train_loss"]) and straight["steps"] == 3

@@ -118,7 +118,7 @@ def test_rules_get_only_the_config_keys_they_read(overlay, changed_rules):
     narrowed = [rule for rule, entry in RULE_SECTIONS.items() if entry["section"] != WHOLE_CONFIG]
     assert {rule for rule in narrowed
             if section_for(base, RULE_SECTIONS, rule) != section_for(changed, RULE_SECTIONS, rule)} == changed_rules
-    for rule in set(RULE_SECTIONS) - set(narrowed):  # init_tracking and write_summary record the whole config
+    for rule in set(RULE_SECTIONS) - set(narrowed):  # write_summary records the whole config
         assert section_for(changed, RULE_SECTIONS, rule) == changed
 
 

@@ -80,7 +80,7 @@ def test_imbalance_and_low_data_jobs_with_tracking_and_report(stores, tmp_path, 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root, _, _ = stores
     tracking = tmp_path / "run.json"
-    init_tracking(tracking, "test", {}, tmp_path)
+    init_tracking(tracking, "test", tmp_path)
     paths = []
     for experiment, seed in (("imbalance", 0), ("low_data", 0), ("low_data", 1)):
         out = tmp_path / experiment / str(seed)

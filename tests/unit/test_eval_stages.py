@@ -117,7 +117,7 @@ def tracking(tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.delenv("MLFLOW_TRACKING_URI", raising=False)
         root = tmp_path_factory.mktemp("mlflow")
-        init_tracking(root / "run.json", "cxrgen-test", {"seed": 0}, root)
+        init_tracking(root / "run.json", "cxrgen-test", root)
         yield root / "run.json"
 
 

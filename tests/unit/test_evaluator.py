@@ -151,7 +151,7 @@ def test_train_evaluator_stage_outputs_and_tracking(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     index = real_store(tmp_path / "store", n=40)
     tracking = tmp_path / "run.json"
-    init_tracking(tracking, "test", {}, tmp_path)
+    init_tracking(tracking, "test", tmp_path)
     metrics = train_evaluator(index_path=tmp_path / "store/index.parquet", store_root=tmp_path / "store",
                               resolution=RES, cfg=tiny_cfg(), seed=1, state_dir=tmp_path / "state",
                               out_dir=tmp_path / "out", tracking_json=tracking, job_name="train_evaluator")

@@ -232,7 +232,7 @@ def shared_tracking_json(tmp_path_factory):
         from cxrgen.stages.init_tracking import init_tracking
 
         root = tmp_path_factory.mktemp("mlflow")
-        init_tracking(root / "run.json", "test", {}, root)
+        init_tracking(root / "run.json", "test", root)
         _TRACKING["path"] = root / "run.json"
     return _TRACKING["path"]
 

@@ -194,7 +194,7 @@ def test_random_crops_take_the_same_window_from_each_tensor():
 
 def test_train_resume_and_finetune(store, autoencoder_dir, tmp_path):
     tracking = tmp_path / "run.json"
-    init_tracking(tracking, "test", {}, tmp_path)
+    init_tracking(tracking, "test", tmp_path)
 
     straight = _run(store, tmp_path, "base")
     resumed = _kill_then_resume(store, tmp_path, "base-resumed", tracking=tracking)

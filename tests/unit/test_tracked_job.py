@@ -21,7 +21,7 @@ from cxrgen.train.loop import Interrupted
 def tracking_fixture(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run_json = tmp_path / "tracking/run.json"
-    init_tracking(run_json, "cxrgen-test", {"seed": 1}, tmp_path / "results")
+    init_tracking(run_json, "cxrgen-test", tmp_path / "results")
     return run_json
 
 

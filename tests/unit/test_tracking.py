@@ -8,7 +8,7 @@ def test_parent_child_runs_and_resume(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     run_json = tmp_path / "tracking/run.json"
-    info = init_tracking(run_json, "cxrgen-test", {"seed": 1}, tmp_path / "results")
+    info = init_tracking(run_json, "cxrgen-test", tmp_path / "results")
     assert info["tracking_uri"].startswith("sqlite:///") and json.loads(run_json.read_text()) == info
 
     job = JobRun(run_json, "train_ldm:", params={"loop": {"lr": 1e-4, "steps": 3}}, tags={"snakemake.rule": "train_ldm"})

@@ -90,15 +90,15 @@ def test_every_rule_with_config_params_is_narrowed_by_the_table(base_params):
 
 
 @pytest.mark.parametrize(("overlay", "changed"), [
-    # a new variant (its own LDM, and DKIM on the cheff LDM): no existing job's params change, only the records of
-    # the whole config and the list of trained models
+    # a new variant (its own LDM, and DKIM on the cheff LDM): no existing job's params change, only the summary's
+    # record of the whole config and the list of trained models; init_tracking's params never change with the config
     ({"variants": {"diffcxr-lnfs": {"lnfs": True}, "diffcxr-dkim": {"dkim": True}}},
-     {"init_tracking", "write_summary", "report_training"}),
-    ({"generate": {"n_per_finding": 2}}, {"init_tracking", "write_summary", "build_prompts"}),
-    ({"generate": {"steps": 3}}, {"init_tracking", "write_summary", "generate"}),
-    ({"ldm": {"views": ["PA"]}}, {"init_tracking", "write_summary", "train_ldm", "train_dkim"}),
+     {"write_summary", "report_training"}),
+    ({"generate": {"n_per_finding": 2}}, {"write_summary", "build_prompts"}),
+    ({"generate": {"steps": 3}}, {"write_summary", "generate"}),
+    ({"ldm": {"views": ["PA"]}}, {"write_summary", "train_ldm", "train_dkim"}),
     ({"evaluator": {"views": ["PA"]}, "downstream": {"seeds": [0, 1], "scarcity": {"total": 40}}},
-     {"init_tracking", "write_summary", "train_evaluator", "run_downstream:scarcity"}),
+     {"write_summary", "train_evaluator", "run_downstream:scarcity"}),
 ])
 def test_changing_a_key_changes_only_the_params_of_rules_that_read_it(tmp_path, base_params, overlay, changed):
     _, before = base_params

@@ -10,10 +10,10 @@ from pathlib import Path
 from cxrgen.train.tracking import create_pipeline_run
 
 
-def init_tracking(out_json: Path | str, experiment: str, config: dict, results_dir: Path | str) -> dict:
+def init_tracking(out_json: Path | str, experiment: str, results_dir: Path | str) -> dict:
     """Create (or reuse) the experiment and a parent run for this pipeline; write their ids to ``out_json`` (the
     ``tracking_json`` every tracked job opens its child run with)."""
-    info = create_pipeline_run(experiment, config, Path(results_dir))
+    info = create_pipeline_run(experiment, Path(results_dir))
     Path(out_json).parent.mkdir(parents=True, exist_ok=True)
     Path(out_json).write_text(json.dumps(info, indent=1))
     return info

@@ -47,9 +47,11 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def create_pipeline_run(experiment: str, config: dict, results_dir: Path) -> dict:
+def create_pipeline_run(experiment: str, results_dir: Path) -> dict:
     """Create (or reuse) the experiment and a parent run for this pipeline; returns the ids every job's run needs
-    (what rule ``init_tracking`` writes to ``results/tracking/run.json``)."""
+    (what rule ``init_tracking`` writes to ``results/tracking/run.json``). The parent run carries no config digest:
+    it is made once per results directory and outlives config changes; every job's run is tagged with the digest of
+    the config it ran with."""
     uri = default_tracking_uri(results_dir)
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -57,7 +59,7 @@ def create_pipeline_run(experiment: str, config: dict, results_dir: Path) -> dic
     experiment_id = exp.experiment_id if exp else client.create_experiment(
         experiment, artifact_location=None if uri.startswith("http") else artifacts.as_uri())
     parent = client.create_run(experiment_id, run_name="pipeline", tags={
-        "cxrgen.kind": "pipeline", "git.commit": git_commit(), "config.sha256": config_digest(config)})
+        "cxrgen.kind": "pipeline", "git.commit": git_commit()})
     return {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent.info.run_id}
 
 

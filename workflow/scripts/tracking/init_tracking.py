@@ -12,8 +12,7 @@ if TYPE_CHECKING:
 
 def main(smk) -> None:
     setup_logging(smk.log[0])
-    info = init_tracking(Path(smk.output[0]), smk.params.experiment, dict(smk.params.config),
-                         Path(smk.params.results_dir))
+    info = init_tracking(Path(smk.output[0]), smk.params.experiment, Path(smk.params.results_dir))
     print(info)
 
 
