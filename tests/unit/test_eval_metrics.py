@@ -374,3 +374,18 @@ def test_findings_below_min_per_class_are_skipped_in_point_and_bootstrap():
     # a skipped finding stays out of the resampled averages too, so the macro interval is finding A's interval
     assert boot["auroc"]["macro"]["ci_low"] == pytest.approx(boot["per_finding"]["A"]["auroc"]["ci_low"])
     assert boot["auroc"]["macro"]["ci_high"] == pytest.approx(boot["per_finding"]["A"]["auroc"]["ci_high"])
+
+
+def test_ssim_in_chunks_equals_one_call(synthetic_radiograph, monkeypatch):
+    """The pair batches are split into chunks (bounded memory); each image pair's value does not depend on it."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    base = torch.from_numpy(synthetic_radiograph(32, 32))
+    a = torch.stack([base + 0.02 * torch.from_numpy(rng.standard_normal((32, 32))) for _ in range(7)])[:, None]
+    b = torch.stack([base + 0.05 * torch.from_numpy(rng.standard_normal((32, 32))) for _ in range(7)])[:, None]
+    whole = M.ssim(a, b)
+    monkeypatch.setattr(M, "PAIRS_PER_CALL", 3)
+    chunked = M.ssim(a, b)
+    assert chunked.shape == (7,) and np.allclose(chunked, whole, rtol=0, atol=1e-12)
+    assert M.ssim(a[:0], b[:0]).shape == (0,)

@@ -202,6 +202,16 @@ def psnr(pred, target, data_range: float = 1.0) -> np.ndarray:
 
 SSIM_KERNEL, SSIM_SIGMA = 11, 1.5  # Wang et al. 2004: 11×11 Gaussian window, σ = 1.5
 MS_SSIM_SCALES = 5  # Wang et al. 2003: five scales
+# Image pairs per torchmetrics call: its float64 window statistics grow with the batch (the demo's ~1,000 diversity
+# pairs at 128 px in one call peaked at 17 GB); per-image results do not depend on the chunking.
+PAIRS_PER_CALL = 64
+
+
+def _per_chunk(metric, p, t) -> np.ndarray:
+    if len(p) == 0:
+        return np.zeros(0)
+    return np.concatenate([metric(p[i : i + PAIRS_PER_CALL], t[i : i + PAIRS_PER_CALL])
+                           for i in range(0, len(p), PAIRS_PER_CALL)])
 
 
 def ssim(pred, target, data_range: float = 1.0) -> np.ndarray:
@@ -215,12 +225,16 @@ def ssim(pred, target, data_range: float = 1.0) -> np.ndarray:
     p, t = _as_batch(pred), _as_batch(target)
     if min(p.shape[-2:]) < SSIM_KERNEL:
         raise ValueError(f"SSIM needs images of at least {SSIM_KERNEL} px, got {tuple(p.shape[-2:])}")
-    # with gaussian_kernel=True torchmetrics sizes the window from σ (2·int(3.5σ + 0.5) + 1 = 11 for σ = 1.5)
-    _, ssim_map = structural_similarity_index_measure(p, t, gaussian_kernel=True, sigma=SSIM_SIGMA,
-                                                      kernel_size=SSIM_KERNEL, data_range=data_range,
-                                                      reduction="none", return_full_image=True)
     border = SSIM_KERNEL // 2
-    return ssim_map[..., border:-border, border:-border].flatten(1).mean(dim=1).cpu().numpy()
+
+    def inner_mean(a, b) -> np.ndarray:
+        # with gaussian_kernel=True torchmetrics sizes the window from σ (2·int(3.5σ + 0.5) + 1 = 11 for σ = 1.5)
+        _, ssim_map = structural_similarity_index_measure(a, b, gaussian_kernel=True, sigma=SSIM_SIGMA,
+                                                          kernel_size=SSIM_KERNEL, data_range=data_range,
+                                                          reduction="none", return_full_image=True)
+        return ssim_map[..., border:-border, border:-border].flatten(1).mean(dim=1).cpu().numpy()
+
+    return _per_chunk(inner_mean, p, t)
 
 
 def ms_ssim_unavailable_reason(size: int, kernel_size: int = SSIM_KERNEL, scales: int = MS_SSIM_SCALES) -> str | None:
@@ -242,9 +256,9 @@ def ms_ssim(pred, target, data_range: float = 1.0) -> np.ndarray:
     reason = ms_ssim_unavailable_reason(min(p.shape[-2:]))
     if reason:
         raise ValueError(reason)
-    return multiscale_structural_similarity_index_measure(p, t, gaussian_kernel=True, sigma=SSIM_SIGMA,
-                                                          kernel_size=SSIM_KERNEL, data_range=data_range,
-                                                          reduction="none").cpu().numpy()
+    return _per_chunk(lambda a, b: multiscale_structural_similarity_index_measure(
+        a, b, gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_KERNEL, data_range=data_range,
+        reduction="none").cpu().numpy(), p, t)
 
 
 # --------------------------------------------------------------------------------------------------- classification
