@@ -13,9 +13,12 @@ from cxrgen.stages.train_ldm import train_ldm
 from cxrgen.train.distributed import launch
 from cxrgen.train.loop import Interrupted, latest_checkpoint
 
-# the 2 ranks run the UNet on half batches and sum their gradients: the single-process numbers in another summation
-# order. Measured after 4 steps (fp32, CPU): largest difference 3e-8 (EMA UNet) and 6e-8 (raw UNet) — TODO measure
-ATOL = 1e-6
+# The 2 ranks run the UNet on half batches and sum their gradients: the single-process numbers in another summation
+# order. The losses and gradient norms of every step agree to ~1e-7 relative (the draws are the same). Most weights
+# agree to ~1e-8 (median, measured after 4 steps on CPU: 7e-9), but AdamW's m/sqrt(v) amplifies the rounding in the few
+# elements whose gradient is nearly zero (a sum of cancelling per-sample terms): largest difference measured 5.6e-5.
+# A wrong draw or a missing gradient sum moves most weights by ~lr = 1e-3 per step.
+ATOL, MEDIAN_ATOL = 2e-4, 1e-6
 # cfg_dropout 0.5: with 4 steps of 4 items some conditions are dropped, so the CFG mask's draw is checked too
 CFG = {"max_steps": 4, "checkpoint_every": 2, "batch_size": 4, "cfg_dropout": 0.5, "latent_sampling": "posterior"}
 
@@ -30,6 +33,10 @@ def _runs(tracking_json, job_name):
     info = json.loads(tracking_json.read_text())
     client = MlflowClient(tracking_uri=info["tracking_uri"])
     return client.search_runs([info["experiment_id"]], filter_string=f"tags.`snakemake.job` = '{job_name}'")
+
+
+def _history(state_dir):
+    return torch.load(latest_checkpoint(state_dir), weights_only=False)["extra"]["history"]
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +62,18 @@ def test_two_ranks_train_the_single_process_weights(inputs, two_ranks):
     metrics, two, tracking = two_ranks
     single = train_ldm(**kwargs, out_dir=root / "one", state_dir=root / "one_state")
     assert metrics["world_size"] == 2 and single["world_size"] == 1 and metrics["steps"] == single["steps"] == 4
-    for name in ("unet", "unet_raw"):
+    # the logged loss is the mean over the ranks: the global batch's loss, step by step
+    parallel_log, single_log = _history(root / "two_state"), _history(root / "one_state")
+    assert [h["step"] for h in parallel_log] == [h["step"] for h in single_log] == [1, 2, 3, 4]
+    for p, q in zip(parallel_log, single_log, strict=True):
+        assert p["loss"] == pytest.approx(q["loss"], rel=1e-6) and p["grad_norm"] == pytest.approx(q["grad_norm"],
+                                                                                                    rel=1e-5)
+    for name in ("unet", "unet_raw"):  # unet: the EMA weights
         parallel, alone = _weights(two, name), _weights(root / "one", name)
-        largest = max(float((parallel[k] - alone[k]).abs().max()) for k in alone)
-        print(f"{name}: largest difference between 2 ranks and 1 process {largest:.2e}")
-        assert largest <= ATOL, name
-    # the logged loss is the mean over the ranks: the global batch's loss
-    assert metrics["final_loss"] == pytest.approx(single["final_loss"], rel=1e-4)
+        differences = torch.cat([(parallel[k] - alone[k]).abs().flatten() for k in alone])
+        print(f"{name}: 2 ranks vs 1 process: largest difference {differences.max():.2e}, "
+              f"median {differences.median():.2e}")
+        assert differences.max() <= ATOL and differences.median() <= MEDIAN_ATOL, name
     # rank 0 alone opened the run, finished it and wrote the output
     runs = _runs(tracking, "train_ldm:ddp")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].info.run_id == metrics["mlflow_run_id"]
