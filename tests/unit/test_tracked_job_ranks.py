@@ -1,6 +1,7 @@
 """The tracked-job scaffold on the ranks of a data-parallel job: a rank other than 0 trains untracked and may not write
 outputs; a SIGTERM to the launcher reaches the ranks and rank 0's run ends KILLED; a second SIGTERM (SLURM signals
-every process, the launcher forwards it too) cannot interrupt the recording of the status."""
+every process, the launcher forwards it too) cannot interrupt the recording of the status; the ranks write to the
+launcher's current stderr (the job's log)."""
 
 import json
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cxrgen.stages.init_tracking import init_tracking
-from cxrgen.train.distributed import current_world, is_main_process
+from cxrgen.train.distributed import current_world, is_main_process, launch
 from cxrgen.train.job import RUN_ID_FILE, JobKilled, tracked_job
 
 
@@ -105,3 +106,22 @@ def test_a_sigterm_to_the_launcher_reaches_the_ranks_and_rank_0_records_killed(t
                 os.kill(pid, signal.SIGKILL)
     [run] = _runs(tracking, "train_x:forwarded")
     assert run.info.status == "KILLED" and run.data.tags["cxrgen.error"] == "JobKilled"
+
+
+def say(word):
+    print(f"{word} from rank {current_world().rank}", file=sys.stderr, flush=True)
+
+
+def test_the_ranks_write_to_the_launchers_current_stderr(tmp_path):
+    """An adapter's cxrgen.logutil.setup_logging makes the job's log file sys.stderr: the ranks' logs, progress bars
+    and tracebacks belong there too, not in the stderr the process started with."""
+    log = tmp_path / "job.log"
+    saved = sys.stderr
+    with open(log, "a", buffering=1) as stream:
+        sys.stderr = stream
+        try:
+            launch(say, 2, "hello")
+        finally:
+            sys.stderr = saved
+    assert sorted(line for line in log.read_text().splitlines() if "hello" in line) == [
+        "hello from rank 0", "hello from rank 1"]
