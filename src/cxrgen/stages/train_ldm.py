@@ -38,11 +38,10 @@ from cxrgen.prompts import GRID_FINDINGS, finding_prompt
 from cxrgen.report.figures import plot_loss_history, save_grid
 from cxrgen.train.data import conditioning_texts
 from cxrgen.train.job import tracked_job, write_json
-from cxrgen.train.loop import LoopConfig, StepBatchSampler, attach_ema, clip_and_step, run_training, seed_everything
+from cxrgen.train.loop import LoopConfig, StepBatchSampler, attach_ema, run_training, seed_everything
 from cxrgen.train.sections import loop_config
 
 log = logging.getLogger(__name__)
-
 
 
 class LatentDiffusionTrainer:
@@ -82,19 +81,27 @@ class LatentDiffusionTrainer:
         return tokens, mask
 
     def loss(self, indices: list[int], generator: torch.Generator, device: torch.device,
-             drop: torch.Tensor | None = None, autocast=None) -> torch.Tensor:
-        """MSE to the prediction target (ε, v or x₀) for the given items; all randomness (posterior sample, t, ε, CFG drop) from ``generator``."""
+             drop: torch.Tensor | None = None, autocast=None, ctx=None) -> torch.Tensor:
+        """MSE to the prediction target (ε, v or x₀) for the given items; all randomness (posterior sample, t, ε, CFG
+        drop) from ``generator``, in this order.
+
+        ``ctx`` (the loop's :class:`~cxrgen.train.loop.TrainContext`) with several ranks: ``indices`` are this rank's
+        share of the step's global batch; every draw is made for the whole global batch, as one process makes it, and
+        this rank keeps its rows (``ctx.local``), so the ranks together use the single-process run's random numbers."""
+        world_size = ctx.world_size if ctx is not None else 1
+        mine = ctx.local if ctx is not None else (lambda drawn: drawn)
+        n, shape = len(indices) * world_size, tuple(self.mean.shape[1:])
         z = self.mean[indices]
         if self.std is not None:
-            z = z + self.std[indices] * torch.randn(z.shape, generator=generator)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(indices),), generator=generator)
-        noise = torch.randn(z.shape, generator=generator)
+            z = z + self.std[indices] * mine(torch.randn((n, *shape), generator=generator))
+        t = mine(torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=generator))
+        noise = mine(torch.randn((n, *shape), generator=generator))
         noisy = self.scheduler.add_noise(z, noise, t)
         context = mask = None
         if self.conditional:
             if drop is None:
-                drop = cfg_drop_mask(len(indices), float(self.cfg["cfg_dropout"]), generator)
-            tokens, mask = self.encode([self.texts[i] for i in indices])
+                drop = mine(cfg_drop_mask(n, float(self.cfg["cfg_dropout"]), generator))
+            tokens, mask = self.encode([self.texts[i] for i in indices])  # this rank's rows only
             context, mask = drop_condition(tokens, mask, self.null_tokens, self.null_mask, drop)
             context, mask = context.to(device), mask.to(device)
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
@@ -103,18 +110,24 @@ class LatentDiffusionTrainer:
         return F.mse_loss(eps.float(), target.to(device))
 
     def train_step(self, indices: list[int], ctx) -> dict[str, float]:
-        loss = self.loss(indices, ctx.generator, ctx.device, autocast=ctx.autocast)
-        grad_norm = clip_and_step(loss, self.unet, self.optimizer, self.cfg["grad_clip"])
+        loss = self.loss(indices, ctx.generator, ctx.device, autocast=ctx.autocast, ctx=ctx)
+        grad_norm = ctx.backward_step(loss, self.unet, self.optimizer, self.cfg["grad_clip"])
         return {"loss": float(loss.detach()), "grad_norm": grad_norm}
 
     def fit(self, loop: LoopConfig, state_dir: Path, *, on_log=None, extra_state: dict | None = None):
+        """Run (or resume) the training loop; with several ranks (:func:`cxrgen.train.distributed.launch`, torchrun)
+        each rank trains on its slice of every global batch of ``batch_size`` items."""
+        world = loop.resolved_world()
+
         def loader_for(start: int):
             return iter(StepBatchSampler(len(self.mean), int(self.cfg["batch_size"]), seed=loop.seed,
-                                         start_step=start, max_steps=loop.max_steps))
+                                         start_step=start, max_steps=loop.max_steps, rank=world.rank,
+                                         world_size=world.world_size))
 
         return run_training(loop, modules={"unet": self.unet}, optimizers={"unet": self.optimizer},
                             loader_for=loader_for, train_step=self.train_step, state_dir=Path(state_dir),
-                            emas={"unet": self.ema}, on_log=on_log, extra_state=extra_state, desc="train_ldm")
+                            emas={"unet": self.ema}, on_log=on_log, extra_state=extra_state, desc="train_ldm",
+                            distributed_ready=True)
 
     @torch.no_grad()
     def validation_loss(self, mean: torch.Tensor, texts: list[str], seed: int, max_items: int) -> float:
@@ -175,6 +188,12 @@ def train_ldm(*, latents_dir: Path | str, ae_dir: Path | str, clip_dir: Path | s
     optional SR dir ``sr_dir``, conditioning), ``metrics.json``, ``loss.png``, ``samples.png``. Resumable state
     (checkpoints) goes to ``state_dir``; rerunning resumes. ``tracking_json`` (rule init_tracking) → an MLflow child run
     ``job_name``; ``None`` disables tracking. Returns the metrics dict.
+
+    Data parallel: run on every rank by :func:`cxrgen.train.distributed.launch` (``launch(train_ldm, n, **kwargs)``;
+    the arguments must pickle) or torchrun, the ranks train one model together, each on its slice of every global
+    batch of ``batch_size`` items, and end with the weights of a single-process run (up to float summation order).
+    Rank 0 alone opens the MLflow run, computes the validation loss and the sample grid and writes ``out_dir``; the
+    other ranks return ``{"rank": r, "steps": n}`` once training is done.
     """
     from cxrgen.data.latents import load_latents
     from cxrgen.models.autoencoder import load_autoencoder
@@ -204,11 +223,15 @@ def train_ldm(*, latents_dir: Path | str, ae_dir: Path | str, clip_dir: Path | s
     trainer = LatentDiffusionTrainer(cfg, latent_mean=train_mean, latent_std=train_std, texts=texts,
                                      text_encoder=text_encoder)
     params = {"ldm": cfg, "seed": seed, "n_train": len(train_rows), "n_val": len(val_rows)}
-    with tracked_job(tracking_json, job_name, params=params, tags={"cxrgen.stage": f"ldm:{cfg['conditioning']}"},
-                     state_dir=state_dir) as job:
+    world = loop.resolved_world()
+    tags = {"cxrgen.stage": f"ldm:{cfg['conditioning']}", "cxrgen.world_size": str(world.world_size)}
+    with tracked_job(tracking_json, job_name, params=params, tags=tags, state_dir=state_dir,
+                     main=world.is_main) as job:
         started = time.perf_counter()
         result = trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra)
         train_seconds = time.perf_counter() - started
+        if not world.is_main:  # rank 0 alone validates, samples and writes
+            return {"rank": world.rank, "steps": result.steps_done}
 
         tmp = job.staging(out_dir)
         if cfg["save_raw"]:
@@ -233,7 +256,7 @@ def train_ldm(*, latents_dir: Path | str, ae_dir: Path | str, clip_dir: Path | s
             "seconds_per_step": train_seconds / max(1, result.steps_done - (result.resumed_from or 0)),
             "text_encoding_seconds": trainer.text_seconds, "sample_grid_seconds": grid_seconds,
             "latent_shape": list(train_mean.shape[1:]), "conditioning": cfg["conditioning"],
-            "mlflow_run_id": job.run_id,
+            "mlflow_run_id": job.run_id, "world_size": world.world_size,
         }
         write_json(tmp / "metrics.json", metrics)
         job.log_metrics({"val_loss_ema": val_loss}, result.steps_done)

@@ -7,6 +7,9 @@ fresh interpreters (``python -m cxrgen.train.distributed``), not ``multiprocessi
 adapter runs as ``__main__`` without a ``__name__`` guard, and spawn would re-execute it in every child. So the
 function must be importable by name (a module-level library function), and its arguments picklable.
 
+The ranks write to this process's current ``sys.stdout``/``sys.stderr`` (e.g. the job's log file). A SIGTERM to the
+launcher (SLURM's time limit, ``scancel``) is passed on to the ranks, and the launcher waits for them to stop.
+
 Under ``torchrun`` (``WORLD_SIZE`` already set) :func:`launch` simply calls the function in this process.
 The training loop (:mod:`cxrgen.train.loop`) reads the same environment; see its module docstring for what a rank
 does and :func:`is_main_process` for who writes outputs.
@@ -17,11 +20,15 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,10 @@ import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+
+# after one rank failed, the others get this long to stop on their own (record their error, rank 0 its run's status)
+# before SIGTERM, and as long again before SIGKILL (a rank blocked inside a collective runs no Python signal handler)
+STOP_GRACE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -111,15 +122,14 @@ def launch(fn, world_size: int, *args, backend: str | None = None, **kwargs) -> 
                # the callee's module must import in the fresh interpreters as it does here (tests, src layouts)
                "PYTHONPATH": os.pathsep.join([p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")])}
         procs = [subprocess.Popen([sys.executable, "-m", "cxrgen.train.distributed", str(tmp), str(rank)],
-                                  env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+                                  env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                                  stdout=_file_descriptor(sys.stdout), stderr=_file_descriptor(sys.stderr))
                  for rank in range(world_size)]
         try:
-            codes = _wait_all(procs)
+            with _forward_sigterm(procs):
+                codes = _wait_all(procs)
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+            _stop_all(procs)
         outcomes = {rank: _read_outcome(tmp, rank) for rank in range(world_size)}
         failed = [r for r in range(world_size) if outcomes[r] is None or outcomes[r][0] != "ok"]
         if not failed and all(code == 0 for code in codes):
@@ -127,19 +137,73 @@ def launch(fn, world_size: int, *args, backend: str | None = None, **kwargs) -> 
         raise _first_error(outcomes, codes)
 
 
-def _wait_all(procs: list[subprocess.Popen]) -> list[int]:
-    """Exit codes; once one rank fails the others are stopped (they would wait forever in a collective)."""
+def _file_descriptor(stream) -> int | None:
+    """The file descriptor behind ``stream`` (e.g. the log file :func:`cxrgen.logutil.setup_logging` made
+    ``sys.stderr``), or None: the ranks inherit this process's."""
+    try:
+        stream.flush()
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both an OSError and a ValueError
+        return None
+
+
+@contextmanager
+def _forward_sigterm(procs: list[subprocess.Popen]) -> Iterator[None]:
+    """Pass a SIGTERM of the launcher on to the ranks instead of dying: they stop like any killed job (rank 0 records
+    its run as KILLED, see :func:`cxrgen.train.job.tracked_job`) and the launcher re-raises their error. Dying at once
+    would kill the ranks through the parent-death signal before they could record anything."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        log.warning("%s: passing it on to the ranks", signal.Signals(signum).name)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_all(procs: list[subprocess.Popen], grace: float = STOP_GRACE_SECONDS) -> list[int]:
+    """Exit codes. Once one rank failed, the others get ``grace`` seconds to stop on their own (a rank whose peer is
+    gone gets an error from its next collective; rank 0 records its run's status), then SIGTERM, then SIGKILL after
+    another ``grace`` (they would otherwise wait in a collective until its timeout)."""
+    failed_at = terminated_at = None
     while True:
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):
             return codes
-        if any(c not in (None, 0) for c in codes):
-            time.sleep(0.5)  # let the other ranks record their own error first if they have one
+        now = time.monotonic()
+        if failed_at is None and any(c not in (None, 0) for c in codes):
+            failed_at = now
+        if failed_at is not None and terminated_at is None and now - failed_at > grace:
+            terminated_at = now
             for p in procs:
                 if p.poll() is None:
                     p.terminate()
-            return [p.wait() for p in procs]
+        if terminated_at is not None and now - terminated_at > grace:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
         time.sleep(0.05)
+
+
+def _stop_all(procs: list[subprocess.Popen], grace: float = STOP_GRACE_SECONDS) -> None:
+    """Ranks still running when the launcher leaves early (Ctrl-C reaches the whole process group: let them record
+    their status) get ``grace`` seconds to stop on their own, then SIGKILL."""
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _read_outcome(tmp: Path, rank: int):

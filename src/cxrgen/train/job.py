@@ -12,7 +12,11 @@ staging path, publishes it atomically and then logs artifacts. The run's final s
 - ``FINISHED`` only after the output was published and the artifacts logged.
 
 The phase a job failed in is tagged on the run (``cxrgen.failed_phase``) with the exception type (never its message:
-messages may carry source paths).
+messages may carry source paths). Once the job is stopping (a first SIGTERM, or its status is being recorded), further
+SIGTERMs are logged and ignored, so that they cannot interrupt the recording of the status.
+
+Data-parallel training runs the job on every rank: rank 0 is the job (``main=True``, the default); the other ranks
+(``main=False``) train inside the same scaffold but open no run, keep no run id and may not publish.
 """
 
 from __future__ import annotations
@@ -74,9 +78,10 @@ def write_json(path: Path | str, payload: dict) -> Path:
 class TrackedJob:
     """Handle given to the body of :func:`tracked_job`."""
 
-    def __init__(self, run, state_dir: Path | None):
+    def __init__(self, run, state_dir: Path | None, main: bool = True):
         self.run = run
         self.state_dir = state_dir
+        self.main = main
         self.phase = "open"
         self.published = False
         # what a resumable trainer keeps in its checkpoints (run_training's ``extra_state``)
@@ -107,13 +112,19 @@ class TrackedJob:
 
     def staging(self, final: Path | str) -> Path:
         """A fresh staging directory ``<final>.tmp`` for a directory output."""
+        self._require_main("stage")
         return staging_dir(final)
+
+    def _require_main(self, what: str) -> None:
+        if not self.main:
+            raise RuntimeError(f"only the main process (rank 0) may {what} the job's outputs")
 
     def publish(self, staged: Path | str, final: Path | str, *, artifacts: tuple[str, ...] | list[str] = (),
                 tags: dict[str, Any] | None = None) -> Path:
         """Swap the finished ``staged`` directory or file in as ``final``, then log ``artifacts`` (names relative to
         ``final`` for a directory; paths otherwise) and ``tags``. Call once per output; the job counts as published
         once every call returned."""
+        self._require_main("publish")
         self.phase = "publish"
         staged, final = Path(staged), Path(final)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -144,50 +155,73 @@ def _previous_run_id(state_dir: Path | None) -> str | None:
     return json.loads((Path(state_dir) / RUN_ID_FILE).read_text()).get("run_id")
 
 
+class _Stopping:
+    """Set once the job is stopping: later SIGTERMs are ignored (see :func:`_sigterm_raises`)."""
+
+    def __init__(self):
+        self.stopping = False
+
+
 @contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM into :class:`JobKilled` in the main thread while the job runs (Python's default would end the
-    process without closing its run)."""
+def _sigterm_raises() -> Iterator[_Stopping]:
+    """Turn the first SIGTERM into :class:`JobKilled` in the main thread while the job runs (Python's default would
+    end the process without closing its run). Once the job is stopping (that first SIGTERM, or ``stopping`` set by
+    the caller while it records the status), further SIGTERMs are ignored: SLURM signals every process of a job step
+    and a data-parallel launcher forwards the signal too, so a rank may get it twice, and a second exception would
+    abort the status update the first one started."""
+    state = _Stopping()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield state
         return
 
     def handler(signum, frame):
-        raise JobKilled(f"signal {signal.Signals(signum).name}")
+        name = signal.Signals(signum).name
+        if state.stopping:
+            log.warning("%s ignored: the job is already stopping", name)
+            return
+        state.stopping = True
+        raise JobKilled(f"signal {name}")
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield state
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
 def tracked_job(tracking_json: Path | str | None, name: str, *, params: dict | None = None,
-                tags: dict | None = None, state_dir: Path | str | None = None) -> Iterator[TrackedJob]:
+                tags: dict | None = None, state_dir: Path | str | None = None,
+                main: bool = True) -> Iterator[TrackedJob]:
     """Run the body as one tracked job (see the module docstring for the status rule).
 
     ``tracking_json`` (rule ``init_tracking``) → an MLflow child run ``name`` with ``params`` and ``tags``;
     ``None`` runs untracked. With ``state_dir`` (a resumable job), the run id is kept in ``state_dir`` and a rerun
     after a kill continues the same run.
+
+    ``main=False``: a data-parallel rank other than 0 (``not cxrgen.train.distributed.is_main_process()``). Its body
+    runs (it trains with the other ranks; a SIGTERM still raises :class:`JobKilled`, exceptions pass through) but it
+    opens no run, writes no run id, may not stage or publish outputs (:meth:`TrackedJob.publish` raises) and is not
+    required to publish. Rank 0's run carries the status of the whole job.
     """
     from cxrgen.train.tracking import JobRun
 
     state = Path(state_dir) if state_dir is not None else None
-    with _sigterm_raises():
+    with _sigterm_raises() as signals:
         run = None
-        if tracking_json is not None:
+        if tracking_json is not None and main:
             previous = _previous_run_id(state)
             run = JobRun(Path(tracking_json), name, params=None if previous else params, tags=tags, run_id=previous)
             if state is not None:
                 write_json(state / RUN_ID_FILE, {"run_id": run.run_id})
-        job = TrackedJob(run, state)
+        job = TrackedJob(run, state, main=main)
         job.phase = "run"
         try:
             yield job
-            if not job.published:
+            if main and not job.published:
                 raise RuntimeError(f"job {name} ended without publishing its output")
         except BaseException as error:
+            signals.stopping = True
             status = "KILLED" if is_kill(error) else "FAILED"
             log.error("job %s %s in phase %s (%s)", name, status.lower(), job.phase, type(error).__name__)
             if run is not None:
@@ -197,5 +231,6 @@ def tracked_job(tracking_json: Path | str | None, name: str, *, params: dict | N
                     run.finish(status)
             raise
         job.phase = "done"
+        signals.stopping = True
         if run is not None:
             run.finish("FINISHED")
