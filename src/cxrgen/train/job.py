@@ -38,7 +38,6 @@ from cxrgen.train.outputs import publish_dir, staging_dir
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run.json"
-PHASES = ("open", "run", "publish", "artifacts", "done")
 
 
 class JobKilled(BaseException):  # noqa: N818 - a signal, not an error; BaseException so `except Exception` lets it pass
