@@ -367,10 +367,8 @@ def _plan_admission(ctx: DemoContext, index: int, subject_id: int, hadm_id: int,
     group = int(rng.integers(len(_YEAR_GROUPS)))
     icd_version = 9 if group < 2 or (group == 2 and rng.random() < 0.5) else 10
     admit = -float(rng.uniform(2.0, 30.0) if rng.random() < 0.7 else rng.uniform(30.0, 96.0))
-    if kind == "short":
-        los = float(rng.uniform(14.0, 46.0))
-    else:
-        los = float(min(49.0 + rng.gamma(2.0, 30.0), 14 * 24.0))
+    # ICU length of stay in hours: under 48 h for "short" admissions, else 49 h plus a gamma tail (capped at 14 days)
+    los = float(rng.uniform(14.0, 46.0)) if kind == "short" else float(min(49.0 + rng.gamma(2.0, 30.0), 336.0))
     units = list(_CAREUNITS)
     first_unit = units[int(rng.integers(len(units)))]
     last_unit = units[(units.index(first_unit) + 1 + int(rng.integers(len(units) - 1))) % len(units)] \
