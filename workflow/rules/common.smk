@@ -87,6 +87,11 @@ def demo_image_count(wildcards):
     return config["demo"]["images"].get(wildcards.source, 0)
 
 
+def demo_icu_stays(wildcards):
+    """The demo ICU patients' films live in the MIMIC corpus only (rule build_demo_mimic_iv writes their tables)."""
+    return config["demo"]["icu_stays"] if wildcards.source == "mimic" else 0
+
+
 def source_root_param(wildcards):
     return source_root(wildcards.source)
 

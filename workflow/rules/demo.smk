@@ -12,8 +12,23 @@ rule build_demo_sources:
         downscale=config["demo"]["downscale"],
         bad_fraction=config["demo"]["bad_fraction"],
         noise_fraction=config["demo"]["noise_fraction"],
+        icu_stays=demo_icu_stays,
     log:
         "results/logs/build_demo_sources/{source}.log",
     threads: 1
     script:
         "../scripts/demo/build_demo_sources.py"
+
+
+# MIMIC-IV v2.2 hosp/ and icu/ tables of the demo ICU patients whose films are in the MIMIC-CXR demo corpus.
+rule build_demo_mimic_iv:
+    output:
+        root=directory("results/sources/mimic-iv"),
+    params:
+        icu_stays=config["demo"]["icu_stays"],
+        seed=config["seed"],
+    log:
+        "results/logs/build_demo_mimic_iv/build_demo_mimic_iv.log",
+    threads: 1
+    script:
+        "../scripts/demo/build_demo_mimic_iv.py"

@@ -14,7 +14,8 @@ def main(smk) -> None:
     meta = build_demo_sources(
         smk.wildcards.source, smk.output.root, smk.output.meta, n_images=smk.params.n_images,
         seed=smk.params.seed, downscale=smk.params.downscale, bad_fraction=smk.params.bad_fraction,
-        noise_fraction=smk.params.noise_fraction, noise_path=smk.output.noise)
+        noise_fraction=smk.params.noise_fraction, noise_path=smk.output.noise,
+        icu_stays=smk.params.icu_stays)
     print(f"{meta['source']}: {meta['files_written']} files ({meta['noisy_files']} noisy) in {meta['seconds']} s")
 
 

@@ -5,6 +5,12 @@ report format (``FINAL REPORT``, EXAMINATION/INDICATION/COMPARISON/FINDINGS/IMPR
 labelled with :func:`cxrgen.sources.iuxray.mesh_to_chexpert` plus simple negation/uncertainty cues so the CheXpert CSV
 holds 1/0/-1/blank. Each subject has 1-4 studies; PA studies usually add a lateral, portable AP studies rarely do.
 Film sizes, spacings and the DICOM encoding mix are plausible choices, not measured MIMIC statistics (none offline).
+
+With ``icu_stays`` the corpus also holds the portable AP films of the ICU patients planned by
+:func:`cxrgen.demo.icu.plan_icu_stays` (the same plan the MIMIC-IV demo tables are written from): one phantom seed, film
+size and fake person per subject, so a patient's films differ only in their findings; StudyDate/StudyTime are the
+plan's film times, and the report and CheXpert row are written from the film's findings. ICU films are never bad or
+noisy files, so the ICU cohort of the demo is exactly the plan's.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from cxrgen.demo import noise as demo_noise
 from cxrgen.demo.badfiles import DICOM_FILM_MIX, plan_bad_files, remove_missing
 from cxrgen.demo.common import DemoContext
 from cxrgen.demo.films import FilmStyle, demo_size, render, write_film
+from cxrgen.demo.icu import IcuPlan, plan_icu_stays
 from cxrgen.demo.layouts.iuxray import read_reports
 from cxrgen.labels import CHEXPERT_LABELS
 from cxrgen.sources.iuxray import mesh_laterality, mesh_to_chexpert, parse_report_xml
@@ -103,8 +110,11 @@ def _gz_csv(path: Path, frame: pd.DataFrame) -> None:
     path.write_bytes(buf.getvalue())
 
 
-def write(root: Path, n_images: int, ctx: DemoContext) -> None:
+def write(root: Path, n_images: int, ctx: DemoContext, icu_stays: int = 0) -> dict:
+    """``n_images`` films of general MIMIC subjects plus the films of ``icu_stays`` planned ICU patients (whose
+    subject and study ids the general subjects avoid); returns ``{"icu_films": <count>}``."""
     root = Path(root)
+    plan = plan_icu_stays(ctx, icu_stays)
     rng = ctx.rng("mimic", "layout")
     xmls = read_reports()
     reps = [parse_report_xml(b) for b in xmls.values()]
@@ -112,7 +122,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
     rep_order = rng.permutation(len(reps))
 
     # subjects -> studies -> images, until n_images images are planned
-    images, studies, used_subjects, used_studies = [], [], set(), set()
+    images, studies, used_subjects, used_studies = [], [], set(plan.subject_ids), set(plan.study_ids)
     rep_i = 0
     while len(images) < n_images:
         subject = int(rng.integers(10_000_000, 20_000_000))
@@ -189,6 +199,7 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
         split_rows.append({"dicom_id": image["dicom_id"], "study_id": st["study"], "subject_id": st["subject"],
                            "split": st["split"]})
 
+    icu_films = _write_icu_films(root, plan, ctx, meta_rows, split_rows, label_rows)
     root.mkdir(parents=True, exist_ok=True)
     _gz_csv(root / (METADATA_CSV + ".gz"), pd.DataFrame(meta_rows))
     _gz_csv(root / (SPLIT_CSV + ".gz"), pd.DataFrame(split_rows))
@@ -197,3 +208,51 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
                                 sorted(label_rows.items())], columns=["subject_id", "study_id",
                                                                       *sorted(CHEXPERT_LABELS)])
     _gz_csv(root / (CHEXPERT_CSV + ".gz"), label_frame)
+    return {"icu_films": icu_films}
+
+
+def icu_split(ctx: DemoContext, subject_id: int) -> str:
+    """The split-CSV split of an ICU subject, with the shares of the general demo subjects."""
+    rng = ctx.rng("mimic", "icu", "split", subject_id)
+    return str(rng.choice(list(_SPLIT_SHARES), p=list(_SPLIT_SHARES.values())))
+
+
+def _write_icu_films(root: Path, plan: IcuPlan, ctx: DemoContext, meta_rows: list, split_rows: list,
+                     label_rows: dict) -> int:
+    """Render and write the plan's portable AP films; append their metadata, split and label rows."""
+    exam = "CHEST (PORTABLE AP)"
+    count = 0
+    for adm in plan.admissions:
+        subject = adm.subject_id
+        subject_rng = ctx.rng("mimic", "icu", "subject", subject)
+        split = icu_split(ctx, subject)
+        rows, cols, spacing = _FILMS["AP"][int(subject_rng.integers(len(_FILMS["AP"])))]
+        h, w, demo_spacing = demo_size(rows, cols, spacing, ctx)
+        person = ctx.phi.fake_person(subject_rng)
+        study_dir = root / "files" / f"p{str(subject)[:2]}" / f"p{subject}"
+        for k, film in enumerate(adm.films):
+            when = adm.time(film.hours)
+            date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S.") + f"{when.microsecond // 1000:03d}"
+            report = {"indication": "___ with hypoxia and respiratory failure in the ICU, evaluate for interval change.",
+                      "comparison": "___." if k else None, "findings": film.findings_text,
+                      "impression": film.impression_text}
+            study_dir.mkdir(parents=True, exist_ok=True)
+            (study_dir / f"s{film.study_id}.txt").write_text(mimic_report(exam, report))
+            label_rows[(subject, film.study_id)] = film.labels
+            pixels = render("AP", h, w, demo_spacing, film.findings, seed=adm.phantom_seed, sex=adm.sex, age=adm.age)
+            item_rng = ctx.rng("mimic", "image", film.dicom_id)
+            write_film(study_dir / f"s{film.study_id}" / f"{film.dicom_id}.dcm", pixels, _film_style(item_rng),
+                       demo_spacing, view_position="AP", patient_id=str(subject), phi=person,
+                       uid_seed=("mimic", ctx.seed, film.dicom_id), study_instance_uid=None,
+                       extra={"StudyDate": date, "StudyTime": time.split(".")[0],
+                              "AccessionNumber": str(film.study_id)})
+            meta_rows.append({
+                "dicom_id": film.dicom_id, "subject_id": subject, "study_id": film.study_id,
+                "PerformedProcedureStepDescription": exam, "ViewPosition": "AP", "Rows": h, "Columns": w,
+                "StudyDate": date, "StudyTime": time, "ProcedureCodeSequence_CodeMeaning": exam,
+                "ViewCodeSequence_CodeMeaning": _VIEW_CODE_MEANING["AP"],
+                "PatientOrientationCodeSequence_CodeMeaning": "Recumbent"})
+            split_rows.append({"dicom_id": film.dicom_id, "study_id": film.study_id, "subject_id": subject,
+                               "split": split})
+            count += 1
+    return count
