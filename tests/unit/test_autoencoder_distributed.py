@@ -17,12 +17,15 @@ from cxrgen.train.distributed import launch
 from cxrgen.train.loop import Interrupted, latest_checkpoint
 
 # Measured after 4 Adam steps on CPU, 2 of them adversarial (2 ranks vs 1 process: the same draws, sums in another
-# order): losses and gradient norms agree to <1e-6 relative; weights: largest difference PLACEHOLDER, median
-# PLACEHOLDER. A wrong draw, batch statistics of half batches or a missing gradient sum moves most weights by
-# ~lr = 1e-3 per step.
-ATOL, MEDIAN_ATOL = 1e-4, 1e-6
-# 4 images per step (2 per rank); the GAN is active from step 2 on (tiny_cfg), so steps 3 and 4 are adversarial
-CFG = tiny_cfg(max_steps=4, checkpoint_every=2, log_every=1, batch_size=4)
+# order): losses, GAN weights and gradient norms agree to <1e-6 relative; weights: largest difference 1.2e-6 (VAE) and
+# 6.3e-6 (discriminator), median 2e-9. A wrong draw, batch statistics of half batches or a missing gradient sum moves
+# most weights by ~lr = 1e-3 per step.
+ATOL, MEDIAN_ATOL = 5e-5, 1e-7
+# 4 images per step (2 per rank); the GAN is active from step 2 on (tiny_cfg), so steps 3 and 4 are adversarial.
+# norm_num_groups 4 (2 channels per group): with one channel per group a conv bias feeding a GroupNorm is cancelled
+# by it, its gradient is pure rounding noise, and Adam turns that noise into ±lr steps (measured: 3.6e-3 in 48 of
+# 164k elements, which do not change the model's outputs)
+CFG = tiny_cfg(max_steps=4, checkpoint_every=2, log_every=1, batch_size=4, norm_num_groups=4)
 COMPARED = ("loss", "l1", "kl", "grad_norm", "gan_loss", "gan_weight", "disc_loss", "disc_grad_norm")
 
 
