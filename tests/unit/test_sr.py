@@ -37,8 +37,11 @@ def tiny_cfg(**overrides) -> dict:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("store"))
+
+
+def make_store(root):
     """10 smooth phantoms stored at LOW and HIGH px: 6 train PA, 1 train LATERAL (excluded), 3 val PA."""
-    root = tmp_path_factory.mktemp("store")
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:HIGH, :HIGH] / HIGH
     images = []
@@ -65,10 +68,14 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def autoencoder_dir(tmp_path_factory):
+    return make_autoencoder(tmp_path_factory.mktemp("ae") / "autoencoder")
+
+
+def make_autoencoder(out):
+    """A tiny untrained autoencoder at LOW px, saved as rule train_autoencoder saves it."""
     torch.manual_seed(0)
     ae_cfg = validate_config({"sources": {"nih": {}}, "autoencoder": {
         "block_out_channels": [8, 8], "layers_per_block": 1, "norm_num_groups": 4}})["autoencoder"]
-    out = tmp_path_factory.mktemp("ae") / "autoencoder"
     save_autoencoder(build_autoencoder(ae_cfg, LOW), out)
     return out
 

@@ -109,10 +109,16 @@ def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tenso
 
 
 def adaptive_gan_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last_layer: torch.Tensor,
-                        disc_weight: float) -> torch.Tensor:
-    """LDM/VQGAN adaptive weight: ‖∇_last rec‖ / (‖∇_last gan‖ + 1e-4), clamped to [0, 1e4], × disc_weight."""
+                        disc_weight: float, gradient_mean: Callable[[torch.Tensor], torch.Tensor] | None = None
+                        ) -> torch.Tensor:
+    """LDM/VQGAN adaptive weight: ‖∇_last rec‖ / (‖∇_last gan‖ + 1e-4), clamped to [0, 1e4], × disc_weight.
+
+    ``gradient_mean`` (data parallel: the mean over the ranks, :func:`cxrgen.train.distributed.mean_over_ranks`)
+    turns the gradients of this rank's losses into those of the global batch's before the norms are taken."""
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     gan_grad = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
+    if gradient_mean is not None:
+        rec_grad, gan_grad = gradient_mean(rec_grad), gradient_mean(gan_grad)
     weight = rec_grad.norm() / (gan_grad.norm() + 1e-4)
     return torch.clamp(weight, 0.0, 1e4).detach() * disc_weight
 
@@ -172,10 +178,11 @@ class AutoencoderObjective:
 
     def __init__(self, *, kl_weight: float, perceptual: FeaturePerceptualLoss | None = None,
                  perceptual_weight: float = 1.0, discriminator: nn.Module | None = None, gan_start: int = 0,
-                 gan_weight: float = 0.5, adaptive_weight: bool = True):
+                 gan_weight: float = 0.5, adaptive_weight: bool = True,
+                 gradient_mean: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.kl_weight, self.perceptual, self.perceptual_weight = kl_weight, perceptual, perceptual_weight
         self.discriminator, self.gan_start, self.gan_weight = discriminator, gan_start, gan_weight
-        self.adaptive_weight = adaptive_weight
+        self.adaptive_weight, self.gradient_mean = adaptive_weight, gradient_mean
 
     def gan_active(self, step: int) -> bool:
         return self.discriminator is not None and step >= self.gan_start
@@ -197,7 +204,7 @@ class AutoencoderObjective:
         if self.gan_active(step):
             gan_loss = -self.discriminator(recon).mean()
             if self.adaptive_weight and last_layer is not None and torch.is_grad_enabled():
-                weight = adaptive_gan_weight(rec_loss, gan_loss, last_layer, self.gan_weight)
+                weight = adaptive_gan_weight(rec_loss, gan_loss, last_layer, self.gan_weight, self.gradient_mean)
             else:
                 weight = torch.tensor(self.gan_weight)
             loss = loss + weight * gan_loss

@@ -146,14 +146,26 @@ def resize_bicubic(images: torch.Tensor, size: int) -> torch.Tensor:
     return out.clamp(-1.0, 1.0)
 
 
+def _rows_of_rank(batch: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s rows of something drawn for a global batch of ``batch * world_size`` rows."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside a world of {world_size}")
+    return slice(rank * batch, (rank + 1) * batch)
+
+
 def diffusion_loss(model: SRModel, high: torch.Tensor, condition: torch.Tensor, generator: torch.Generator,
-                   loss: str = "l1") -> torch.Tensor:
-    """Diffusion loss (target per the scheduler's prediction_type) on HR images (or patches) given the bicubic-upsampled LR ``condition`` of the same size
-    (timesteps/noise from ``generator``, a CPU generator, so the loss is a pure function of the loop's RNG state)."""
+                   loss: str = "l1", *, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """Diffusion loss (target per the scheduler's prediction_type) on HR images (or patches) given the
+    bicubic-upsampled LR ``condition`` of the same size (timesteps/noise from ``generator``, a CPU generator, so the
+    loss is a pure function of the loop's RNG state).
+
+    Data parallel: ``high`` is rank ``rank``'s slice of a global batch of ``world_size`` equal slices; timesteps and
+    noise are drawn for the global batch and this rank keeps its rows, so the ranks use one process's draws."""
     batch = high.shape[0]
+    rows = _rows_of_rank(batch, rank, world_size)
     steps = model.scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, steps, (batch,), generator=generator).to(high.device)
-    noise = torch.randn(high.shape, generator=generator).to(high.device)
+    timesteps = torch.randint(0, steps, (batch * world_size,), generator=generator)[rows].to(high.device)
+    noise = torch.randn((batch * world_size, *high.shape[1:]), generator=generator)[rows].to(high.device)
     noisy = model.scheduler.add_noise(high, noise, timesteps)
     predicted = model.unet(torch.cat([noisy, condition], dim=1), timesteps).sample
     kind = model.scheduler.config.prediction_type
@@ -172,13 +184,17 @@ def diffusion_loss(model: SRModel, high: torch.Tensor, condition: torch.Tensor, 
     raise ValueError(f"loss must be 'l1' or 'l2', got {loss!r}")
 
 
-def random_crops(images: list[torch.Tensor], size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """The same random ``size``² window of each sample in every (B, C, H, W) tensor of ``images``."""
+def random_crops(images: list[torch.Tensor], size: int, generator: torch.Generator, *, rank: int = 0,
+                 world_size: int = 1) -> list[torch.Tensor]:
+    """The same random ``size``² window of each sample in every (B, C, H, W) tensor of ``images``. Data parallel:
+    the windows are drawn for the global batch and this rank keeps its rows (see :func:`diffusion_loss`)."""
     height, width = images[0].shape[-2:]
     if size > min(height, width):
         raise ValueError(f"crop {size} is larger than the images ({height}x{width})")
-    tops = torch.randint(0, height - size + 1, (images[0].shape[0],), generator=generator).tolist()
-    lefts = torch.randint(0, width - size + 1, (images[0].shape[0],), generator=generator).tolist()
+    batch = images[0].shape[0]
+    rows = _rows_of_rank(batch, rank, world_size)
+    tops = torch.randint(0, height - size + 1, (batch * world_size,), generator=generator)[rows].tolist()
+    lefts = torch.randint(0, width - size + 1, (batch * world_size,), generator=generator)[rows].tolist()
     return [torch.stack([img[i, :, t : t + size, x : x + size] for i, (t, x) in enumerate(zip(tops, lefts,
                                                                                               strict=True))])
             for img in images]

@@ -27,13 +27,9 @@ from cxrgen.models.autoencoder import (
 )
 from cxrgen.report.figures import plot_loss_history
 from cxrgen.train.data import StoreImages, select_rows
+from cxrgen.train.distributed import mean_over_ranks, sync_batch_norm
 from cxrgen.train.job import tracked_job, write_json
-from cxrgen.train.loop import (
-    StepBatchSampler,
-    clip_and_step,
-    run_training,
-    seed_everything,
-)
+from cxrgen.train.loop import StepBatchSampler, run_training, seed_everything
 from cxrgen.train.sections import loop_config
 from cxrgen.train.tracking import config_digest
 
@@ -56,6 +52,14 @@ def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolut
     Outputs in ``out_dir``: ``config.json`` + ``diffusion_pytorch_model.safetensors`` (diffusers ``save_pretrained``;
     ``config.scaling_factor`` = 1/std of training latents), ``metrics.json``, ``recon_grid.png`` (val originals above
     reconstructions), ``loss_curve.png``. Returns the metrics dict. ``stop_after_steps`` simulates a kill (tests).
+
+    Data parallel: run on every rank by :func:`cxrgen.train.distributed.launch` (``launch(train_autoencoder, n,
+    **kwargs)``; the arguments must pickle) or torchrun, the ranks train one model together, each on its slice of
+    every global batch of ``batch_size`` images: the posterior samples are drawn for the global batch, the
+    discriminator's batch norm uses the global batch's statistics and the adaptive GAN weight the global batch's
+    gradients, so the weights are those of a single-process run (up to float summation order). Rank 0 alone opens
+    the MLflow run, computes the scale factor and the validation metrics and writes ``out_dir``; the other ranks
+    return ``{"rank": r, "steps": n}`` once training is done.
     """
     state_dir, out_dir = Path(state_dir), Path(out_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -66,6 +70,7 @@ def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolut
     train_set = StoreImages(store_root, train_rows, resolution)
     loop_cfg = loop_config(cfg, seed, stop_after_steps=stop_after_steps)
     device = loop_cfg.resolved_device()
+    world = loop_cfg.resolved_world()
 
     seed_everything(seed)
     vae = build_autoencoder(cfg, resolution)
@@ -75,6 +80,8 @@ def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolut
     discriminator = None
     if cfg["gan"]["enabled"]:
         discriminator = PatchDiscriminator(1, cfg["gan"]["channels"], cfg["gan"]["layers"])
+        if world.world_size > 1:  # its batch norm normalises by the global batch's statistics, as one process does
+            sync_batch_norm(discriminator)
         modules["discriminator"] = discriminator
         optimizers["discriminator"] = torch.optim.Adam(discriminator.parameters(), lr=cfg["lr"], betas=betas)
     perceptual = _perceptual(cfg, clip_dir, perceptual_net)
@@ -83,24 +90,27 @@ def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolut
     objective = AutoencoderObjective(
         kl_weight=cfg["kl_weight"], perceptual=perceptual, perceptual_weight=cfg["perceptual"]["weight"],
         discriminator=discriminator, gan_start=cfg["gan"]["start_step"], gan_weight=cfg["gan"]["weight"],
-        adaptive_weight=cfg["gan"]["adaptive_weight"])
+        adaptive_weight=cfg["gan"]["adaptive_weight"],
+        gradient_mean=mean_over_ranks if world.world_size > 1 else None)
 
     def loader_for(start: int):
         sampler = StepBatchSampler(len(train_set), cfg["batch_size"], seed=seed, start_step=start,
-                                   max_steps=loop_cfg.max_steps)
+                                   max_steps=loop_cfg.max_steps, rank=world.rank, world_size=world.world_size)
         return iter(torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=0))
 
     def train_step(batch: dict, ctx) -> dict[str, float]:
         x = batch["image"].to(ctx.device)
         with ctx.autocast():
             posterior = vae.encode(x).latent_dist
-            recon = vae.decode(posterior.sample(generator=ctx.generator)).sample
+            recon = vae.decode(_posterior_sample(posterior, ctx)).sample
             loss, metrics = objective.generator_loss(x, recon, posterior, ctx.step, vae.decoder.conv_out.weight)
-        clip_and_step(loss, vae, optimizers["vae"], loop_cfg.grad_clip)
+        # each backward step sums its module's gradients over the ranks (the discriminator's stray gradients from
+        # the generator loss are cleared by its own step's zero_grad)
+        metrics["grad_norm"] = ctx.backward_step(loss, vae, optimizers["vae"])
         if objective.gan_active(ctx.step):
             with ctx.autocast():
                 d_loss, d_metrics = objective.discriminator_loss(x, recon)
-            clip_and_step(d_loss, discriminator, optimizers["discriminator"], loop_cfg.grad_clip)
+            d_metrics["disc_grad_norm"] = ctx.backward_step(d_loss, discriminator, optimizers["discriminator"])
             metrics.update(d_metrics)
         return metrics
 
@@ -111,13 +121,17 @@ def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolut
 
     params = {"autoencoder": cfg, "resolution": resolution, "seed": seed, "n_train": len(train_rows),
               "n_val": len(val_rows)}
-    with tracked_job(tracking_json, job_name, params=params, state_dir=state_dir,
-                     tags={"snakemake.rule": "train_autoencoder", "config.sha256": config_digest(cfg)}) as job:
+    tags = {"snakemake.rule": "train_autoencoder", "config.sha256": config_digest(cfg),
+            "cxrgen.world_size": str(world.world_size)}
+    with tracked_job(tracking_json, job_name, params=params, state_dir=state_dir, tags=tags,
+                     main=world.is_main) as job:
         started = time.perf_counter()
         result = run_training(loop_cfg, modules=modules, optimizers=optimizers, loader_for=loader_for,
                               train_step=train_step, state_dir=state_dir, on_log=on_log, extra_state=job.extra,
-                              desc="autoencoder")
+                              desc="autoencoder", distributed_ready=True)
         train_seconds = time.perf_counter() - started
+        if not world.is_main:  # rank 0 alone computes the scale factor, validates and writes
+            return {"rank": world.rank, "steps": result.steps_done}
         vae.eval()
         scale = _scale_factor(vae, train_set, cfg["scale_sample_size"], cfg["batch_size"], seed, device)
         vae.register_to_config(scaling_factor=scale)
@@ -131,7 +145,7 @@ def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolut
             "latent_shape": [vae.config.latent_channels, resolution // factor, resolution // factor],
             "parameters": config_summary(vae)["parameters"],
             "seconds_per_step_this_run": train_seconds / max(1, result.steps_done - (result.resumed_from or 0)),
-            "mlflow_run_id": job.run_id,
+            "mlflow_run_id": job.run_id, "world_size": world.world_size,
         }
         tmp = job.staging(out_dir)
         save_autoencoder(vae.cpu(), tmp)
@@ -143,6 +157,14 @@ def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolut
                          "scaling_factor": scale}, result.steps_done)
         job.publish(tmp, out_dir, artifacts=["recon_grid.png", "loss_curve.png", "metrics.json"])
     return metrics
+
+
+def _posterior_sample(posterior, ctx) -> torch.Tensor:
+    """z = mean + std·ε with ε drawn from the loop's generator for the global batch (this rank keeps its rows): the
+    draw of diffusers' ``posterior.sample(generator)`` in a single process."""
+    n = posterior.mean.shape[0] * ctx.world_size
+    eps = torch.randn((n, *posterior.mean.shape[1:]), generator=ctx.generator, dtype=posterior.mean.dtype)
+    return posterior.mean + posterior.std * ctx.local(eps).to(posterior.mean.device)
 
 
 def _read_history(path: Path) -> list[dict]:

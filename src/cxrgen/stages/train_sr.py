@@ -34,13 +34,7 @@ from cxrgen.models.sr import (
 from cxrgen.report.figures import plot_loss_history
 from cxrgen.train.data import StoreImages, select_rows
 from cxrgen.train.job import tracked_job, write_json
-from cxrgen.train.loop import (
-    StepBatchSampler,
-    attach_ema,
-    clip_and_step,
-    run_training,
-    seed_everything,
-)
+from cxrgen.train.loop import StepBatchSampler, attach_ema, run_training, seed_everything
 from cxrgen.train.sections import loop_config
 
 log = logging.getLogger(__name__)
@@ -150,6 +144,13 @@ def train_sr(*, index_path: Path | str, store_root: Path | str, low_res: int, hi
     Output: ``out_dir`` (written atomically at the end) with ``model_index.json``, ``unet/``, ``scheduler/``
     (see :mod:`cxrgen.models.sr`), ``metrics.json``, ``val_grid.png`` (LR | bicubic | SR | HR) and
     ``loss_curve.png``. Returns the metrics dict. ``stop_after_steps`` simulates a kill (tests).
+
+    Data parallel: run on every rank by :func:`cxrgen.train.distributed.launch` (``launch(train_sr, n, **kwargs)``;
+    the arguments must pickle) or torchrun, the ranks train one model together, each on its slice of every global
+    batch of ``batch_size`` images; crops, timesteps and noise are drawn for the global batch, so the weights are
+    those of a single-process run (up to float summation order; with ``sr.model.dropout`` > 0 the ranks' dropout
+    masks are their own). Rank 0 alone opens the MLflow run, validates and writes ``out_dir``; the other ranks
+    return ``{"rank": r, "steps": n}`` once training is done.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -160,6 +161,7 @@ def train_sr(*, index_path: Path | str, store_root: Path | str, low_res: int, hi
     loop_cfg = loop_config({**cfg["loop"], "max_steps": int(phase["max_steps"])}, seed,
                            stop_after_steps=stop_after_steps)
     device = loop_cfg.resolved_device()
+    world = loop_cfg.resolved_world()
 
     index = pd.read_parquet(index_path)
     train_rows = select_rows(index, splits=["train"], views=cfg["views"])
@@ -194,7 +196,7 @@ def train_sr(*, index_path: Path | str, store_root: Path | str, low_res: int, hi
 
     def loader_for(start: int):
         sampler = StepBatchSampler(len(train_hr), int(cfg["batch_size"]), seed=int(seed), start_step=start,
-                                   max_steps=loop_cfg.max_steps)
+                                   max_steps=loop_cfg.max_steps, rank=world.rank, world_size=world.world_size)
         return (_batch(train_hr, train_lr, indices) for indices in sampler)
 
     def train_step(batch, ctx) -> dict[str, float]:
@@ -202,23 +204,27 @@ def train_sr(*, index_path: Path | str, store_root: Path | str, low_res: int, hi
         high = high.to(ctx.device)
         low = make_low(high, None if stored_low is None else stored_low.to(ctx.device))
         condition = resize_bicubic(low, high_res)
+        ranks = {"rank": ctx.rank, "world_size": ctx.world_size}  # draws for the global batch, this rank's rows
         if crop:
-            high, condition = random_crops([high, condition], crop, ctx.generator)
+            high, condition = random_crops([high, condition], crop, ctx.generator, **ranks)
         with ctx.autocast():
-            loss = diffusion_loss(model, high, condition, ctx.generator, cfg["loss"])
-        grad_norm = clip_and_step(loss, model.unet, optimizer, loop_cfg.grad_clip)
+            loss = diffusion_loss(model, high, condition, ctx.generator, cfg["loss"], **ranks)
+        grad_norm = ctx.backward_step(loss, model.unet, optimizer)
         return {"loss": loss.item(), "grad_norm": grad_norm}
 
     params = {"sr": cfg, "mode": mode, "low_res": low_res, "high_res": high_res, "seed": seed,
               "n_train": len(train_rows), "n_params": count_parameters(model.unet),
               "ae_dir": str(ae_dir), "init_dir": str(init_dir)}
-    with tracked_job(tracking_json, job_name, params=params, tags={"cxrgen.stage": f"sr:{mode}"},
-                     state_dir=state_dir) as job:
+    tags = {"cxrgen.stage": f"sr:{mode}", "cxrgen.world_size": str(world.world_size)}
+    with tracked_job(tracking_json, job_name, params=params, tags=tags, state_dir=state_dir,
+                     main=world.is_main) as job:
         started = time.perf_counter()
         result = run_training(loop_cfg, modules={"unet": model.unet}, optimizers={"unet": optimizer},
                               loader_for=loader_for, train_step=train_step, state_dir=state_dir,
                               emas={"unet": ema} if ema else None, on_log=job.record, extra_state=job.extra,
-                              desc=f"sr-{mode}")
+                              desc=f"sr-{mode}", distributed_ready=True)
+        if not world.is_main:  # rank 0 alone validates and writes
+            return {"rank": world.rank, "steps": result.steps_done}
         steps_run = result.steps_done - (result.resumed_from or 0)
         seconds_per_step = (time.perf_counter() - started) / max(1, steps_run)
 
@@ -231,7 +237,7 @@ def train_sr(*, index_path: Path | str, store_root: Path | str, low_res: int, hi
             "final_loss": history[-1]["loss"] if history else float("nan"),
             "seconds_per_step": seconds_per_step, "n_train": len(train_rows),
             "n_params": count_parameters(final.unet), "validation_steps": int(cfg["validation"]["steps"]),
-            **val_metrics, "mlflow_run_id": job.run_id,
+            **val_metrics, "mlflow_run_id": job.run_id, "world_size": world.world_size,
         }
         tmp = job.staging(out_dir)
         final.unet.to("cpu")

@@ -1,4 +1,5 @@
-"""Adapter for rules train_sr (bicubic LR) and finetune_sr (LR decoded by the autoencoder; Cheff §5)."""
+"""Adapter for rules train_sr (bicubic LR) and finetune_sr (LR decoded by the autoencoder; Cheff §5).
+Data parallel over the job's GPUs: the profile's `gpu` resource (none: 1) is the number of ranks (docs/cluster.md)."""
 
 from typing import TYPE_CHECKING
 
@@ -14,15 +15,18 @@ def main(smk) -> None:
     claim_job_state(rule=smk.rule, wildcards=dict(smk.wildcards.items()), params=dict(smk.params.items()),
                     inputs=dict(smk.input.items()), state_dir=smk.params.state_dir)  # changed job: fresh state
     from cxrgen.stages.train_sr import train_sr
+    from cxrgen.train.distributed import launch
 
     finetune = smk.rule == "finetune_sr"
-    cfg = dict(smk.params.cfg)
-    metrics = train_sr(index_path=smk.input.index, store_root=smk.params.store_root, low_res=smk.params.low_res,
-                       high_res=smk.params.high_res, cfg=cfg, seed=smk.params.seed, state_dir=smk.params.state_dir,
-                       out_dir=smk.output.model, tracking_json=smk.input.tracking, job_name=smk.rule,
-                       mode="decoded" if finetune else "bicubic",
-                       ae_dir=smk.input.autoencoder if finetune else None,
-                       init_dir=smk.input.base if finetune else None)
+    gpus = int(smk.resources.get("gpu", 0) or 1)
+    # plain str/int/dict values: the ranks are fresh interpreters that unpickle the arguments without snakemake
+    metrics = launch(train_sr, gpus, index_path=str(smk.input.index), store_root=str(smk.params.store_root),
+                     low_res=int(smk.params.low_res), high_res=int(smk.params.high_res), cfg=dict(smk.params.cfg),
+                     seed=int(smk.params.seed), state_dir=str(smk.params.state_dir), out_dir=str(smk.output.model),
+                     tracking_json=str(smk.input.tracking), job_name=str(smk.rule),
+                     mode="decoded" if finetune else "bicubic",
+                     ae_dir=str(smk.input.autoencoder) if finetune else None,
+                     init_dir=str(smk.input.base) if finetune else None)
     print(metrics)
 
 
