@@ -17,7 +17,7 @@ T0 = pd.Timestamp("2150-03-01 08:00:00")
 SALT = b"test-salt"
 COHORT_CFG = {"min_age": 18, "min_los_hours": 48, "prediction_hours": 48, "image_window_hours": [-24, 48],
               "views": ["AP"], "min_pair_gap_hours": 12, "min_pair_ehr_bins": 6, "series_hours": 48,
-              "derive_gcs_total": True}
+              "derive_gcs_total": True, "phenotype_table": None}
 
 
 def at(hours: float) -> pd.Timestamp:

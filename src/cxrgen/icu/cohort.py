@@ -18,8 +18,9 @@ later image was taken.
 Labels of the later image: MIMIC-CXR CheXpert labels with the explicit binary policy (1 -> 1.0, 0 -> 0.0, -1
 uncertain and blank -> NaN, masked in losses); DDL-CXR's public code instead recodes them 0..3 and feeds them to a
 binary loss. Outcomes: in-hospital mortality (``hospital_expire_flag``, or a ``deathtime`` recorded for the
-admission) and the 25 benchmark phenotypes of the admission's diagnoses (:mod:`cxrgen.icu.phenotypes`). Splits: the
-unified store's patient split, so no test patient of the ICU task is ever seen by the autoencoder or the LDM.
+admission) and the 25 benchmark phenotypes of the admission's diagnoses (:mod:`cxrgen.icu.phenotypes`, code table
+``phenotype_table``). Splits: the unified store's patient split, so no test patient of the ICU task is ever seen by the
+autoencoder or the LDM.
 
 Outputs carry pseudonymised keys and hours relative to ICU admission only (no raw ids, no dates).
 """
@@ -34,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from cxrgen.icu import mimic_iv, timeseries
-from cxrgen.icu.phenotypes import PHENOTYPE_COLUMNS, phenotype_matrix
+from cxrgen.icu.phenotypes import PHENOTYPE_COLUMNS, load_phenotype_table, phenotype_matrix
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, apply_label_policy
 from cxrgen.privacy import pseudonym
 from cxrgen.sources.files import find_table
@@ -240,6 +241,7 @@ def build_cohort(mimic_iv_root: Path | str, mimic_cxr_root: Path | str, store_in
     """The cohort of ``cfg`` (config section ``icu.cohort``) from the MIMIC-IV tables under ``mimic_iv_root``, the
     MIMIC-CXR metadata under ``mimic_cxr_root`` and the unified store's index (image_id, patient_pid, split)."""
     check_config(cfg)
+    phenotype_table = load_phenotype_table(cfg.get("phenotype_table"))  # a malformed user table fails before the reads
     version = mimic_iv.detect_version(mimic_iv_root)
     log.info("MIMIC-IV %s layout at %s", version, mimic_iv_root)
     stays, steps = select_stays(*(mimic_iv.read_table(mimic_iv_root, t, version)
@@ -274,8 +276,8 @@ def build_cohort(mimic_iv_root: Path | str, mimic_cxr_root: Path | str, store_in
 
     prediction = stays[with_image].copy()
     prediction[list(PHENOTYPE_COLUMNS)] = phenotype_matrix(
-        mimic_iv.read_table(mimic_iv_root, "diagnoses_icd", version), prediction["hadm_id"].astype("int64")
-    ).to_numpy()
+        mimic_iv.read_table(mimic_iv_root, "diagnoses_icd", version), prediction["hadm_id"].astype("int64"),
+        phenotype_table).to_numpy()
     prediction["last_image_id"] = prediction["stay_id"].map(last["image_id"])
     prediction["last_image_hours"] = prediction["stay_id"].map(last["hours"]).astype("float64")
     prediction["hours_since_last_image"] = cfg["prediction_hours"] - prediction["last_image_hours"]
