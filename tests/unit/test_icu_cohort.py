@@ -214,3 +214,11 @@ def test_stage_writes_outputs_without_raw_ids_or_dates(roots, tmp_path, monkeypa
     for text in texts:
         assert not [r for r in raw if r in text]
     assert json.loads(texts[0])["mimic_iv_version"] == "v2.0"
+
+
+def test_malformed_phenotype_table_fails_before_reading_mimic(tmp_path):
+    bad = tmp_path / "table.csv"
+    bad.write_text("icd_version,code\n9,486\n")
+    with pytest.raises(ValueError, match="icu.cohort.phenotype_table .*missing \\['phenotype'\\]"):
+        build_cohort(tmp_path / "no-mimic-iv", tmp_path / "no-cxr", h.store_index(), dict(CFG, phenotype_table=str(bad)),
+                     h.SALT)
