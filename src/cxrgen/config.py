@@ -81,6 +81,14 @@ def _check_references(config: dict) -> list[str]:
     if variant is not None and variant not in config.get("variants", {}):
         problems.append(f"config key 'downstream.variant' = {variant!r} is not a defined variant; "
                         f"defined variants (key 'variants'): {sorted(config.get('variants', {}))}")
+    mimic = config.get("sources", {}).get("mimic", {})
+    if config.get("icu", {}).get("enabled") and not mimic.get("enabled"):
+        problems.append("config key 'icu.enabled' = True needs MIMIC-CXR (key 'sources.mimic.enabled' = true): the ICU "
+                        "cohort's images and splits come from the MIMIC-CXR part of the store; or set icu.enabled: false")
+    if config.get("icu", {}).get("enabled") and config["icu"].get("mimic_iv_root") is None and mimic.get("root"):
+        problems.append(f"config key 'icu.mimic_iv_root' = None (the demo MIMIC-IV tables) does not describe the real "
+                        f"MIMIC-CXR of 'sources.mimic.root' = {mimic['root']!r}: set icu.mimic_iv_root to the MIMIC-IV "
+                        f"root (the folder holding hosp/ and icu/)")
     return problems
 
 

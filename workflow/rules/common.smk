@@ -77,6 +77,7 @@ def final_targets():
         "results/reports/downstream/downstream.md",  # downstream experiments table (rule report_downstream)
         "results/reports/downstream/downstream.png",
         *eval_targets(),  # metric harness per variant + reconstruction (workflow/rules/evaluate_metrics.smk)
+        *icu_targets(),  # DDL-CXR ICU branch when icu.enabled (workflow/rules/icu.smk)
         "results/summary.md",  # headline tables for terminal readers (rule write_summary)
         "results/reports/training/curves.png",  # every model's loss curve and sample grid (rule report_training)
     ]
@@ -267,3 +268,36 @@ def trained_model_dirs(wildcards=None):
 
 def trained_model_names(wildcards=None):
     return list(_trained_models())
+
+
+# --- DDL-CXR ICU branch (workflow/rules/icu.smk) ---
+ICU_ENABLED = config["icu"]["enabled"]
+DEMO_MIMIC_IV = "results/sources/mimic-iv"  # rule build_demo_mimic_iv (workflow/rules/demo.smk)
+ICU_COHORT = {name: f"results/icu/cohort/{name}" for name in
+              ("stays.parquet", "pairs.parquet", "ehr.npz", "normalisation.json", "cohort.json")}
+
+
+def icu_targets():
+    return list(ICU_COHORT.values()) if ICU_ENABLED else []
+
+
+def mimic_iv_root():
+    """The MIMIC-IV root: icu.mimic_iv_root, or the demo tables written for the demo MIMIC-CXR patients."""
+    root = config["icu"]["mimic_iv_root"]
+    return DEMO_MIMIC_IV if root is None else root
+
+
+def icu_demo_only():
+    """Only demo data in the ICU cohort (the public demo salt is acceptable; real data need the secret one)."""
+    return config["icu"]["mimic_iv_root"] is None and is_demo("mimic")
+
+
+def icu_cohort_inputs(wildcards):
+    """The store index, and the demo MIMIC-IV tables and MIMIC-CXR corpus when they are the demo's (real roots are
+    read in place, as params)."""
+    inputs = {"index": "results/store/index.parquet"}
+    if config["icu"]["mimic_iv_root"] is None:
+        inputs["mimic_iv"] = DEMO_MIMIC_IV
+    if is_demo("mimic"):
+        inputs["mimic_cxr"] = "results/sources/mimic"
+    return inputs
