@@ -161,3 +161,20 @@ def test_icu_subjects_split_like_the_rest():
     splits = pd.Series([mimic.icu_split(ctx, s) for s in range(10_000_000, 10_000_600)]).value_counts(normalize=True)
     for name, share in {"train": 0.7, "validate": 0.15, "test": 0.15}.items():
         assert abs(splits[name] - share) < 0.05
+
+
+def test_repeated_films_of_one_patient_are_distinct_acquisitions():
+    """Unchanged findings on two films must not give byte-identical films: the store drops exact duplicates, and 51
+    of the demo's ICU films were lost that way before each film got its own acquisition."""
+    from cxrgen.demo.films import vary_acquisition
+    from cxrgen.demo.phantom import render_phantom
+
+    def film(seed, acquisition):
+        base = render_phantom(PhantomSpec(view="AP", height_px=96, width_px=112, spacing_mm=3.0, seed=seed))
+        return vary_acquisition(base, np.random.default_rng(acquisition))
+
+    first, second, other_patient = film(5, 1), film(5, 2), film(6, 3)
+    assert not np.array_equal(first, second)
+    same = np.corrcoef(first.ravel(), second.ravel())[0, 1]
+    assert same > 0.8 and same > np.corrcoef(first.ravel(), other_patient.ravel())[0, 1]  # still the same patient
+    assert first.dtype == np.float32 and first.min() >= 0.0 and first.max() <= 1.0

@@ -90,7 +90,7 @@ def demo_image_count(wildcards):
 
 def demo_icu_stays(wildcards):
     """The demo ICU patients' films live in the MIMIC corpus only (rule build_demo_mimic_iv writes their tables)."""
-    return config["demo"]["icu_stays"] if wildcards.source == "mimic" else 0
+    return config["demo"]["icu_stays"] if wildcards.source == "mimic" and config["icu"]["enabled"] else 0
 
 
 def source_root_param(wildcards):

@@ -23,16 +23,3 @@ if ICU_ENABLED:
         script:
             "../scripts/icu/build_icu_cohort.py"
 
-
-# ---- PLACEHOLDER, remove when merging: rule build_demo_mimic_iv (workflow/rules/demo.smk) belongs to the demo helper
-# of issue 13 and is not on this branch. Until it is, this stub gives the demo MIMIC-IV root a producer so the DAG
-# plans (`snakemake -n`); running it fails on purpose. It disappears by itself once the real rule is included first.
-if ICU_ENABLED and config["icu"]["mimic_iv_root"] is None and not rules.has("build_demo_mimic_iv"):
-
-    rule placeholder_demo_mimic_iv:
-        output:
-            directory(DEMO_MIMIC_IV),
-        log:
-            "results/logs/placeholder_demo_mimic_iv/placeholder.log",
-        shell:
-            "echo 'rule build_demo_mimic_iv (issue 13 demo helper) is not merged yet' > {log}; exit 1"

@@ -49,6 +49,19 @@ def render(view: str, h: int, w: int, spacing_mm: float, findings: dict[str, str
                                       sex=sex if sex in ("M", "F") else "U", age=age, findings=findings, seed=seed))
 
 
+def vary_acquisition(pixels01: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One acquisition of a phantom: repeated portable films of one patient are never pixel-identical (and so not
+    dropped as duplicates by the store): the patient lies up to 2 % of the film off its previous position, the exposure
+    differs (gamma 0.9-1.1) and each film has its own quantum noise (sigma 0.006 of the display range)."""
+    from scipy.ndimage import shift
+
+    h, w = pixels01.shape
+    offset = rng.uniform(-0.02, 0.02, size=2) * np.array([h, w])
+    moved = np.clip(shift(pixels01.astype(np.float32), offset, order=1, mode="nearest"), 0.0, 1.0)
+    exposed = moved ** float(rng.uniform(0.9, 1.1)) + rng.normal(0.0, 0.006, size=moved.shape)
+    return np.clip(exposed, 0.0, 1.0).astype(np.float32)
+
+
 def write_film(path: Path, pixels01: np.ndarray, style: FilmStyle, spacing_mm: float, *, view_position: str | None,
                patient_id: str, phi: dict[str, str], uid_seed: object, bad_kind: str | None = None,
                extra: dict | None = None, study_instance_uid: str | None = None) -> None:

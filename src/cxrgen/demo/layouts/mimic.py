@@ -27,7 +27,7 @@ import pandas as pd
 from cxrgen.demo import noise as demo_noise
 from cxrgen.demo.badfiles import DICOM_FILM_MIX, plan_bad_files, remove_missing
 from cxrgen.demo.common import DemoContext
-from cxrgen.demo.films import FilmStyle, demo_size, render, write_film
+from cxrgen.demo.films import FilmStyle, demo_size, render, vary_acquisition, write_film
 from cxrgen.demo.icu import IcuPlan, plan_icu_stays
 from cxrgen.demo.layouts.iuxray import read_reports
 from cxrgen.labels import CHEXPERT_LABELS
@@ -239,8 +239,9 @@ def _write_icu_films(root: Path, plan: IcuPlan, ctx: DemoContext, meta_rows: lis
             study_dir.mkdir(parents=True, exist_ok=True)
             (study_dir / f"s{film.study_id}.txt").write_text(mimic_report(exam, report))
             label_rows[(subject, film.study_id)] = film.labels
-            pixels = render("AP", h, w, demo_spacing, film.findings, seed=adm.phantom_seed, sex=adm.sex, age=adm.age)
             item_rng = ctx.rng("mimic", "image", film.dicom_id)
+            pixels = vary_acquisition(render("AP", h, w, demo_spacing, film.findings, seed=adm.phantom_seed,
+                                             sex=adm.sex, age=adm.age), item_rng)
             write_film(study_dir / f"s{film.study_id}" / f"{film.dicom_id}.dcm", pixels, _film_style(item_rng),
                        demo_spacing, view_position="AP", patient_id=str(subject), phi=person,
                        uid_seed=("mimic", ctx.seed, film.dicom_id), study_instance_uid=None,
