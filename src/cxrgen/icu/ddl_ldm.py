@@ -26,6 +26,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
@@ -348,8 +349,8 @@ def pair_data(pairs, ehr, cache, *, with_std: bool) -> PairData:
 
     later_mean, later_std = scaled_latents(cache, cache_rows(cache, pairs["later_image_id"].tolist()), with_std)
     prior_mean, prior_std = scaled_latents(cache, cache_rows(cache, pairs["prior_image_id"].tolist()), with_std)
-    start = torch.as_tensor(pairs["ehr_start_bin"].to_numpy(), dtype=torch.long).clamp(0, ehr.hours)
-    end = torch.as_tensor(pairs["ehr_end_bin"].to_numpy(), dtype=torch.long).clamp(0, ehr.hours)
+    start = torch.tensor(pairs["ehr_start_bin"].to_numpy(np.int64)).clamp(0, ehr.hours)
+    end = torch.tensor(pairs["ehr_end_bin"].to_numpy(np.int64)).clamp(0, ehr.hours)
     return PairData(later_mean=later_mean, later_std=later_std, prior_mean=prior_mean, prior_std=prior_std,
                     values=ehr.values, static=ehr.static,
                     stay_rows=torch.from_numpy(ehr.rows(pairs["stay_key"].tolist())), start=start, end=end,
