@@ -35,31 +35,46 @@ def auroc_columns(y: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def average_precision_columns(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Average precision (sklearn's definition) per column; NaN without a positive (or without a negative)."""
+    """Average precision (sklearn's definition) per column; NaN without a positive (or without a negative).
+
+    AP = Σ_n (R_n − R_{n−1}) P_n over distinct score thresholds = (1/P) Σ over positives of the precision at the end
+    of the positive's group of tied scores."""
     y, s = np.asarray(y, dtype=np.float64), np.asarray(s, dtype=np.float64)
-    out = np.full(y.shape[1], np.nan)
-    for k in range(y.shape[1]):
-        positives = y[:, k].sum()
-        if positives == 0 or positives == len(y):
-            continue
-        order = np.argsort(-s[:, k], kind="mergesort")
-        scores, labels = s[order, k], y[order, k]
-        last_of_tie = np.r_[scores[1:] != scores[:-1], True]
-        tp = np.cumsum(labels)[last_of_tie]
-        seen = (np.flatnonzero(last_of_tie) + 1).astype(np.float64)
-        recall_steps = np.diff(np.r_[0.0, tp]) / positives
-        out[k] = float((recall_steps * tp / seen).sum())
-    return out
+    n = len(y)
+    order = np.argsort(-s, axis=0, kind="mergesort")
+    scores, labels = np.take_along_axis(s, order, 0), np.take_along_axis(y, order, 0)
+    last_of_tie = np.ones_like(scores, dtype=bool)
+    last_of_tie[:-1] = scores[1:] != scores[:-1]
+    precision = np.cumsum(labels, axis=0) / np.arange(1, n + 1)[:, None]
+    position = np.where(last_of_tie, np.arange(n)[:, None], n)
+    group_end = np.minimum.accumulate(position[::-1], axis=0)[::-1]
+    at_group_end = np.take_along_axis(precision, np.minimum(group_end, n - 1), 0)
+    positives = labels.sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ap = (labels * at_group_end).sum(0) / positives
+    return np.where((positives > 0) & (positives < n), ap, np.nan)
 
 
 def outcome_metrics(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     """[4] = :data:`METRICS` for labels/probabilities [n, K] with column 0 mortality, 1.. phenotypes (macro =
     mean over phenotypes with both classes)."""
-    auc, ap = auroc_columns(y, p), average_precision_columns(y, p)
+    return _metrics_of_models(y, p[None])[0]
+
+
+def _metrics_of_models(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """[M, 4] metrics of M models' probabilities ``p`` [M, n, K] on the same labels ``y`` [n, K], in one pass."""
+    models, n, k = p.shape
+    flat_p = p.transpose(1, 0, 2).reshape(n, models * k)
+    flat_y = np.tile(y, (1, models))
+    auc = auroc_columns(flat_y, flat_p).reshape(models, k)
+    ap = average_precision_columns(flat_y, flat_p).reshape(models, k)
+    out = np.full((models, len(METRICS)), np.nan)
+    out[:, 0], out[:, 1] = auc[:, 0], ap[:, 0]
     with np.errstate(all="ignore"):
-        pheno_auc = np.nanmean(auc[1:]) if np.isfinite(auc[1:]).any() else np.nan
-        pheno_ap = np.nanmean(ap[1:]) if np.isfinite(ap[1:]).any() else np.nan
-    return np.array([auc[0], ap[0], pheno_auc, pheno_ap])
+        for j, values in ((2, auc[:, 1:]), (3, ap[:, 1:])):
+            known = np.isfinite(values)
+            out[:, j] = np.where(known.any(1), np.where(known, values, 0).sum(1) / known.sum(1), np.nan)
+    return out
 
 
 @dataclass
@@ -105,9 +120,17 @@ def align_predictions(frame: pd.DataFrame, split: str = "test") -> ArmPrediction
                           seeds=seeds, tasks=tasks)
 
 
-def _pooled(predictions: ArmPredictions, arm: str, idx: np.ndarray) -> np.ndarray:
-    y = predictions.truth[idx]
-    return np.mean([outcome_metrics(y, p[idx]) for p in predictions.probabilities[arm]], axis=0)
+def _pooled(predictions: ArmPredictions, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Per arm, the mean over its seeds of each seed's :data:`METRICS` on the stays ``idx``."""
+    arms = sorted(predictions.probabilities)
+    stacked = np.concatenate([predictions.probabilities[arm][:, idx] for arm in arms])
+    metrics = _metrics_of_models(predictions.truth[idx], stacked)
+    out, first = {}, 0
+    for arm in arms:
+        count = len(predictions.probabilities[arm])
+        out[arm] = metrics[first:first + count].mean(0)
+        first += count
+    return out
 
 
 def _interval(value: float, draws: np.ndarray, resamples: int, confidence: float) -> dict:
@@ -123,13 +146,13 @@ def evaluate_group(predictions: ArmPredictions, idx: np.ndarray, comparisons: Se
     """Pooled metrics with bootstrap intervals per arm and paired differences for the stays ``idx``."""
     arms = sorted(predictions.probabilities)
     y = predictions.truth[idx]
-    point = {arm: _pooled(predictions, arm, idx) for arm in arms}
+    point = _pooled(predictions, idx)
     rng = np.random.default_rng(seed)
     draws = {arm: [] for arm in arms}
     for _ in range(int(resamples)):
-        sample = idx[rng.integers(0, len(idx), len(idx))]
+        pooled = _pooled(predictions, idx[rng.integers(0, len(idx), len(idx))])
         for arm in arms:
-            draws[arm].append(_pooled(predictions, arm, sample))
+            draws[arm].append(pooled[arm])
     draws = {arm: np.asarray(v).reshape(-1, len(METRICS)) for arm, v in draws.items()}
     result = {"n": int(len(idx)), "mortality_prevalence": float(y[:, 0].mean()) if len(idx) else None,
               "arms": {arm: {m: _interval(point[arm][j], draws[arm][:, j], resamples, confidence)

@@ -128,7 +128,7 @@ class StayData:
         self.values, self.static = values, static
         self.rows = torch.as_tensor(rows, dtype=torch.long)
         self.start, self.end = torch.as_tensor(start, dtype=torch.long), torch.as_tensor(end, dtype=torch.long)
-        self.targets = torch.as_tensor(np.asarray(targets, dtype=np.float32))
+        self.targets = torch.tensor(np.array(targets, dtype=np.float32))
         self.splits = np.asarray(splits)
         self.last_latent, self.generated_latent = last_latent, generated_latent
 
