@@ -34,7 +34,8 @@ def icu_cfg(section: str, **overrides) -> dict:
     return cfg
 
 
-def write_cohort(root: Path | str, n_stays: int = 24, hours: int = 24, seed: int = 0) -> dict[str, Path]:
+def write_cohort(root: Path | str, n_stays: int = 24, hours: int = 24, seed: int = 0,
+                 latent_shape: tuple[int, int, int] = LATENT_SHAPE) -> dict[str, Path]:
     """stays.parquet, pairs.parquet, ehr.npz under ``root/cohort`` and a matching latent cache (``root/latents``, made
     by the stand-in autoencoder directory ``root/ae``). Returns the three paths."""
     root = Path(root)
@@ -56,14 +57,14 @@ def write_cohort(root: Path | str, n_stays: int = 24, hours: int = 24, seed: int
              observed=np.ones((n_stays, hours, 17), bool), columns=np.array([f"f{i}" for i in range(N_FEATURES)]))
 
     image_rows, stays, pairs = [], [], []
-    base = rng.normal(size=(n_stays, *LATENT_SHAPE)).astype(np.float32)
+    base = rng.normal(size=(n_stays, *latent_shape)).astype(np.float32)
     for i, key in enumerate(stay_keys):
         n_images = 2 + i % 2
         times = np.sort(rng.uniform(-6, hours - 4, n_images))
         ids = [f"mimic-img{i:03d}-{k}" for k in range(n_images)]
         for k, (image_id, h) in enumerate(zip(ids, times, strict=True)):
             progress = max(0.0, h) / hours * severity[i]
-            latent = base[i] + progress * np.ones(LATENT_SHAPE, np.float32) + 0.05 * rng.normal(size=LATENT_SHAPE)
+            latent = base[i] + progress * np.ones(latent_shape, np.float32) + 0.05 * rng.normal(size=latent_shape)
             image_rows.append({"image_id": image_id, "split": splits[i], "latent": latent, "hours": h, "k": k})
         for k in range(n_images - 1):
             labels = {}

@@ -15,6 +15,7 @@ and ``LDM_train.yaml``):
 ``E·0.5 + δ·0.5``), w_n = 1/(1 + SNR_n) = 1 − ᾱ_n (``triplet_loss_weight``), r = training progress ramp (the code's
 ``current_epoch / max_epoch``; here step / max_steps). The poster writes the hinge on the per-sample squared errors
 (``contrastive_hinge: sample``, the default); the code applies it per latent element before averaging (``element``).
+With ``schedule.prediction_type: v_prediction`` (demo) both errors are errors of the v target instead of ε.
 The label BCE uses the explicit binary label policy: NaN (uncertain / missing) labels are masked, never coded as
 extra classes as in the public code.
 """
@@ -35,7 +36,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from cxrgen.icu.ehr_encoder import EhrEncoder, EhrEncoding
-from cxrgen.models.diffusion import make_ddim_scheduler, make_train_scheduler, unet_config
+from cxrgen.models.diffusion import diffusion_target, make_ddim_scheduler, make_train_scheduler, unet_config
 from cxrgen.train.loop import LoopConfig, StepBatchSampler, attach_ema, run_training
 
 HINGES = ("sample", "element")
@@ -148,8 +149,9 @@ def ddl_loss(model: DdlLdm, scheduler, batch: DdlBatch, *, t: torch.Tensor, nois
     """The DDL-CXR loss for given draws (t, ε, δ); see the module docstring."""
     noisy = scheduler.add_noise(batch.later, noise, t)
     encoding = model.encode(batch.values, batch.static, batch.start, batch.end)
+    target = diffusion_target(scheduler, batch.later, noise, t)  # ε (paper); v in the demo config
     eps_true = model.denoise(noisy, batch.prior, t, encoding.tokens, encoding.mask)
-    err_true = (eps_true.float() - noise) ** 2
+    err_true = (eps_true.float() - target) ** 2
     mse = err_true.mean()
     label_bce = masked_bce_with_logits(model.label_head(encoding.cls), batch.labels)
     total = mse + float(cfg["label_loss_weight"]) * label_bce
@@ -159,7 +161,7 @@ def ddl_loss(model: DdlLdm, scheduler, batch: DdlBatch, *, t: torch.Tensor, nois
     if float(cfg["contrastive_weight"]) > 0:
         tokens_noised = noised_condition(encoding.tokens, float(cfg["noise_beta"]), delta)
         eps_noised = model.denoise(noisy, batch.prior, t, tokens_noised, encoding.mask)
-        err_noised = (eps_noised.float() - noise) ** 2
+        err_noised = (eps_noised.float() - target) ** 2
         contrastive = contrastive_margin_loss(err_true, err_noised, float(cfg["margin"]),
                                               snr_weight(scheduler.alphas_cumprod, t), cfg["contrastive_hinge"])
         total = total + weight * contrastive
