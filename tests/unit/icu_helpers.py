@@ -25,8 +25,8 @@ TINY_EHR = {"d_model": 16, "n_heads": 2, "n_layers": 1, "ff_dim": 32, "dropout":
 def icu_cfg(section: str, **overrides) -> dict:
     """A validated ``icu.<section>`` with tiny sizes (overrides win)."""
     tiny = {"ldm": {"unet": TINY_UNET, "ehr_encoder": TINY_EHR, "batch_size": 4, "max_steps": 3, "checkpoint_every": 2,
-                    "log_every": 1, "ema_decay": 0.9, "lr": 1e-3, "val_max_items": 8,
-                    "sampling": {"steps": 3, "batch_size": 4}},
+                    "log_every": 1, "ema_decay": 0.9, "lr": 1e-3, "val_max_items": 8},
+            "generation": {"steps": 3, "batch_size": 4},
             "predictor": {"ehr_encoder": TINY_EHR, "fusion": {"patch_size": 4, "heads": 2, "ff_dim": 32},
                           "batch_size": 8, "max_steps": 4, "checkpoint_every": 2, "log_every": 1, "lr": 1e-3},
             "evaluation": {"bootstrap": {"resamples": 50}}}[section]

@@ -198,7 +198,7 @@ def test_generated_latents_shape_determinism_and_per_sample_seeds(trained, cohor
     model_dir, _ = trained
     kwargs = {"cohort_dir": cohort["cohort"], "latents_dir": cohort["latents"], "ae_dir": cohort["ae"],
               "model_dir": model_dir, "seed": 7}
-    cfg = icu_cfg("ldm")["sampling"]
+    cfg = icu_cfg("generation")
     summary = generate_ddl_latents(**kwargs, cfg=cfg, out_path=tmp_path / "a.npz")
     again = generate_ddl_latents(**kwargs, cfg={**cfg, "batch_size": 1}, out_path=tmp_path / "b.npz")
     stays = pd.read_parquet(cohort["cohort"] / "stays.parquet")

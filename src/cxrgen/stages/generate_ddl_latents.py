@@ -24,7 +24,7 @@ def generate_ddl_latents(*, cohort_dir: Path | str, latents_dir: Path | str, ae_
                          tracking_json: Path | str | None = None, job_name: str = "generate_ddl_latents") -> dict:
     """Write ``out_path`` (``latents.npz``: ``stay_keys`` [N] in stays.parquet order, ``latents`` float32
     [N, C, h, w] in the LDM's scaled latent space — divide by ``scaling_factor`` before the AE decoder —,
-    ``scaling_factor``) for every stay of ``cohort_dir``/stays.parquet. ``cfg`` = section ``icu.ldm.sampling``
+    ``scaling_factor``) for every stay of ``cohort_dir``/stays.parquet. ``cfg`` = section ``icu.generation``
     (``steps``, ``eta``, ``batch_size``). Returns a summary dict."""
     from cxrgen.data.latents import load_latents
 
