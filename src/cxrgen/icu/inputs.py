@@ -21,6 +21,7 @@ import torch
 from cxrgen.labels import LABEL_COLUMNS
 
 STAYS_FILE, PAIRS_FILE, EHR_FILE = "stays.parquet", "pairs.parquet", "ehr.npz"
+PREDICTIONS_FILE = "predictions.parquet"  # in each train_icu_predictor output directory
 MORTALITY = "mortality"
 PHENOTYPE_PREFIX = "pheno_"
 LAST_IMAGE_BINS = ("<12", "12-24", "24-36", ">=36")

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from cxrgen.icu.inputs import (
+    PREDICTIONS_FILE,
     cache_rows,
     last_image_bin,
     load_ehr,
@@ -27,8 +28,6 @@ from cxrgen.train.loop import seed_everything
 from cxrgen.train.sections import loop_config
 
 log = logging.getLogger(__name__)
-
-PREDICTIONS_FILE = "predictions.parquet"
 
 
 def _generated(path: Path | str, stay_keys: list[str]) -> torch.Tensor:
