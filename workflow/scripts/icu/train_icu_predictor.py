@@ -1,0 +1,28 @@
+"""Adapter for rule train_icu_predictor: one fusion predictor arm (ehr | ehr_last_cxr | ddl_cxr) x seed."""
+
+from typing import TYPE_CHECKING
+
+from cxrgen.logutil import setup_job
+from cxrgen.train.state import claim_job_state
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+
+def main(smk) -> None:
+    setup_job(smk.log[0], smk.threads)
+    claim_job_state(rule=smk.rule, wildcards=dict(smk.wildcards.items()), params=dict(smk.params.items()),
+                    inputs=dict(smk.input.items()), state_dir=smk.params.state_dir)
+    from cxrgen.stages.train_icu_predictor import train_icu_predictor
+
+    arm, seed = smk.wildcards.icu_arm, int(smk.wildcards.icu_seed)
+    metrics = train_icu_predictor(cohort_dir=smk.input.cohort, arm=arm, cfg=dict(smk.params.cfg["predictor"]),
+                                  seed=int(smk.params.seed), out_dir=smk.output.model,
+                                  state_dir=smk.params.state_dir, latents_dir=smk.input.get("latents"),
+                                  ae_dir=smk.input.get("autoencoder"), generated_path=smk.input.get("generated"),
+                                  tracking_json=smk.input.tracking, job_name=f"{smk.rule}:{arm}:seed{seed}")
+    print(metrics)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
