@@ -33,6 +33,8 @@ DKIM_LDM_VARIANTS = sorted({ldm_variant_of(v) for v in VARIANTS if config["varia
 
 wildcard_constraints:
     source="|".join(SOURCES),
+    icu_arm="ehr|ehr_last_cxr|ddl_cxr",
+    icu_seed=r"\d+",
     shard=r"\d{4}",
     variant="|".join(VARIANTS),
     ldm_variant="|".join(LDM_VARIANTS),
@@ -277,8 +279,39 @@ ICU_COHORT = {name: f"results/icu/cohort/{name}" for name in
               ("stays.parquet", "pairs.parquet", "ehr.npz", "normalisation.json", "cohort.json")}
 
 
+ICU_ARMS = config["icu"]["evaluation"]["arms"]
+ICU_SEEDS = config["icu"]["evaluation"]["seeds"]
+
+
 def icu_targets():
-    return list(ICU_COHORT.values()) if ICU_ENABLED else []
+    return [*ICU_COHORT.values(), "results/icu/evaluation"] if ICU_ENABLED else []
+
+
+def icu_cohort_files(wildcards):
+    """The cohort files the models read (rule build_icu_cohort); adapters pass their directory."""
+    return {name: ICU_COHORT[f"{name}.{ext}"] for name, ext in
+            (("stays", "parquet"), ("pairs", "parquet"), ("ehr", "npz"), ("normalisation", "json"))}
+
+
+def icu_predictor_inputs(wildcards):
+    inputs = {**icu_cohort_files(wildcards), "tracking": ancient("results/tracking/run.json")}
+    if wildcards.icu_arm != "ehr":
+        inputs.update(latents="results/latents", autoencoder="results/models/autoencoder")
+    if wildcards.icu_arm == "ddl_cxr":
+        inputs["generated"] = "results/icu/generated/latents.npz"
+    return inputs
+
+
+def icu_predictor_seed(wildcards):
+    return config["seed"] + int(wildcards.icu_seed)
+
+
+def icu_predictor_state_dir(wildcards):
+    return f"results/state/train_icu_predictor/{wildcards.icu_arm}/seed{wildcards.icu_seed}"
+
+
+def icu_predictor_dirs():
+    return [f"results/icu/predictors/{arm}/seed{seed}" for arm in ICU_ARMS for seed in ICU_SEEDS]
 
 
 def mimic_iv_root():

@@ -1,4 +1,6 @@
-# DDL-CXR ICU branch (arXiv 2410.17918): the MIMIC-IV + MIMIC-CXR cohort (prediction stays, image pairs, hourly EHR).
+# DDL-CXR ICU branch (arXiv 2410.17918): the MIMIC-IV + MIMIC-CXR cohort (prediction stays, image pairs, hourly EHR)
+# -> the EHR-conditioned LDM on the cohort's image pairs -> a generated latent at prediction time for every stay ->
+# fusion predictors per arm x seed -> AUROC/AUPRC tables.
 
 if ICU_ENABLED:
 
@@ -23,3 +25,70 @@ if ICU_ENABLED:
         script:
             "../scripts/icu/build_icu_cohort.py"
 
+    rule train_ddl_ldm:
+        input:
+            unpack(icu_cohort_files),
+            latents="results/latents",
+            autoencoder="results/models/autoencoder",
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            model=protected(directory("results/icu/models/ldm")),
+        params:
+            cfg=rule_section(config, "train_ddl_ldm"),
+            seed=config["seed"],
+            state_dir="results/state/train_ddl_ldm",
+        log:
+            "results/logs/train_ddl_ldm/train_ddl_ldm.log",
+        threads: 2
+        script:
+            "../scripts/icu/train_ddl_ldm.py"
+
+
+    rule generate_ddl_latents:
+        input:
+            unpack(icu_cohort_files),
+            latents="results/latents",
+            autoencoder="results/models/autoencoder",
+            model="results/icu/models/ldm",
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            latents="results/icu/generated/latents.npz",
+        params:
+            cfg=rule_section(config, "generate_ddl_latents"),
+            seed=config["seed"],
+        log:
+            "results/logs/generate_ddl_latents/generate_ddl_latents.log",
+        threads: 2
+        script:
+            "../scripts/icu/generate_ddl_latents.py"
+
+
+    rule train_icu_predictor:
+        input:
+            unpack(icu_predictor_inputs),
+        output:
+            model=directory("results/icu/predictors/{icu_arm}/seed{icu_seed}"),
+        params:
+            cfg=rule_section(config, "train_icu_predictor"),
+            seed=icu_predictor_seed,
+            state_dir=icu_predictor_state_dir,
+        log:
+            "results/logs/train_icu_predictor/{icu_arm}-seed{icu_seed}.log",
+        threads: 1
+        script:
+            "../scripts/icu/train_icu_predictor.py"
+
+
+    rule evaluate_icu:
+        input:
+            predictors=icu_predictor_dirs(),
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            results=directory("results/icu/evaluation"),
+        params:
+            cfg=rule_section(config, "evaluate_icu"),
+        log:
+            "results/logs/evaluate_icu/evaluate_icu.log",
+        threads: 1
+        script:
+            "../scripts/icu/evaluate_icu.py"

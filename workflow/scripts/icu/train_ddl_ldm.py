@@ -1,6 +1,7 @@
 """Adapter for rule train_ddl_ldm: DDL-CXR's EHR-conditioned LDM on the cohort's image pairs (data parallel over the
 job's GPUs like train_ldm: the profile's `gpu` resource, none = 1, is the number of ranks)."""
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cxrgen.logutil import setup_job
@@ -18,7 +19,7 @@ def main(smk) -> None:
     from cxrgen.train.distributed import launch
 
     gpus = int(smk.resources.get("gpu", 0) or 1)
-    metrics = launch(train_ddl_ldm, gpus, cohort_dir=str(smk.input.cohort), latents_dir=str(smk.input.latents),
+    metrics = launch(train_ddl_ldm, gpus, cohort_dir=str(Path(smk.input.ehr).parent), latents_dir=str(smk.input.latents),
                      ae_dir=str(smk.input.autoencoder), cfg=dict(smk.params.cfg["ldm"]), seed=int(smk.params.seed),
                      out_dir=str(smk.output.model), state_dir=str(smk.params.state_dir),
                      tracking_json=str(smk.input.tracking), job_name=smk.rule)

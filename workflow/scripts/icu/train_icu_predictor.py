@@ -1,5 +1,6 @@
 """Adapter for rule train_icu_predictor: one fusion predictor arm (ehr | ehr_last_cxr | ddl_cxr) x seed."""
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cxrgen.logutil import setup_job
@@ -16,7 +17,7 @@ def main(smk) -> None:
     from cxrgen.stages.train_icu_predictor import train_icu_predictor
 
     arm, seed = smk.wildcards.icu_arm, int(smk.wildcards.icu_seed)
-    metrics = train_icu_predictor(cohort_dir=smk.input.cohort, arm=arm, cfg=dict(smk.params.cfg["predictor"]),
+    metrics = train_icu_predictor(cohort_dir=str(Path(smk.input.ehr).parent), arm=arm, cfg=dict(smk.params.cfg["predictor"]),
                                   seed=int(smk.params.seed), out_dir=smk.output.model,
                                   state_dir=smk.params.state_dir, latents_dir=smk.input.get("latents"),
                                   ae_dir=smk.input.get("autoencoder"), generated_path=smk.input.get("generated"),
