@@ -162,3 +162,21 @@ def test_downstream_job_on_two_ranks_scores_the_arms_of_one_process(runs):
                   for job in ("downstream_two", "downstream_one")]
         assert [h["loss"] for h in curves[0]["history"]] == pytest.approx([h["loss"] for h in curves[1]["history"]],
                                                                           rel=1e-6), name
+
+
+def test_global_batch_norm_keeps_parameters_state_and_single_process_outputs():
+    from cxrgen.evaluate.classifier import build_classifier
+    from cxrgen.train.collectives import GlobalBatchNorm2d, global_batch_norm
+
+    torch.manual_seed(0)
+    model = build_classifier(tiny_classifier_config())
+    parameters, state = list(model.parameters()), {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(4, 1, RES, RES)
+    expected = model.train()(x)
+    model.load_state_dict(state)
+    converted = global_batch_norm(model)
+    assert converted is model and all(a is b for a, b in zip(model.parameters(), parameters, strict=True))
+    assert sum(isinstance(m, GlobalBatchNorm2d) for m in model.modules()) == sum(
+        isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0
+    assert model.state_dict().keys() == state.keys()
+    assert torch.equal(model(x), expected)  # without a process group: plain batch norm

@@ -77,8 +77,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         self._check_input_dim(x)
         dims = (0, 2, 3)
         count = x.shape[0] * x.shape[2] * x.shape[3] * world_size  # every rank holds as many rows
-        mean = sum_over_ranks(x.sum(dims)) / count
-        centred = x - mean[None, :, None, None]
+        # statistics in float32 whatever autocast made the input (as torch's batch-norm kernels accumulate)
+        mean = sum_over_ranks(x.float().sum(dims)) / count
+        centred = x.float() - mean[None, :, None, None]
         var = sum_over_ranks(centred.pow(2).sum(dims)) / count  # biased, as batch norm normalises
         y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
         if self.affine:
@@ -90,7 +91,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                 self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
                 unbiased = var.detach() * (count / max(1, count - 1))
                 self.running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
-        return y
+        return y.to(x.dtype)
 
 
 def global_batch_norm(module: nn.Module) -> nn.Module:
