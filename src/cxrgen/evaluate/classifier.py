@@ -183,13 +183,16 @@ def load_evaluator(model_dir: Path | str, device: torch.device | str = "cpu") ->
 
 
 # --------------------------------------------------------------------------------------------------- loss, metrics
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None,
+               known_count: torch.Tensor | None = None) -> torch.Tensor:
     """Mean binary cross-entropy over the known (non-NaN) targets; NaN = unknown label, no gradient. ``pos_weight``
-    ([C]) scales the positive term per finding (as ``BCEWithLogitsLoss(pos_weight=...)``)."""
+    ([C]) scales the positive term per finding (as ``BCEWithLogitsLoss(pos_weight=...)``). ``known_count``: divide
+    the sum by this count instead of the known targets in ``targets`` (a data-parallel rank's share of the global
+    batch's mean)."""
     known = ~torch.isnan(targets)
     losses = F.binary_cross_entropy_with_logits(logits, torch.where(known, targets, torch.zeros_like(targets)),
                                                 pos_weight=pos_weight, reduction="none")
-    count = known.sum()
+    count = known.sum() if known_count is None else known_count
     if count == 0:
         return (logits * 0.0).sum()
     return (losses * known).sum() / count
@@ -279,14 +282,20 @@ def predict_dataset(evaluator: Evaluator, data: LabelledImages, batch_size: int 
     return np.concatenate(out) if out else np.zeros((0, len(evaluator.findings)), np.float32)
 
 
-def augment(images: torch.Tensor, cfg: dict, generator: torch.Generator) -> torch.Tensor:
+def augment(images: torch.Tensor, cfg: dict, generator: torch.Generator, ctx=None) -> torch.Tensor:
     """Light random affine (rotation, isotropic scale, translation; no flips — laterality matters) and
     brightness/contrast jitter of [0, 1] images, drawn from ``generator`` (the training loop's resumable RNG), so the
-    augmentation of step k is the same in an interrupted and an uninterrupted run."""
+    augmentation of step k is the same in an interrupted and an uninterrupted run.
+
+    ``ctx`` (the loop's :class:`~cxrgen.train.loop.TrainContext`) with several ranks: ``images`` are this rank's rows
+    of the global batch; every draw is made for the global batch and this rank keeps its rows (``ctx.local``), so the
+    ranks together augment as the single process does."""
     b = images.shape[0]
+    world_size = ctx.world_size if ctx is not None else 1
 
     def uniform(limit: float) -> torch.Tensor:
-        return (torch.rand(b, generator=generator) * 2 - 1) * float(limit)
+        drawn = (torch.rand(b * world_size, generator=generator) * 2 - 1) * float(limit)
+        return ctx.local(drawn) if ctx is not None else drawn
 
     angle = uniform(cfg["rotation_deg"]) * math.pi / 180
     scale = 1.0 + uniform(cfg["scale"])
@@ -339,8 +348,16 @@ def train_classifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, se
     finding; ``selection: best_val_auroc`` returns the weights of the best macro AUROC (else the last weights).
     ``task_findings`` restricts the loss (and the model-selection AUROC) to those findings.
     ``on_log(metrics, step)`` / ``on_eval(metrics, step)`` receive the training / validation metrics (MLflow).
+
+    Data parallel (ranks of :func:`cxrgen.train.distributed.launch` or torchrun): each rank trains on its slice of
+    every global batch of ``batch_size`` images, augmentations are drawn for the global batch, the loss is the global
+    batch's mean over its known labels and batch normalisation uses the global batch's statistics
+    (:func:`cxrgen.train.collectives.global_batch_norm`), so the ranks train the single-process weights up to float
+    summation order (DenseNet dropout, ``drop_rate`` > 0, draws its masks per rank). Only rank 0 validates and
+    calls ``on_log``/``on_eval``: its result holds the selected weights; the other ranks' the last ones.
     """
-    from cxrgen.train.loop import LoopConfig, StepBatchSampler, clip_and_step, run_training, seed_everything
+    from cxrgen.train.collectives import global_batch_norm, sum_over_ranks
+    from cxrgen.train.loop import LoopConfig, StepBatchSampler, run_training, seed_everything
 
     mask = finding_mask(task_findings)
     train_set = LabelledImages(train_rows, resolution, label_mask=mask)
@@ -354,8 +371,14 @@ def train_classifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, se
                           channels_last=cfg["channels_last"], device=cfg["device"],
                           stop_after_steps=stop_after_steps)
     device = loop_cfg.resolved_device()
+    world = loop_cfg.resolved_world()
     seed_everything(seed)
     model = build_classifier(cfg["model"])
+    if world.world_size > 1:
+        # per-rank batch statistics would normalise each rank's rows by its own share of the batch (2 of 4 images
+        # in the tests), and the running statistics would be rank 0's: the weights would drift from the single
+        # process's. Global statistics keep 2 ranks equal to one process (checked by test_evaluator_distributed).
+        global_batch_norm(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]), betas=tuple(cfg["adam_betas"]),
                                  weight_decay=float(cfg["weight_decay"]))
     pos_weight = None
@@ -390,21 +413,24 @@ def train_classifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, se
 
     def loader_for(start: int):
         sampler = StepBatchSampler(len(train_set), int(cfg["batch_size"]), seed=seed, start_step=start,
-                                   max_steps=loop_cfg.max_steps)
+                                   max_steps=loop_cfg.max_steps, rank=world.rank, world_size=world.world_size)
         return iter(torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=int(cfg["num_workers"])))
 
     weight = pos_weight.to(device) if pos_weight is not None else None
 
     def train_step(batch: dict, ctx) -> dict[str, float]:
-        images = augment(batch["image"], cfg["augment"], ctx.generator)
+        images = augment(batch["image"], cfg["augment"], ctx.generator, ctx)
         targets = batch["labels"].to(ctx.device)
+        known_count = None
+        if ctx.world_size > 1:  # the ranks' rows may hold different numbers of known labels
+            known_count = sum_over_ranks((~torch.isnan(targets)).sum().float()) / ctx.world_size
         with ctx.autocast():
             logits = model(prepare(images, resolution).to(ctx.device))
-            loss = masked_bce(logits.float(), targets, weight)
-        grad_norm = clip_and_step(loss, model, optimizer, loop_cfg.grad_clip)
+            loss = masked_bce(logits.float(), targets, weight, known_count)
+        grad_norm = ctx.backward_step(loss, model, optimizer)
         done = ctx.step + 1
-        if val_set is not None and ((cfg["eval_every"] and done % int(cfg["eval_every"]) == 0)
-                                    or done == loop_cfg.max_steps):
+        if ctx.is_main_process and val_set is not None and ((cfg["eval_every"] and done % int(cfg["eval_every"]) == 0)
+                                                            or done == loop_cfg.max_steps):
             validate(done)
         return {"loss": loss.item(), "grad_norm": grad_norm}
 
@@ -416,7 +442,7 @@ def train_classifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, se
     started = time.perf_counter()
     result = run_training(loop_cfg, modules={"classifier": model}, optimizers={"classifier": optimizer},
                           loader_for=loader_for, train_step=train_step, state_dir=Path(state_dir),
-                          on_log=log_hook, extra_state=extra, desc=desc)
+                          on_log=log_hook, extra_state=extra, desc=desc, distributed_ready=True)
     seconds = time.perf_counter() - started
     selected = result.steps_done
     if cfg["selection"] == "best_val_auroc" and extra["best"] is not None:

@@ -376,13 +376,31 @@ def load_image_encoder(model_dir: Path | str, device: str | torch.device = "cpu"
 # ---- contrastive loss and retrieval metrics -------------------------------------------------------------------------
 
 
-def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-                     logit_scale: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, *,
+                     rank: int = 0, world_size: int = 1) -> torch.Tensor:
     """Symmetric InfoNCE over the batch (CLIP; MedCoDi-M §3.2.1 eq. 4): mean of image→text and text→image cross
-    entropies with the matching pair as target. Features must be L2-normalised."""
-    from open_clip.loss import ClipLoss
+    entropies with the matching pair as target. Features must be L2-normalised.
 
-    return ClipLoss()(image_features, text_features, logit_scale)
+    Data parallel (``world_size`` > 1, inside a process group): the features are this rank's rows of the global
+    batch. Its images are scored against every rank's texts and its texts against every rank's images (the other
+    ranks' rows are the negatives a single process would have), and the loss is the mean over this rank's rows, so
+    the mean over the ranks is the global batch's loss. The gathered rows carry gradient back to the rank that
+    computed them (:func:`cxrgen.train.collectives.gather_rows`): with the loop's backward step (loss / world size,
+    gradients summed over ranks) every rank gets the global loss's gradient."""
+    if world_size == 1:
+        from open_clip.loss import ClipLoss
+
+        return ClipLoss()(image_features, text_features, logit_scale)
+    from cxrgen.train.collectives import gather_rows
+
+    all_images, all_texts = gather_rows(image_features), gather_rows(text_features)
+    if len(all_images) != world_size * len(image_features):
+        raise ValueError(f"world_size {world_size} does not match the process group ({len(all_images)} rows "
+                         f"gathered from {len(image_features)} per rank)")
+    targets = torch.arange(len(image_features), device=image_features.device) + rank * len(image_features)
+    image_to_text = logit_scale * image_features @ all_texts.T
+    text_to_image = logit_scale * text_features @ all_images.T
+    return (F.cross_entropy(image_to_text, targets) + F.cross_entropy(text_to_image, targets)) / 2
 
 
 def recall_at_k(similarity: torch.Tensor, positives: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:

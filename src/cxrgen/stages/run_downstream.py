@@ -15,6 +15,7 @@ from cxrgen.evaluate.experiments import build_arms, label_frame, positives, real
 from cxrgen.evaluate.metrics import multilabel_scores
 from cxrgen.labels import CHEXPERT_LABELS
 from cxrgen.report.figures import Panel, plot_curves, series
+from cxrgen.train.distributed import current_world
 from cxrgen.train.job import tracked_job, write_json
 from cxrgen.train.tracking import config_digest
 
@@ -44,6 +45,11 @@ def run_downstream(*, real_index_path: Path | str, real_store_root: Path | str, 
     Writes ``out_path`` (metrics.json: per arm sizes, composition, positives, test AUROC/F1 per finding with
     micro/macro/weighted averages, selected step, timings; the synthetic pool and its exclusions; the MLflow run id)
     and ``<out dir>/curves.png``. Returns the metrics.
+
+    Data parallel: run on every rank by :func:`cxrgen.train.distributed.launch` (``launch(run_downstream, n,
+    **kwargs)``) or torchrun, the ranks train every arm together (:func:`~cxrgen.evaluate.classifier.
+    train_classifier`); rank 0 alone opens the MLflow run, scores the arms and writes the results; the other ranks
+    return ``{"rank": r, "steps": n}`` (n: steps trained in this run, over all arms).
     """
     state_dir, out_path = Path(state_dir), Path(out_path)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -66,13 +72,18 @@ def run_downstream(*, real_index_path: Path | str, real_store_root: Path | str, 
               "pool_sets": sets, "n_pool": len(pool), "n_real_train": len(real), "n_val": len(val),
               "n_test": len(test), **{f"arm.{_slug(a.name)}.n_real": a.n_real for a in arms},
               **{f"arm.{_slug(a.name)}.n_synthetic": a.n_synthetic for a in arms}}
+    world = current_world()
     tags = {"snakemake.rule": "run_downstream", "cxrgen.experiment": experiment,
-            "config.sha256": config_digest({"downstream": cfg, "evaluator": evaluator_cfg})}
+            "config.sha256": config_digest({"downstream": cfg, "evaluator": evaluator_cfg}),
+            "cxrgen.world_size": str(world.world_size)}
     results, curves = {}, {}
-    with tracked_job(tracking_json, job_name, params=params, tags=tags, state_dir=state_dir) as job:
+    steps_trained = 0
+    with tracked_job(tracking_json, job_name, params=params, tags=tags, state_dir=state_dir,
+                     main=world.is_main) as job:
         for k, arm in enumerate(arms):
             arm_dir = state_dir / _slug(arm.name)
             done = arm_dir / "result.json"
+            # every rank sees the same finished arms: rank 0 writes an arm's result only after all ranks trained it
             if done.is_file():
                 results[arm.name] = json.loads(done.read_text())
                 curves[arm.name] = results[arm.name].pop("_curve", {})
@@ -86,6 +97,9 @@ def run_downstream(*, real_index_path: Path | str, real_store_root: Path | str, 
                 on_log=lambda metrics, step, prefix=prefix: job.log_metrics(metrics, step, prefix + "train/"),
                 on_eval=lambda metrics, step, prefix=prefix: job.log_metrics(metrics, step, prefix),
                 stop_after_steps=stop_after_steps, desc=f"{experiment}:{arm.name}")
+            steps_trained += trained.steps - (trained.resumed_from or 0)
+            if not world.is_main:  # rank 0 alone scores and writes
+                continue
             columns = [CHEXPERT_LABELS.index(f) for f in arm.task_findings]
             probs = predict_rows(trained.evaluator, test)[:, columns]
             scores = multilabel_scores(label_frame(test)[:, columns], probs, thresholds=0.5,
@@ -103,6 +117,8 @@ def run_downstream(*, real_index_path: Path | str, real_store_root: Path | str, 
             final = {f"test/auroc_{a}": v for a, v in scores["auroc"].items()}
             final.update({f"test/f1_{a}": v for a, v in scores["f1"].items()})
             job.log_metrics(final, trained.steps, prefix)
+        if not world.is_main:
+            return {"rank": world.rank, "steps": steps_trained}
         metrics = {"experiment": experiment, "seed": int(seed), "train_seed": train_seed, "variant": cfg["variant"],
                    "resolution": resolution, "views": views, "classifier": {
                        "model": train_cfg["model"], "max_steps": train_cfg["max_steps"],
@@ -110,7 +126,7 @@ def run_downstream(*, real_index_path: Path | str, real_store_root: Path | str, 
                        "selection": train_cfg["selection"], "eval_every": train_cfg["eval_every"]},
                    "experiment_cfg": cfg[experiment], "pool": {"sets": sets, "n": len(pool), "excluded": excluded},
                    "n_real_train": len(real), "n_val": len(val), "n_test": len(test), "arms": results,
-                   "mlflow_run_id": job.run_id}
+                   "mlflow_run_id": job.run_id, "world_size": world.world_size}
         curves_png = out_path.parent / "curves.png"
         out_path.parent.mkdir(parents=True, exist_ok=True)
         _save_curves(curves, curves_png, experiment)

@@ -33,12 +33,7 @@ from cxrgen.prompts import side_free_variants
 from cxrgen.report.figures import Panel, plot_curves, series
 from cxrgen.train.data import StoreImages, conditioning_texts, report_texts, select_rows
 from cxrgen.train.job import tracked_job, write_json
-from cxrgen.train.loop import (
-    StepBatchSampler,
-    clip_and_step,
-    run_training,
-    seed_everything,
-)
+from cxrgen.train.loop import StepBatchSampler, run_training, seed_everything
 from cxrgen.train.sections import loop_config
 from cxrgen.train.tracking import config_digest
 
@@ -63,6 +58,13 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
     (instead of ``clip.pretrained_path`` / scratch). ``squeeze``: add an AVA-TLS squeeze (section ``clip.squeeze``;
     its own learning rate ``clip.squeeze.lr``; towers frozen unless ``clip.squeeze.train_towers``), saved with the
     model and used by every text embedding of it.
+
+    Data parallel: run on every rank by :func:`cxrgen.train.distributed.launch` (``launch(train_clip, n, **kwargs)``;
+    the arguments must pickle) or torchrun, each rank encodes its slice of every global batch of ``batch_size`` pairs
+    and the InfoNCE loss contrasts it with every rank's embeddings (:func:`cxrgen.models.clip.contrastive_loss`), so
+    the ranks train the single-process model (up to float summation order; a pretrained tower with dropout draws
+    its masks per rank). Rank 0 alone opens the MLflow run, evaluates retrieval and writes ``out_dir``; the other
+    ranks return ``{"rank": r, "steps": n}`` once training is done.
     """
     state_dir, out_dir = Path(state_dir), Path(out_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -90,6 +92,7 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
                       if len(rows := select_rows(index, splits=[split], views=views, sources=sources)) >= 2}
     loop_cfg = loop_config(cfg, seed, stop_after_steps=stop_after_steps)
     device = loop_cfg.resolved_device()
+    world = loop_cfg.resolved_world()
 
     seed_everything(seed)
     pretrained = bool(init_dir or cfg["pretrained_path"] or cfg["pretrained_tag"])
@@ -115,15 +118,16 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
 
     def loader_for(start: int):
         sampler = StepBatchSampler(len(train_set), cfg["batch_size"], seed=seed, start_step=start,
-                                   max_steps=loop_cfg.max_steps)
+                                   max_steps=loop_cfg.max_steps, rank=world.rank, world_size=world.world_size)
         return iter(torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=cfg["num_workers"]))
 
     def train_step(batch: dict, ctx) -> dict[str, float]:
         with ctx.autocast():
             image_features = encode_images(bundle, batch["image"].to(ctx.device))
             text_features = encode_texts(bundle, batch["text"])
-            loss = contrastive_loss(image_features, text_features, model.logit_scale.exp())
-        grad_norm = clip_and_step(loss, trainable, optimizer, loop_cfg.grad_clip)
+            loss = contrastive_loss(image_features, text_features, model.logit_scale.exp(), rank=ctx.rank,
+                                    world_size=ctx.world_size)
+        grad_norm = ctx.backward_step(loss, trainable, optimizer)
         with torch.no_grad():
             model.logit_scale.clamp_(0, max_logit)
         return {"loss": loss.item(), "logit_scale": float(model.logit_scale.detach().exp()), "grad_norm": grad_norm,
@@ -149,14 +153,18 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
               "model_cfg": bundle.model_cfg, "parameters": _parameters(model),
               "init_dir": str(init_dir) if init_dir else None,
               "squeeze": bundle.squeeze.config if bundle.squeeze is not None else None}
-    with tracked_job(tracking_json, job_name, params=params, state_dir=state_dir,
-                     tags={"snakemake.rule": rule, "config.sha256": config_digest(cfg)}) as job:
+    tags = {"snakemake.rule": rule, "config.sha256": config_digest(cfg), "cxrgen.world_size": str(world.world_size)}
+    with tracked_job(tracking_json, job_name, params=params, state_dir=state_dir, tags=tags,
+                     main=world.is_main) as job:
         job.extra["evals"] = []
         started = time.perf_counter()
         result = run_training(loop_cfg, modules=modules, optimizers={"clip": optimizer},
                               schedulers={"clip": scheduler}, loader_for=loader_for, train_step=train_step,
-                              state_dir=state_dir, on_log=on_log, extra_state=job.extra, desc="clip")
+                              state_dir=state_dir, on_log=on_log, extra_state=job.extra, desc="clip",
+                              distributed_ready=True)
         train_seconds = time.perf_counter() - started
+        if not world.is_main:  # rank 0 alone evaluates and writes
+            return {"rank": world.rank, "steps": result.steps_done}
         final = evaluate(result.steps_done)
         trainable.eval()
         job.extra["evals"].append({"step": result.steps_done, **final})
@@ -174,6 +182,7 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
             "squeeze": bundle.squeeze.config if bundle.squeeze is not None else None,
             "squeeze_parameters": _parameters(bundle.squeeze) if bundle.squeeze is not None else 0,
             "trained_parameters": sum(p.numel() for p in trainable.parameters() if p.requires_grad),
+            "world_size": world.world_size,
         }
         tmp = job.staging(out_dir)
         trainable.cpu()
@@ -210,7 +219,8 @@ def train_clip_avatls(*, index_path: Path | str, store_root: Path | str, resolut
     squeeze for ``clip.squeeze.max_steps`` steps (tower learning rate ``clip.squeeze.tower_lr``, squeeze
     ``clip.squeeze.lr``, warm-up ``clip.squeeze.warmup_steps``); everything else as :func:`train_clip`, whose outputs
     (model dir with the squeeze in ``squeeze/``, ``metrics.json`` with the same recall@k keys) it
-    writes to ``out_dir``. The LDM loading this directory cross-attends to ``clip.squeeze.length`` tokens."""
+    writes to ``out_dir``. The LDM loading this directory cross-attends to ``clip.squeeze.length`` tokens. Data
+    parallel like :func:`train_clip` (``launch(train_clip_avatls, n, **kwargs)``)."""
     squeeze_cfg = cfg["squeeze"]
     fine_tune = {**cfg, "max_steps": squeeze_cfg["max_steps"], "lr": squeeze_cfg["tower_lr"],
                  "warmup_steps": squeeze_cfg["warmup_steps"], "pretrained_path": None, "pretrained_tag": None}

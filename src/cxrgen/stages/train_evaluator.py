@@ -19,6 +19,7 @@ from cxrgen.evaluate.classifier import (
 from cxrgen.evaluate.metrics import multilabel_scores
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS
 from cxrgen.train.data import select_rows
+from cxrgen.train.distributed import current_world
 from cxrgen.train.job import tracked_job, write_json
 from cxrgen.train.tracking import config_digest
 
@@ -42,6 +43,12 @@ def train_evaluator(*, index_path: Path | str, store_root: Path | str, resolutio
     Outputs in ``out_dir``: ``evaluator.json`` + ``model.safetensors`` (:func:`~cxrgen.evaluate.classifier.
     load_evaluator`), ``metrics.json`` (val AUROC/F1 per finding with micro/macro/weighted averages of the selected
     weights, the selected step, sizes, timings, MLflow run id) and ``loss_curve.png``. Returns the metrics.
+
+    Data parallel: run on every rank by :func:`cxrgen.train.distributed.launch` (``launch(train_evaluator, n,
+    **kwargs)``; the arguments must pickle) or torchrun, the ranks train one model on slices of every global batch
+    with the global batch's augmentations and batch statistics (:func:`~cxrgen.evaluate.classifier.
+    train_classifier`). Rank 0 alone opens the MLflow run, validates, selects and writes ``out_dir``; the other ranks
+    return ``{"rank": r, "steps": n}`` once training is done.
     """
     state_dir, out_dir = Path(state_dir), Path(out_dir)
     index = pd.read_parquet(index_path)
@@ -53,12 +60,17 @@ def train_evaluator(*, index_path: Path | str, store_root: Path | str, resolutio
     if val.empty:
         log.warning("train_evaluator: no labelled val images; the last weights are kept and no val AUROC is given")
     params = {"evaluator": cfg, "resolution": resolution, "seed": seed, "n_train": len(train), "n_val": len(val)}
-    with tracked_job(tracking_json, job_name, params=params, state_dir=state_dir,
-                     tags={"snakemake.rule": "train_evaluator", "config.sha256": config_digest(cfg)}) as job:
+    world = current_world()
+    tags = {"snakemake.rule": "train_evaluator", "config.sha256": config_digest(cfg),
+            "cxrgen.world_size": str(world.world_size)}
+    with tracked_job(tracking_json, job_name, params=params, state_dir=state_dir, tags=tags,
+                     main=world.is_main) as job:
         trained = train_classifier(train, cfg=cfg, resolution=resolution, seed=seed, state_dir=state_dir,
                                    val_rows=val if len(val) else None, extra_state=job.extra,
                                    on_log=lambda metrics, step: job.log_metrics(metrics, step, prefix="train/"),
                                    on_eval=job.log_metrics, stop_after_steps=stop_after_steps, desc="evaluator")
+        if not world.is_main:  # rank 0 alone validates and writes
+            return {"rank": world.rank, "steps": trained.steps}
         val_metrics = None
         if len(val):
             val_rows = val.sort_values("image_id").head(int(cfg["val_max_images"]))
@@ -72,7 +84,7 @@ def train_evaluator(*, index_path: Path | str, store_root: Path | str, resolutio
             "feature_dim": trained.evaluator.feature_dim, "train_seconds_this_run": trained.seconds,
             "seconds_per_step_this_run": trained.seconds / max(1, trained.steps - (trained.resumed_from or 0)),
             "final_train_loss": trained.history[-1]["loss"] if trained.history else None,
-            "val": val_metrics, "mlflow_run_id": job.run_id,
+            "val": val_metrics, "mlflow_run_id": job.run_id, "world_size": world.world_size,
         }
         tmp = job.staging(out_dir)
         save_evaluator(trained.evaluator, tmp, extra={"selected_step": trained.selected_step, "seed": seed,

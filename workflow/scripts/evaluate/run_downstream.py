@@ -1,4 +1,5 @@
-"""Adapter for rule run_downstream: every arm of one downstream experiment for one seed."""
+"""Adapter for rule run_downstream: every arm of one downstream experiment for one seed.
+Data parallel over the job's GPUs: the profile's `gpu` resource (none: 1) is the number of ranks (docs/cluster.md)."""
 
 from typing import TYPE_CHECKING
 
@@ -14,14 +15,17 @@ def main(smk) -> None:
     claim_job_state(rule=smk.rule, wildcards=dict(smk.wildcards.items()), params=dict(smk.params.items()),
                     inputs=dict(smk.input.items()), state_dir=smk.params.state_dir)  # changed job: fresh state
     from cxrgen.stages.run_downstream import run_downstream
+    from cxrgen.train.distributed import launch
 
-    metrics = run_downstream(real_index_path=smk.input.index, real_store_root=smk.params.store_root,
-                             synthetic_store_root=smk.input.synthetic, experiment=smk.wildcards.experiment,
-                             seed=int(smk.wildcards.seed), base_seed=smk.params.base_seed, cfg=dict(smk.params.cfg),
-                             evaluator_cfg=dict(smk.params.evaluator_cfg), resolution=smk.params.resolution,
-                             state_dir=smk.params.state_dir, out_path=smk.output.metrics,
-                             tracking_json=smk.input.tracking,
-                             job_name=f"{smk.rule}:{smk.wildcards.experiment}/{smk.wildcards.seed}")
+    gpus = int(smk.resources.get("gpu", 0) or 1)
+    experiment, seed = str(smk.wildcards.experiment), int(smk.wildcards.seed)
+    # plain str/int/dict values: the ranks are fresh interpreters that unpickle the arguments without snakemake
+    metrics = launch(run_downstream, gpus, real_index_path=str(smk.input.index),
+                     real_store_root=str(smk.params.store_root), synthetic_store_root=str(smk.input.synthetic),
+                     experiment=experiment, seed=seed, base_seed=int(smk.params.base_seed), cfg=dict(smk.params.cfg),
+                     evaluator_cfg=dict(smk.params.evaluator_cfg), resolution=int(smk.params.resolution),
+                     state_dir=str(smk.params.state_dir), out_path=str(smk.output.metrics),
+                     tracking_json=str(smk.input.tracking), job_name=f"{smk.rule}:{experiment}/{seed}")
     print({arm: m["test"]["auroc"] for arm, m in metrics["arms"].items()})
 
 

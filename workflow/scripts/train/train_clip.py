@@ -1,4 +1,5 @@
-"""Adapter for rule train_clip: contrastive image-report pretraining (open_clip, from scratch)."""
+"""Adapter for rule train_clip: contrastive image-report pretraining (open_clip, from scratch).
+Data parallel over the job's GPUs: the profile's `gpu` resource (none: 1) is the number of ranks (docs/cluster.md)."""
 
 from typing import TYPE_CHECKING
 
@@ -14,11 +15,14 @@ def main(smk) -> None:
     claim_job_state(rule=smk.rule, wildcards=dict(smk.wildcards.items()), params=dict(smk.params.items()),
                     inputs=dict(smk.input.items()), state_dir=smk.params.state_dir)  # changed job: fresh state
     from cxrgen.stages.train_clip import train_clip
+    from cxrgen.train.distributed import launch
 
-    metrics = train_clip(index_path=smk.input.index, store_root=smk.params.store_root,
-                         resolution=smk.params.resolution, cfg=dict(smk.params.cfg), seed=smk.params.seed,
-                         state_dir=smk.params.state_dir, out_dir=smk.output.model, tracking_json=smk.input.tracking,
-                         job_name=smk.rule)
+    gpus = int(smk.resources.get("gpu", 0) or 1)
+    # plain str/int/dict values: the ranks are fresh interpreters that unpickle the arguments without snakemake
+    metrics = launch(train_clip, gpus, index_path=str(smk.input.index), store_root=str(smk.params.store_root),
+                     resolution=int(smk.params.resolution), cfg=dict(smk.params.cfg), seed=int(smk.params.seed),
+                     state_dir=str(smk.params.state_dir), out_dir=str(smk.output.model),
+                     tracking_json=str(smk.input.tracking), job_name=str(smk.rule))
     print(metrics)
 
 

@@ -1,0 +1,182 @@
+"""The DenseNet evaluator trained data parallel (rules train_evaluator and run_downstream on several GPUs): 2 gloo ranks
+on CPU started by the launcher draw the single process's augmentations, normalise with the global batch's statistics,
+average the loss over the global batch's known labels, end with its weights (running statistics included), resume bit
+for bit after a kill, and rank 0 alone validates, writes and tracks."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from evaluate_helpers import real_store, synthetic_store
+from safetensors.torch import load_file
+from test_evaluator import RES, tiny_cfg
+
+from cxrgen.config import validate_config
+from cxrgen.evaluate.classifier import tiny_classifier_config
+from cxrgen.stages.run_downstream import run_downstream
+from cxrgen.stages.train_evaluator import train_evaluator
+from cxrgen.train.distributed import current_world, launch
+from cxrgen.train.loop import Interrupted, latest_checkpoint
+
+# The ranks run the DenseNet on half batches, share batch-norm sums and sum their gradients: the single process's
+# numbers in another summation order. Measured on CPU after 4 steps (batch 4, lr 1e-2): per-step losses agree to
+# ~1e-7 relative, one step's gradients to ~5e-9 absolute. The stem's batch-norm scale (features.norm0.weight) has a
+# gradient of exactly 0 in exact arithmetic: its channels pass ReLU and max-pooling (both commute with a positive
+# scale) into batch norms that normalise the scale away. Its gradient is rounding noise (~1e-7), which depends on the
+# summation order, and Adam turns noise into steps of ~lr: largest difference measured 6.9e-4, and 2.2e-4 in the
+# running statistics of the two batch norms that see those channels. These are compared at ~lr * steps; every other
+# weight and running statistic: largest difference measured 8.9e-7 (median 0). With per-rank batch statistics
+# (plain BatchNorm2d) the step-1 loss already differs by 1.4e-3 relative and weights by up to 7.7e-2.
+ATOL, MEDIAN_ATOL, SCALE_FREE_ATOL = 2e-5, 1e-7, 4e-2
+SCALE_FREE = ("features.norm0.weight", "features.denseblock1.denselayer1.norm1.running_",
+              "features.transition1.norm.running_")
+STEPS = {"max_steps": 4, "checkpoint_every": 2, "eval_every": 2}
+
+
+def _runs(tracking_json, job_name):
+    from mlflow.tracking import MlflowClient
+
+    info = json.loads(Path(tracking_json).read_text())
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    return client.search_runs([info["experiment_id"]], filter_string=f"tags.`snakemake.job` = '{job_name}'")
+
+
+def _history(state_dir):
+    """The logged training metrics of every step (without the timing)."""
+    history = torch.load(latest_checkpoint(state_dir), weights_only=False)["extra"]["history"]
+    return [{k: v for k, v in point.items() if k != "steps_per_second"} for point in history]
+
+
+def downstream_sections() -> tuple[dict, dict]:
+    cfg = validate_config({"sources": {"nih": {}},
+                           "evaluator": {"model": tiny_classifier_config(), "batch_size": 4, "max_steps": 2,
+                                         "eval_every": 2, "log_every": 1},
+                           "downstream": {"seeds": [0], "max_steps": 2, "scarcity": {"fractions": [0.0, 0.5]}}})
+    return cfg["downstream"], cfg["evaluator"]
+
+
+def on_two_ranks(evaluator: dict, downstream: dict, root: str, tracking: str) -> dict:
+    """Every 2-rank run of this file, in one launch (starting the ranks costs seconds of imports on shared cores):
+    train_evaluator uninterrupted, killed after 3 steps (checkpoint at 2) and resumed, and one downstream job."""
+    root = Path(root)
+    found = {"straight": train_evaluator(**evaluator, out_dir=str(root / "two"), state_dir=str(root / "two_state"),
+                                         tracking_json=tracking, job_name="train_evaluator:ddp")}
+    resumable = {**evaluator, "out_dir": str(root / "resumed"), "state_dir": str(root / "resumed_state"),
+                 "tracking_json": tracking, "job_name": "train_evaluator:ddp-resumed"}
+    try:
+        train_evaluator(**resumable, stop_after_steps=3)
+    except Interrupted:  # on every rank, at the same step
+        found["interrupted"] = True
+    if current_world().is_main:
+        [killed] = _runs(tracking, "train_evaluator:ddp-resumed")
+        found["killed"] = {"status": killed.info.status, "run_id": killed.info.run_id,
+                           "checkpoint": latest_checkpoint(root / "resumed_state").name,
+                           "published": (root / "resumed").exists()}
+    found["resumed"] = train_evaluator(**resumable)
+    found["downstream"] = run_downstream(**downstream, state_dir=str(root / "downstream_two"),
+                                         out_path=str(root / "downstream_two/metrics.json"), tracking_json=None,
+                                         job_name="run_downstream:ddp")
+    return found
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from test_ldm import shared_tracking_json
+
+    root = tmp_path_factory.mktemp("evaluator_ddp")
+    real = real_store(root / "store", n=40)
+    train_ids = real.loc[real["split"] == "train", "image_id"].tolist()
+    synthetic_store(root / "synthetic", real, twins_of=train_ids[:12])
+    tracking = str(shared_tracking_json(tmp_path_factory))
+    # plain str paths, as the adapters pass them: the ranks unpickle their arguments
+    evaluator = {"index_path": str(root / "store/index.parquet"), "store_root": str(root / "store"),
+                 "resolution": RES, "cfg": tiny_cfg(**STEPS), "seed": 1}
+    cfg, evaluator_cfg = downstream_sections()
+    downstream = {"real_index_path": str(root / "store/index.parquet"), "real_store_root": str(root / "store"),
+                  "synthetic_store_root": str(root / "synthetic"), "experiment": "scarcity", "seed": 0,
+                  "base_seed": 10, "cfg": cfg, "evaluator_cfg": evaluator_cfg, "resolution": RES}
+    found = launch(on_two_ranks, 2, evaluator, downstream, str(root), tracking)
+    return evaluator, downstream, root, tracking, found
+
+
+def _weights(model_dir) -> dict:
+    return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+def test_two_ranks_train_the_single_process_evaluator(runs):
+    evaluator, _, root, tracking, found = runs
+    parallel = found["straight"]
+    single = train_evaluator(**evaluator, out_dir=root / "one", state_dir=root / "one_state", tracking_json=None,
+                             job_name="train_evaluator:one")
+    assert parallel["world_size"] == 2 and single["world_size"] == 1 and parallel["steps"] == single["steps"] == 4
+    parallel_log, single_log = _history(root / "two_state"), _history(root / "one_state")
+    assert [h["step"] for h in parallel_log] == [h["step"] for h in single_log] == [1, 2, 3, 4]
+    for p, q in zip(parallel_log, single_log, strict=True):
+        assert p["loss"] == pytest.approx(q["loss"], rel=1e-6) and p["grad_norm"] == pytest.approx(q["grad_norm"],
+                                                                                                    rel=1e-5)
+    two, one = _weights(root / "two"), _weights(root / "one")
+    assert two.keys() == one.keys() and any("running_var" in k for k in one)
+    differences = {k: (two[k].float() - one[k].float()).abs().flatten() for k in one}
+    scale_free = torch.cat([v for k, v in differences.items() if k.startswith(SCALE_FREE)])
+    rest = torch.cat([v for k, v in differences.items() if not k.startswith(SCALE_FREE)])
+    print(f"evaluator 2 ranks vs 1 process: largest difference {rest.max():.2e}, median {rest.median():.2e}; "
+          f"stem batch-norm scale and the statistics it scales: largest {scale_free.max():.2e}")
+    assert rest.max() <= ATOL and rest.median() <= MEDIAN_ATOL and scale_free.max() <= SCALE_FREE_ATOL
+    # rank 0 alone validated (every eval step, the same selection) and opened, finished and filled the run
+    assert parallel["selected_step"] == single["selected_step"]
+    assert parallel["val"]["auroc"]["macro"] == pytest.approx(single["val"]["auroc"]["macro"], abs=1e-6)
+    [run] = _runs(tracking, "train_evaluator:ddp")
+    assert run.info.status == "FINISHED" and run.info.run_id == parallel["mlflow_run_id"]
+    assert run.data.tags["cxrgen.world_size"] == "2" and "val/auroc_macro" in run.data.metrics
+    assert json.loads((root / "two/metrics.json").read_text())["world_size"] == 2
+    assert not (root / "two.tmp").exists()
+
+
+def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(runs):
+    _, _, root, tracking, found = runs
+    assert found["interrupted"]
+    assert found["killed"] == {"status": "KILLED", "run_id": found["killed"]["run_id"],
+                               "checkpoint": "ckpt-00000002.pt", "published": False}
+    assert found["resumed"]["resumed_from"] == 2 and found["resumed"]["steps"] == 4
+    resumed, straight = _weights(root / "resumed"), _weights(root / "two")
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    assert _history(root / "resumed_state") == _history(root / "two_state")
+    assert found["resumed"]["selected_step"] == found["straight"]["selected_step"]
+    [run] = _runs(tracking, "train_evaluator:ddp-resumed")
+    assert run.info.run_id == found["killed"]["run_id"] and run.info.status == "FINISHED"
+
+
+def test_downstream_job_on_two_ranks_scores_the_arms_of_one_process(runs):
+    _, downstream, root, _, found = runs
+    parallel = found["downstream"]
+    single = run_downstream(**downstream, state_dir=root / "downstream_one",
+                            out_path=root / "downstream_one/metrics.json", tracking_json=None,
+                            job_name="run_downstream:one")
+    assert parallel["world_size"] == 2 and list(parallel["arms"]) == list(single["arms"]) == ["syn_0pct", "syn_50pct"]
+    for name, arm in single["arms"].items():
+        other = parallel["arms"][name]
+        assert other["n"] == arm["n"] and other["selected_step"] == arm["selected_step"], name
+        assert other["test"]["auroc"]["macro"] == pytest.approx(arm["test"]["auroc"]["macro"], abs=1e-6), name
+        curves = [json.loads((root / job / name / "result.json").read_text())["_curve"]
+                  for job in ("downstream_two", "downstream_one")]
+        assert [h["loss"] for h in curves[0]["history"]] == pytest.approx([h["loss"] for h in curves[1]["history"]],
+                                                                          rel=1e-6), name
+
+
+def test_global_batch_norm_keeps_parameters_state_and_single_process_outputs():
+    from cxrgen.evaluate.classifier import build_classifier
+    from cxrgen.train.collectives import GlobalBatchNorm2d, global_batch_norm
+
+    torch.manual_seed(0)
+    model = build_classifier(tiny_classifier_config())
+    parameters, state = list(model.parameters()), {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(4, 1, RES, RES)
+    expected = model.train()(x)
+    model.load_state_dict(state)
+    converted = global_batch_norm(model)
+    assert converted is model and all(a is b for a, b in zip(model.parameters(), parameters, strict=True))
+    assert sum(isinstance(m, GlobalBatchNorm2d) for m in model.modules()) == sum(
+        isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0
+    assert model.state_dict().keys() == state.keys()
+    assert torch.equal(model(x), expected)  # without a process group: plain batch norm
