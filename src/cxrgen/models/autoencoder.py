@@ -113,7 +113,7 @@ def adaptive_gan_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last_lay
                         ) -> torch.Tensor:
     """LDM/VQGAN adaptive weight: ‖∇_last rec‖ / (‖∇_last gan‖ + 1e-4), clamped to [0, 1e4], × disc_weight.
 
-    ``gradient_mean`` (data parallel: the mean over the ranks, :func:`cxrgen.train.distributed.mean_over_ranks`)
+    ``gradient_mean`` (data parallel: the mean over the ranks, :func:`cxrgen.train.collectives.mean_over_ranks`)
     turns the gradients of this rank's losses into those of the global batch's before the norms are taken."""
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     gan_grad = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]

@@ -26,8 +26,8 @@ from cxrgen.models.autoencoder import (
     save_autoencoder,
 )
 from cxrgen.report.figures import plot_loss_history
+from cxrgen.train.collectives import global_batch_norm, mean_over_ranks
 from cxrgen.train.data import StoreImages, select_rows
-from cxrgen.train.distributed import mean_over_ranks, sync_batch_norm
 from cxrgen.train.job import tracked_job, write_json
 from cxrgen.train.loop import StepBatchSampler, run_training, seed_everything
 from cxrgen.train.sections import loop_config
@@ -81,7 +81,7 @@ def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolut
     if cfg["gan"]["enabled"]:
         discriminator = PatchDiscriminator(1, cfg["gan"]["channels"], cfg["gan"]["layers"])
         if world.world_size > 1:  # its batch norm normalises by the global batch's statistics, as one process does
-            sync_batch_norm(discriminator)
+            global_batch_norm(discriminator)
         modules["discriminator"] = discriminator
         optimizers["discriminator"] = torch.optim.Adam(discriminator.parameters(), lr=cfg["lr"], betas=betas)
     perceptual = _perceptual(cfg, clip_dir, perceptual_net)

@@ -63,6 +63,12 @@ def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if _world_size() == 1 else _SumOverRanks.apply(tensor)
 
 
+def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over the ranks, with gradient (see :func:`sum_over_ranks`)."""
+    world_size = _world_size()
+    return tensor if world_size == 1 else _SumOverRanks.apply(tensor) / world_size
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """``BatchNorm2d`` whose training-mode statistics (and running-statistics updates) are those of the global batch
     over every data-parallel rank, with their gradients: the ranks normalise as one process with the whole batch

@@ -35,7 +35,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -73,85 +72,6 @@ def barrier() -> None:
     """Wait for every rank (no-op without a process group)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-class _SumOverRanks(torch.autograd.Function):
-    """All-reduce (sum) whose backward all-reduces the incoming gradients: every rank's result feeds every rank's
-    loss, so the gradient reaching a rank's input is the sum of all ranks' gradients of the result."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        total = tensor.clone()
-        dist.all_reduce(total)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        total = grad.clone()
-        dist.all_reduce(total)
-        return total
-
-
-def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    """The sum of ``tensor`` over the ranks (a collective: every rank must call it), differentiable; ``tensor``
-    itself without a process group."""
-    return _SumOverRanks.apply(tensor) if _world_size() > 1 else tensor
-
-
-def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    """The mean of ``tensor`` over the ranks, differentiable (see :func:`sum_over_ranks`)."""
-    world_size = _world_size()
-    return _SumOverRanks.apply(tensor) / world_size if world_size > 1 else tensor
-
-
-class SyncedBatchNorm2d(nn.BatchNorm2d):
-    """``BatchNorm2d`` whose training-mode statistics are those of the global batch (every rank's rows), as one
-    process computes them; the ranks' batches must have the same size (:class:`~cxrgen.train.loop.StepBatchSampler`
-    slices). Works with gloo on CPU, where ``torch.nn.SyncBatchNorm`` does not. Without a process group or in eval mode
-    it is ``BatchNorm2d``. Same parameters and buffers, so the same state dict."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        world_size = _world_size()
-        if world_size == 1 or not self.training:
-            return super().forward(x)
-        count = x.numel() // x.shape[1] * world_size
-        dims, shape = (0, 2, 3), (1, -1, 1, 1)
-        xf = x.float()  # statistics in fp32 under autocast too
-        mean = sum_over_ranks(xf.sum(dims)) / count
-        centered = xf - mean.view(shape)
-        var = sum_over_ranks((centered * centered).sum(dims)) / count  # two passes, as the single-process kernel
-        out = centered * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
-                unbiased = var.detach() * count / max(1, count - 1)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
-        return out.to(x.dtype)
-
-
-def sync_batch_norm(module: nn.Module) -> nn.Module:
-    """Replace every ``BatchNorm2d`` in ``module`` by a :class:`SyncedBatchNorm2d` with the same parameters and
-    buffers (in place; returns ``module``). For data-parallel training of nets with batch norm in training mode.
-    The new layers are on the CPU: convert before moving ``module`` to its device
-    (:func:`cxrgen.train.loop.run_training` does)."""
-    for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
-            synced = SyncedBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                       child.track_running_stats)
-            synced.load_state_dict(child.state_dict())
-            synced.train(child.training)
-            setattr(module, name, synced)
-        else:
-            sync_batch_norm(child)
-    return module
 
 
 def default_backend() -> str:

@@ -1,11 +1,12 @@
-"""Batch norm and sums over data-parallel ranks (cxrgen.train.distributed): 2 gloo ranks, each holding half of a
+"""Batch norm and sums over data-parallel ranks (cxrgen.train.collectives): 2 gloo ranks, each holding half of a
 batch, get the outputs, gradients and running statistics of one BatchNorm2d seeing the whole batch."""
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from cxrgen.train.distributed import SyncedBatchNorm2d, launch, sum_over_ranks, sync_batch_norm
+from cxrgen.train.collectives import GlobalBatchNorm2d, global_batch_norm, sum_over_ranks
+from cxrgen.train.distributed import launch
 
 BATCH, CHANNELS = 6, 3
 
@@ -47,8 +48,8 @@ def _on_rank():
     """Rank r of 2: half the batch through a synced copy of the net; rank 0 returns everything gathered."""
     rank = dist.get_rank()
     x, weights = _batch()
-    net = sync_batch_norm(_net())
-    assert isinstance(net[1], SyncedBatchNorm2d)
+    net = global_batch_norm(_net())
+    assert isinstance(net[1], GlobalBatchNorm2d)
     half = BATCH // 2
     out, x_grad, grads = _train_steps(net, x, weights, slice(rank * half, (rank + 1) * half))
     outs, x_grads = [torch.empty_like(out) for _ in range(2)], [torch.empty_like(x_grad) for _ in range(2)]
@@ -80,7 +81,7 @@ def test_two_ranks_normalise_by_the_global_batch():
 
 def test_one_process_is_plain_batch_norm():
     x, weights = _batch()
-    synced = sync_batch_norm(_net())
+    synced = global_batch_norm(_net())
     plain = _net()
     for a, b in zip(_train_steps(synced, x, weights, slice(None)), _train_steps(plain, x, weights, slice(None)),
                     strict=True):
