@@ -9,7 +9,8 @@ import pytest
 from ddl_helpers import icu_cfg
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxrgen.icu.evaluation import align_predictions, auroc_columns, average_precision_columns, evaluate_arms
+from cxrgen.evaluate.metrics import auroc_columns, average_precision_columns
+from cxrgen.icu.evaluation import align_predictions, evaluate_arms
 from cxrgen.icu.inputs import LAST_IMAGE_BINS
 from cxrgen.stages.evaluate_icu import evaluate_icu
 

@@ -265,14 +265,46 @@ def ms_ssim(pred, target, data_range: float = 1.0) -> np.ndarray:
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the ROC curve (sklearn ``roc_auc_score``; tied scores count one half); None without both
-    classes."""
-    from sklearn.metrics import roc_auc_score
-
+    """Area under the ROC curve (the value of sklearn's ``roc_auc_score``; tied scores count one half); None without
+    both classes. One definition with :func:`auroc_columns`."""
     y = np.asarray(labels, dtype=np.float64)
     if not ((y == 1).any() and (y == 0).any()):
         return None
-    return float(roc_auc_score(y == 1, np.asarray(scores, dtype=np.float64)))
+    return float(auroc_columns((y == 1)[:, None], np.asarray(scores, dtype=np.float64)[:, None])[0])
+
+
+def auroc_columns(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """AUROC (Mann-Whitney, ties one half; sklearn's ``roc_auc_score`` value) of every column of scores ``s`` [n, k] against 0/1 labels ``y`` [n, k]; NaN without both classes."""
+    y, s = np.asarray(y, dtype=bool), np.asarray(s, dtype=np.float64)
+    from scipy.stats import rankdata
+
+    ranks = rankdata(s, axis=0)
+    positives = y.sum(0)
+    negatives = len(y) - positives
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = ((ranks * y).sum(0) - positives * (positives + 1) / 2.0) / (positives * negatives)
+    return np.where((positives > 0) & (negatives > 0), auc, np.nan)
+
+
+def average_precision_columns(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Average precision (sklearn's definition) per column; NaN without a positive (or without a negative).
+
+    AP = Σ_n (R_n − R_{n−1}) P_n over distinct score thresholds = (1/P) Σ over positives of the precision at the end
+    of the positive's group of tied scores."""
+    y, s = np.asarray(y, dtype=np.float64), np.asarray(s, dtype=np.float64)
+    n = len(y)
+    order = np.argsort(-s, axis=0, kind="mergesort")
+    scores, labels = np.take_along_axis(s, order, 0), np.take_along_axis(y, order, 0)
+    last_of_tie = np.ones_like(scores, dtype=bool)
+    last_of_tie[:-1] = scores[1:] != scores[:-1]
+    precision = np.cumsum(labels, axis=0) / np.arange(1, n + 1)[:, None]
+    position = np.where(last_of_tie, np.arange(n)[:, None], n)
+    group_end = np.minimum.accumulate(position[::-1], axis=0)[::-1]
+    at_group_end = np.take_along_axis(precision, np.minimum(group_end, n - 1), 0)
+    positives = labels.sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ap = (labels * at_group_end).sum(0) / positives
+    return np.where((positives > 0) & (positives < n), ap, np.nan)
 
 
 def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float | None:

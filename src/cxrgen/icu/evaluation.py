@@ -3,9 +3,8 @@ mortality and macro over the phenotypes, pooled over training seeds (mean of the
 with percentile bootstrap intervals over the test stays, overall and by hours since the last CXR, plus paired
 differences between arms (the same bootstrap draws for both arms).
 
-AUROC by ranks (ties count one half, as sklearn's ``roc_auc_score``) and AUPRC as sklearn's
-``average_precision_score`` (step-wise, one point per distinct score), both vectorised here because the bootstrap
-evaluates them ~10⁵ times; the unit tests compare them with sklearn.
+AUROC and AUPRC are the project's vectorised definitions (:func:`cxrgen.evaluate.metrics.auroc_columns`,
+:func:`~cxrgen.evaluate.metrics.average_precision_columns`): the bootstrap evaluates them ~10⁵ times.
 """
 
 from __future__ import annotations
@@ -15,44 +14,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
-from cxrgen.evaluate.metrics import Interval, describe_bootstrap, percentile_interval
+from cxrgen.evaluate.metrics import (
+    Interval,
+    auroc_columns,
+    average_precision_columns,
+    describe_bootstrap,
+    percentile_interval,
+)
 from cxrgen.icu.inputs import LAST_IMAGE_BINS, MORTALITY
 
 METRICS = ("mortality_auroc", "mortality_auprc", "phenotype_macro_auroc", "phenotype_macro_auprc")
-
-
-def auroc_columns(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """AUROC of every column of scores ``s`` [n, k] against 0/1 labels ``y`` [n, k]; NaN without both classes."""
-    y, s = np.asarray(y, dtype=bool), np.asarray(s, dtype=np.float64)
-    ranks = rankdata(s, axis=0)
-    positives = y.sum(0)
-    negatives = len(y) - positives
-    with np.errstate(divide="ignore", invalid="ignore"):
-        auc = ((ranks * y).sum(0) - positives * (positives + 1) / 2.0) / (positives * negatives)
-    return np.where((positives > 0) & (negatives > 0), auc, np.nan)
-
-
-def average_precision_columns(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Average precision (sklearn's definition) per column; NaN without a positive (or without a negative).
-
-    AP = Σ_n (R_n − R_{n−1}) P_n over distinct score thresholds = (1/P) Σ over positives of the precision at the end
-    of the positive's group of tied scores."""
-    y, s = np.asarray(y, dtype=np.float64), np.asarray(s, dtype=np.float64)
-    n = len(y)
-    order = np.argsort(-s, axis=0, kind="mergesort")
-    scores, labels = np.take_along_axis(s, order, 0), np.take_along_axis(y, order, 0)
-    last_of_tie = np.ones_like(scores, dtype=bool)
-    last_of_tie[:-1] = scores[1:] != scores[:-1]
-    precision = np.cumsum(labels, axis=0) / np.arange(1, n + 1)[:, None]
-    position = np.where(last_of_tie, np.arange(n)[:, None], n)
-    group_end = np.minimum.accumulate(position[::-1], axis=0)[::-1]
-    at_group_end = np.take_along_axis(precision, np.minimum(group_end, n - 1), 0)
-    positives = labels.sum(0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ap = (labels * at_group_end).sum(0) / positives
-    return np.where((positives > 0) & (positives < n), ap, np.nan)
 
 
 def outcome_metrics(y: np.ndarray, p: np.ndarray) -> np.ndarray:
