@@ -25,7 +25,7 @@ def embed_prompts(*, studies_path: Path | str, index_path: Path | str, store_roo
     out_npz = Path(out_npz)
     out_npz.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_npz.with_name(out_npz.stem + ".tmp.npz")
-    np.savez(tmp, study_pids=studies["study_pid"].astype(str).to_numpy(), **embeddings)
+    np.savez(tmp, study_pids=np.asarray(studies["study_pid"].astype(str).tolist(), dtype=str), **embeddings)
     tmp.replace(out_npz)
     return {m: int(np.isfinite(embeddings[m][:, 0]).sum()) for m in MODALITIES} | {"studies": len(studies),
                                                                                      "dim": encoders.dim}
