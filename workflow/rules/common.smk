@@ -80,6 +80,7 @@ def final_targets():
         "results/reports/downstream/downstream.png",
         *eval_targets(),  # metric harness per variant + reconstruction (workflow/rules/evaluate_metrics.smk)
         *icu_targets(),  # DDL-CXR ICU branch when icu.enabled (workflow/rules/icu.smk)
+        *medcodi_targets(),  # MedCoDi-M / XGeM branch when medcodi.enabled (workflow/rules/medcodi.smk)
         "results/summary.md",  # headline tables for terminal readers (rule write_summary)
         "results/reports/training/curves.png",  # every model's loss curve and sample grid (rule report_training)
     ]
@@ -270,6 +271,17 @@ def trained_model_dirs(wildcards=None):
 
 def trained_model_names(wildcards=None):
     return list(_trained_models())
+
+
+# --- MedCoDi-M / XGeM branch (workflow/rules/medcodi.smk) ---
+MEDCODI_ENABLED = config["medcodi"]["enabled"]
+MEDCODI_STUDIES = "results/medcodi/studies.parquet"
+MEDCODI_PROMPT_ENCODERS = "results/medcodi/prompt_encoders"
+MEDCODI_EMBEDDINGS = "results/medcodi/embeddings.npz"
+
+
+def medcodi_targets():
+    return [MEDCODI_STUDIES, MEDCODI_PROMPT_ENCODERS, MEDCODI_EMBEDDINGS] if MEDCODI_ENABLED else []
 
 
 # --- DDL-CXR ICU branch (workflow/rules/icu.smk) ---

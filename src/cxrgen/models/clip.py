@@ -373,6 +373,42 @@ def load_image_encoder(model_dir: Path | str, device: str | torch.device = "cpu"
     return ImageEncoder(load_clip(model_dir, device))
 
 
+# ---- optimisation --------------------------------------------------------------------------------------------------
+
+
+def clip_optimizer(modules: dict[str, torch.nn.Module], cfg: dict, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW over ``modules`` (``cfg``: a ``clip``-like section with ``lr``, ``weight_decay``, ``adam_betas``,
+    ``adam_eps``); weight decay on weight matrices only (CLIP/open_clip exclude gains, biases, embeddings, logit scale;
+    the squeeze's learned queries count as embeddings). A module named ``squeeze`` trains at its own rate
+    ``cfg["squeeze"]["lr"]`` (``clip.squeeze.lr``)."""
+    groups = []
+    for key, module in modules.items():
+        decay, no_decay = [], []
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            excluded = p.ndim < 2 or "embedding" in name or "logit_scale" in name or "bias" in name or name == "queries"
+            (no_decay if excluded else decay).append(p)
+        lr = cfg["squeeze"]["lr"] if key == "squeeze" else cfg["lr"]
+        groups += [{"params": decay, "weight_decay": cfg["weight_decay"], "lr": lr},
+                   {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+    groups = [g for g in groups if g["params"]]
+    # the fused kernel is ~5x faster on CPU for the 49k-token embedding table and gives the same resumable state
+    return torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["adam_betas"]), eps=cfg["adam_eps"], fused=True)
+
+
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    """LambdaLR factor: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total`` (CLIP's schedule)."""
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
 # ---- contrastive loss and retrieval metrics -------------------------------------------------------------------------
 
 

@@ -7,6 +7,8 @@ Layout written under ``root``: ``CheXpert-v1.0-small/train.csv``, ``valid.csv`` 
 - valid.csv: a tenth of the sampled patients (at least one) are renumbered from ``patient64541`` on, as the real
   validation patients are, moved to ``valid/`` and given the valid.csv convention of binary labels: positive stays
   ``1.0``, negative, uncertain and blank become ``0.0`` (the real valid labels are radiologist consensus, no blanks).
+- One phantom seed per patient: a study's frontal and lateral films and a patient's studies show the same patient
+  (the row's findings select what is drawn; each film is its own acquisition, :func:`cxrgen.demo.films.vary_acquisition`).
 - Film size: small-release JPEGs are roughly 320 px wide and 390 px high (sizes vary); the demo divides that by
   ``downscale / 3``, so ``downscale=3`` gives the real small size. The phantom assumes a 390 mm high film (about
   2,500 px × 0.15 mm originals), so anatomy keeps its physical size.
@@ -21,6 +23,7 @@ import numpy as np
 from cxrgen.demo import noise as demo_noise
 from cxrgen.demo.badfiles import IMAGE_FILE_MIX, plan_bad_files
 from cxrgen.demo.common import DemoContext
+from cxrgen.demo.films import vary_acquisition
 from cxrgen.demo.phantom import PhantomSpec, render_phantom
 from cxrgen.demo.sampling import image_pixels, phantom_seed, read_shipped, sample_patients, save_image, write_table
 from cxrgen.labels import CHEXPERT_LABELS
@@ -74,8 +77,8 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
         view = "LATERAL" if lateral else (record["AP/PA"] if record["AP/PA"] in ("AP", "PA") else "PA")
         spec = PhantomSpec(view=view, height_px=height, width_px=width, spacing_mm=FILM_HEIGHT_MM / height,
                            sex={"Male": "M", "Female": "F"}.get(record["Sex"], "U"), age=float(record["Age"]),
-                           findings=chexpert_findings(record), seed=phantom_seed(ctx, "chexpert", record["Path"]))
-        image = render_phantom(spec)
+                           findings=chexpert_findings(record), seed=phantom_seed(ctx, "chexpert", record["_patient"]))
+        image = vary_acquisition(render_phantom(spec), ctx.rng("chexpert", "acquisition", record["Path"]))
         image = demo_noise.inject(ctx, "chexpert", record["Path"], noisy.get(record["Path"]), image, record["Path"])
         save_image(root / record["Path"], image_pixels(image, kind), "JPEG", kind)
 

@@ -1,6 +1,9 @@
 """IU-Xray / OpenI demo corpus: the real report XMLs (byte-identical, from torchxrayvision's ``NLMCXR_reports.tgz``) and
 one DICOM per ``parentImage`` in the ``NLMCXR_dcm`` naming (``<n>_IM-xxxx-xxxx.dcm``), whose headers follow the real
 IU DICOM header table (photometric, BitsStored, Presentation LUT shape, window, VOI LUT, spacing tags, size, view).
+One phantom seed per patient (the report's ``uId``): a report's frontal and lateral films show the same patient, the
+report's findings select what is drawn, and each film is its own acquisition
+(:func:`cxrgen.demo.films.vary_acquisition`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import pandas as pd
 from cxrgen.demo import noise as demo_noise
 from cxrgen.demo.badfiles import DICOM_FILM_MIX, plan_bad_files, remove_missing
 from cxrgen.demo.common import DemoContext, txrv_data_dir
-from cxrgen.demo.films import FilmStyle, demo_size, render, write_film
+from cxrgen.demo.films import FilmStyle, demo_size, render, vary_acquisition, write_film
+from cxrgen.demo.sampling import phantom_seed
 from cxrgen.sources.iuxray import (
     REPORT_DIR,
     first_number,
@@ -115,11 +119,12 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
         sides = mesh_laterality(rep["mesh_major"])
         findings = {k: sides.get(k, "") for k, v in labels.items() if v == 1.0 and k != "No Finding"}
         h, w, demo_spacing = demo_size(rows, cols, spacing, ctx)
-        pixels = render(render_view, h, w, demo_spacing, findings, seed=int(item_rng.integers(2**31)))
+        patient_number = rep["uid"][3:] if rep["uid"] else Path(name).stem
+        seed = phantom_seed(ctx, "iuxray", patient_number)
+        pixels = vary_acquisition(render(render_view, h, w, demo_spacing, findings, seed=seed), item_rng)
         path = image_dir / dicom_name(image_id)
         pixels = demo_noise.inject(ctx, "iuxray", image_id, noisy.get(i), pixels, path.relative_to(root).as_posix())
         kind = bad.get(i)
-        patient_number = rep["uid"][3:] if rep["uid"] else Path(name).stem
         write_film(path, pixels, style, demo_spacing,
                    view_position=str(row["View Position"]) if row is not None and isinstance(
                        row["View Position"], str) else None,

@@ -3,8 +3,12 @@
 No MIMIC metadata ships offline, so studies are built from real IU-Xray reports: the text is rewritten in the MIMIC
 report format (``FINAL REPORT``, EXAMINATION/INDICATION/COMPARISON/FINDINGS/IMPRESSION, ``___`` de-identification) and
 labelled with :func:`cxrgen.sources.iuxray.mesh_to_chexpert` plus simple negation/uncertainty cues so the CheXpert CSV
-holds 1/0/-1/blank. Each subject has 1-4 studies; PA studies usually add a lateral, portable AP studies rarely do.
-Film sizes, spacings and the DICOM encoding mix are plausible choices, not measured MIMIC statistics (none offline).
+holds 1/0/-1/blank. Each subject has 1-4 studies; PA studies nearly always add a lateral (demo-enriched, so that
+MedCoDi-M has enough frontal + lateral + report studies), portable AP studies sometimes do. One phantom seed and one
+film size per view per subject: a study's frontal and lateral films, and a patient's films across studies, show the
+same patient; the study's findings select what is drawn, and each film is its own acquisition
+(:func:`cxrgen.demo.films.vary_acquisition`). Film sizes, spacings and the DICOM encoding mix are plausible choices,
+not measured MIMIC statistics (none offline).
 
 With ``icu_stays`` the corpus also holds the portable AP films of the ICU patients planned by
 :func:`cxrgen.demo.icu.plan_icu_stays` (the same plan the MIMIC-IV demo tables are written from): one phantom seed, film
@@ -44,6 +48,9 @@ _FILMS = {"PA": [(3056, 2544, 0.139), (2544, 3056, 0.139)], "AP": [(2539, 3050, 
 # label -> (keyword regex) for the negation/uncertainty cues written into the CheXpert CSV
 _CUES = {"Pneumothorax": r"pneumothora", "Pleural Effusion": r"effusion", "Consolidation": r"consolidation",
          "Edema": r"edema", "Pneumonia": r"pneumonia", "Cardiomegaly": r"cardiomegaly"}
+# share of PA (erect) / portable AP studies with a lateral film; demo-enriched for the frontal+lateral+report studies
+# MedCoDi-M trains on (in the real release roughly a third of the films are laterals)
+_LATERAL_SHARE = {"PA": 0.95, "AP": 0.3}
 _NEGATION = re.compile(r"\b(no|without|negative for|free of)\b")
 _UNCERTAIN = re.compile(r"\b(possible|possibly|may|might|cannot be excluded|questionable|suspect\w*|likely)\b")
 
@@ -129,6 +136,9 @@ def write(root: Path, n_images: int, ctx: DemoContext, icu_stays: int = 0) -> di
         if subject in used_subjects:
             continue
         used_subjects.add(subject)
+        subject_rng = ctx.rng("mimic", "subject", subject)
+        phantom_seed = int(subject_rng.integers(2**31))
+        film_choice = {view: int(subject_rng.integers(len(sizes))) for view, sizes in _FILMS.items()}
         split = str(rng.choice(list(_SPLIT_SHARES), p=list(_SPLIT_SHARES.values())))
         date = pd.Timestamp(int(rng.integers(2110, 2200)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
         for _ in range(int(rng.choice([1, 2, 3, 4], p=[0.45, 0.3, 0.15, 0.1]))):
@@ -142,13 +152,14 @@ def write(root: Path, n_images: int, ctx: DemoContext, icu_stays: int = 0) -> di
             rep_i += 1
             portable = rng.random() < 0.35
             views = ["AP"] if portable else ["PA"]
-            if rng.random() < (0.15 if portable else 0.8):
+            if rng.random() < _LATERAL_SHARE[views[0]]:
                 views.append(str(rng.choice(["LL", "LATERAL"], p=[0.6, 0.4])))
             date = date + pd.Timedelta(days=int(rng.integers(1, 400)))
             studies.append({"subject": subject, "study": study, "rep": rep, "split": split,
                             "exam": "CHEST (PORTABLE AP)" if portable else "CHEST (PA AND LAT)",
                             "date": date.strftime("%Y%m%d"), "time": f"{rng.integers(0, 24):02d}{rng.integers(0, 60):02d}"
-                            f"{rng.integers(0, 60):02d}.{rng.integers(0, 1000):03d}", "portable": portable})
+                            f"{rng.integers(0, 60):02d}.{rng.integers(0, 1000):03d}", "portable": portable,
+                            "phantom_seed": phantom_seed, "film_choice": film_choice})
             for view in views:
                 images.append({"study_index": len(studies) - 1, "view": view, "dicom_id": dicom_id(rng)})
     images = images[:n_images]
@@ -170,11 +181,11 @@ def write(root: Path, n_images: int, ctx: DemoContext, icu_stays: int = 0) -> di
 
         item_rng = ctx.rng("mimic", "image", image["dicom_id"])
         base_view = "LATERAL" if view in ("LL", "LATERAL") else view
-        rows, cols, spacing = _FILMS[base_view][int(item_rng.integers(len(_FILMS[base_view])))]
+        rows, cols, spacing = _FILMS[base_view][st["film_choice"][base_view]]
         h, w, demo_spacing = demo_size(rows, cols, spacing, ctx)
         sides = mesh_laterality(rep["mesh_major"])
         findings = {k: sides.get(k, "") for k, v in labels.items() if v == 1.0 and k != "No Finding"}
-        pixels = render(base_view, h, w, demo_spacing, findings, seed=int(item_rng.integers(2**31)))
+        pixels = vary_acquisition(render(base_view, h, w, demo_spacing, findings, seed=st["phantom_seed"]), item_rng)
         path = study_dir / f"s{st['study']}" / f"{image['dicom_id']}.dcm"
         pixels = demo_noise.inject(ctx, "mimic", image["dicom_id"], noisy.get(i), pixels,
                                    path.relative_to(root).as_posix())

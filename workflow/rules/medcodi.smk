@@ -1,0 +1,52 @@
+# MedCoDi-M / XGeM (arXiv 2501.04614) branch: the study table (frontal film, lateral film, report per study) -> the
+# prompt encoders that align the three modalities in one space -> every study's embeddings (the generators' conditions).
+
+if MEDCODI_ENABLED:
+
+    rule build_study_table:
+        input:
+            index="results/store/index.parquet",
+        output:
+            studies=MEDCODI_STUDIES,
+            counts="results/medcodi/studies.json",
+        params:
+            sources=config["medcodi"]["sources"],
+        log:
+            "results/logs/build_study_table/build_study_table.log",
+        threads: 1
+        script:
+            "../scripts/medcodi/build_study_table.py"
+
+    rule train_prompt_encoders:
+        input:
+            studies=MEDCODI_STUDIES,
+            index="results/store/index.parquet",
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            model=protected(directory(MEDCODI_PROMPT_ENCODERS)),
+        params:
+            store_root=store_root_of_index,
+            resolution=LOW_RES,
+            cfg=rule_section(config, "train_prompt_encoders"),
+            seed=config["seed"],
+            state_dir="results/state/train_prompt_encoders",
+        log:
+            "results/logs/train_prompt_encoders/train_prompt_encoders.log",
+        threads: 2
+        script:
+            "../scripts/medcodi/train_prompt_encoders.py"
+
+    rule embed_prompts:
+        input:
+            studies=MEDCODI_STUDIES,
+            index="results/store/index.parquet",
+            encoders=MEDCODI_PROMPT_ENCODERS,
+        output:
+            embeddings=MEDCODI_EMBEDDINGS,
+        params:
+            store_root=store_root_of_index,
+        log:
+            "results/logs/embed_prompts/embed_prompts.log",
+        threads: 2
+        script:
+            "../scripts/medcodi/embed_prompts.py"
