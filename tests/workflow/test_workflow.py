@@ -298,7 +298,8 @@ def test_adding_a_variant_plans_only_its_own_jobs(tiny_run, tmp_path):
     new = {"diffcxr-lnfs", "diffcxr-dkim"}
     per_variant = ("generate", "extract_generated_features", "evaluate_distribution", "evaluate_fidelity",
                    "evaluate_memorisation")
-    required = {"train_ldm", "train_dkim", *per_variant, "write_summary", "report_training", "all"}
+    required = {"train_ldm", "train_dkim", "sample_ldm_grid", "sample_dkim_grid", *per_variant, "write_summary",
+                "report_training", "all"}
     # init_tracking's params do not depend on the config: a rerun of it would hold back the planning of every job
     # that opens a child run (Snakemake then plans init_tracking alone)
     assert required == {rule for rule, _ in jobs}, out[-3000:]
@@ -306,6 +307,20 @@ def test_adding_a_variant_plans_only_its_own_jobs(tiny_run, tmp_path):
     assert [w for rule, w in jobs if rule == "train_dkim"] == [{"ldm_variant": "cheff"}]  # DKIM on the cheff LDM
     for rule in per_variant:
         assert sorted(w["variant"] for r, w in jobs if r == rule) == sorted(new), rule
+    assert [w for rule, w in jobs if rule == "sample_ldm_grid"] == [{"ldm_variant": "diffcxr-lnfs"}]
+    assert [w for rule, w in jobs if rule == "sample_dkim_grid"] == [{"ldm_variant": "cheff"}]
+
+
+def test_new_grid_settings_redraw_the_grids_without_retraining(tiny_run, tmp_path):
+    """After the tiny run, new ldm.sample_grid settings plan the LDM grids and what reads them (the training report;
+    the summary records the whole config): no model is retrained, no sample or metric recomputed."""
+    overlay = tmp_path / "grid.yaml"
+    overlay.write_text("ldm:\n  sample_grid: {steps: 3}\n")
+    out = run([*SNAKEMAKE, "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tiny_run),
+               "--configfile", str(ROOT / "config.yaml"), str(ROOT / "tests/config/test.yaml"), str(overlay)])
+    jobs = planned_jobs(out)
+    assert {rule for rule, _ in jobs} == {"sample_ldm_grid", "report_training", "write_summary", "all"}, out[-3000:]
+    assert sorted(w["ldm_variant"] for rule, w in jobs if rule == "sample_ldm_grid") == ["cheff", "diffcxr"]
 
 
 @pytest.fixture(scope="module", autouse=True)
