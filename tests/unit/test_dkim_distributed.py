@@ -16,11 +16,17 @@ from cxrgen.train.distributed import launch
 from cxrgen.train.loop import Interrupted, latest_checkpoint
 
 # The 2 ranks run base + adapter on half batches and sum their gradients: the single-process numbers in another
-# summation order. Measured on CPU after 4 steps (largest / median absolute difference of the saved EMA weights):
-# see the printed line; the zero-initialised output convolutions make most adapter weights move only through
-# AdamW's m/sqrt(v), which amplifies the rounding of near-zero gradients as in test_ldm_distributed. A wrong draw or a
-# missing gradient sum moves the trained weights by ~lr = 1e-3 per step.
-ATOL, MEDIAN_ATOL = 2e-4, 1e-6
+# summation order (and other CPU conv kernels for half batches). Measured on CPU over 4 steps: losses agree to 1.1e-6
+# relative, gradient norms to 1.3e-5. The weights agree less closely than the LDM's (test_ldm_distributed) because the
+# adapter starts with zero output convolutions: AdamW's first step of a parameter is sign(gradient) * lr whatever its
+# size, so the zero convolutions' first step (step 1) and the encoder's (step 2, its first non-zero gradient) flip
+# the sign of the few elements whose gradient is at rounding level, and those differ by up to ~lr. Measured on the
+# saved EMA weights: largest difference 1.4e-3, median 4.8e-7, 1.4% of the elements differ by more than 1e-5 (the
+# same run with 1 or 2 CPU threads: largest 4.7e-6). A deliberately broken run (every rank using rank 0's draws, or
+# no gradient sum over ranks) gave median 5.7e-4 with 87% of the elements beyond 1e-5, losses off by 1e-4 to 6e-2
+# relative from step 2 on and gradient norms by 17% or more.
+LOSS_REL, GRAD_NORM_REL = 1e-5, 1e-4
+MEDIAN_ATOL, TAIL_ATOL, TAIL_FRACTION, ATOL = 1e-5, 1e-5, 0.05, 2.5e-3
 # cfg_dropout 0.5: with 4 steps of 4 items some conditions are dropped, so the joint drop mask's draw is checked too
 CFG = {"max_steps": 4, "checkpoint_every": 2, "batch_size": 4, "cfg_dropout": 0.5, "latent_sampling": "posterior"}
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -54,19 +60,20 @@ def test_two_ranks_train_the_single_process_adapter(inputs, two_ranks):
     parallel_log, single_log = _history(root / "two_state"), _history(root / "one_state")
     assert [h["step"] for h in parallel_log] == [h["step"] for h in single_log] == [1, 2, 3, 4]
     for p, q in zip(parallel_log, single_log, strict=True):
-        assert p["loss"] == pytest.approx(q["loss"], rel=1e-6) and p["lr"] == q["lr"]
-        assert p["grad_norm"] == pytest.approx(q["grad_norm"], rel=1e-5)
+        assert p["loss"] == pytest.approx(q["loss"], rel=LOSS_REL) and p["lr"] == q["lr"]
+        assert p["grad_norm"] == pytest.approx(q["grad_norm"], rel=GRAD_NORM_REL)
     parallel, alone = load_file(two / WEIGHTS), load_file(root / "one" / WEIGHTS)  # EMA adapter weights + bank
-    assert parallel.keys() == alone.keys()
+    assert parallel.keys() == alone.keys() and torch.equal(parallel["bank"], alone["bank"])
     differences = torch.cat([(parallel[k] - alone[k]).abs().flatten() for k in alone])
+    tail = float((differences > TAIL_ATOL).float().mean())
     print(f"DKIM adapter: 2 ranks vs 1 process: largest difference {differences.max():.2e}, "
-          f"median {differences.median():.2e}")
-    assert differences.max() <= ATOL and differences.median() <= MEDIAN_ATOL
+          f"median {differences.median():.2e}, {tail:.2%} of the elements beyond {TAIL_ATOL:g}")
+    assert differences.median() <= MEDIAN_ATOL and tail <= TAIL_FRACTION and differences.max() <= ATOL
     # the adapter trained away from its zero-initialised outputs (the comparison is not of two untouched models)
     moved = [parallel[k].abs().max() for k in parallel if k.startswith("controlnet.controlnet_down_blocks")]
     assert max(moved) > 1e-4
     # the validation (rank 0 only) sees the same adapter
-    assert metrics["val_loss_dkim"] == pytest.approx(single["val_loss_dkim"], rel=1e-4)
+    assert metrics["val_loss_dkim"] == pytest.approx(single["val_loss_dkim"], rel=1e-5)  # measured 7e-7
     # rank 0 alone opened the run, finished it and wrote the output
     runs = _runs(tracking, "train_dkim:ddp")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].info.run_id == metrics["mlflow_run_id"]
