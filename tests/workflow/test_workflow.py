@@ -44,13 +44,14 @@ def test_dry_run_with_slurm_profile_shows_full_dag():
                  "build_prompts", "generate", "train_clip_avatls", "report_avatls", "train_evaluator",
                  "run_downstream", "report_downstream", "filter_noise", "evaluate_labeler",
                  "extract_real_features", "extract_generated_features", "evaluate_distribution",
-                 "evaluate_fidelity", "evaluate_memorisation", "evaluate_reconstruction", "write_summary"):
+                 "evaluate_fidelity", "evaluate_memorisation", "evaluate_reconstruction", "write_summary",
+                 "sample_ldm_grid", "sample_dkim_grid", "report_training"):
         assert rule in out
     assert "Using profiles slurm" in out
     blocks = {block.split(":", 1)[0].strip(): block for block in out.split("rule ")[1:]}
     for rule in ("train_clip", "train_autoencoder", "train_ldm", "train_sr", "finetune_sr", "generate",
                  "train_clip_avatls", "train_evaluator", "run_downstream", "extract_real_features",
-                 "extract_generated_features", "evaluate_reconstruction"):
+                 "extract_generated_features", "evaluate_reconstruction", "sample_ldm_grid", "sample_dkim_grid"):
         assert "slurm_partition=gpu" in blocks[rule] and "gpu=1" in blocks[rule], rule
     for rule in ("ingest_shard", "unify_store", "evaluate_distribution", "evaluate_fidelity", "evaluate_memorisation"):
         assert "slurm_partition=cpu" in blocks[rule] and "gpu=" not in blocks[rule], rule
@@ -233,8 +234,15 @@ def test_generative_chain_outputs(tiny_run):
     runs = client.search_runs([info["experiment_id"]], f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
     names = {r.info.run_name for r in runs}
     assert {"train_clip", "train_autoencoder", "train_ldm:cheff", "train_ldm:diffcxr", "train_dkim:diffcxr",
-            "train_sr", "finetune_sr", "generate:cheff", "generate:diffcxr"} <= names
+            "train_sr", "finetune_sr", "generate:cheff", "generate:diffcxr", "sample_ldm_grid:cheff",
+            "sample_dkim_grid:diffcxr"} <= names
     assert all(r.info.status == "FINISHED" for r in runs)
+    # the sample grids are drawn from the saved models by rules of their own, not by the trainers
+    grids = tiny_run / "results/reports/training/grids"
+    assert {p.relative_to(grids).as_posix() for p in grids.rglob("*.png")} == {"ldm/cheff.png", "ldm/diffcxr.png",
+                                                                               "dkim/diffcxr.png"}
+    assert json.loads((grids / "ldm/cheff.json").read_text())["sample_grid"]["steps"] == 2  # tests/config/test.yaml
+    assert not list(models.glob("**/samples.png"))
 
 
 def test_lnfs_and_labeler_outputs(tiny_run):
