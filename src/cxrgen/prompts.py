@@ -12,9 +12,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from cxrgen.labels import CHEXPERT_LABELS, label_column
+from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
 
-# rows of the trainers' end-of-training sample grids: one template report per finding
+# rows of the models' sample grids (rules sample_ldm_grid, sample_dkim_grid): one template report per finding
 GRID_FINDINGS = ("No Finding", "Cardiomegaly", "Pleural Effusion", "Pneumothorax")
 
 # {side}: "right" | "left" | "bilateral" variants; findings without a side have no placeholder.
@@ -128,6 +128,20 @@ NEUTRAL: dict[str, str] = {
     "Fracture": "There is a fracture.",
     "Support Devices": "Support devices are present.",
 }
+
+
+def grid_labels(findings: list[str]) -> np.ndarray:
+    """[n, 14] labels of one template prompt per finding (the DKIM grid's knowledge): the finding positive; "No
+    Finding" 0 for a disease, and every other label 0 for "No Finding"."""
+    out = np.full((len(findings), len(LABEL_COLUMNS)), np.nan, dtype=np.float32)
+    for row, finding in enumerate(findings):
+        col = CHEXPERT_LABELS.index(finding)
+        if finding == "No Finding":
+            out[row] = 0.0
+        else:
+            out[row, CHEXPERT_LABELS.index("No Finding")] = 0.0
+        out[row, col] = 1.0
+    return out
 
 
 def side_free_variants(finding: str) -> list[str]:

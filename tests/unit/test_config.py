@@ -95,7 +95,8 @@ def test_errors_name_the_key_and_allowed_values(patch, expected):
     ({"generate": {"steps": 7}}, {"generate"}),
     ({"generate": {"n_per_finding": 7}}, {"build_prompts"}),
     ({"generate": {"sets": ["test_reports"]}}, {"build_prompts", "generate"}),
-    ({"ldm": {"sample_grid": {"steps": 7}}}, {"train_ldm"}),
+    ({"ldm": {"sample_grid": {"steps": 7}}}, {"sample_ldm_grid"}),  # a picture of the trained model: no retraining
+    ({"dkim": {"sample_grid": {"columns": 7}}}, {"sample_dkim_grid"}),
     ({"ldm": {"views": ["PA"]}}, {"train_ldm", "train_dkim.ldm_cfg"}),
     ({"ldm": {"lr": 1e-3}}, {"train_ldm"}),
     ({"evaluator": {"views": ["PA"]}}, {"train_evaluator"}),

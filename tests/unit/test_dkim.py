@@ -23,7 +23,8 @@ from cxrgen.models.dkim import (
     load_dkim,
 )
 from cxrgen.pipeline import CxrPipeline, write_pipeline_json
-from cxrgen.stages.train_dkim import grid_labels, train_dkim
+from cxrgen.prompts import grid_labels
+from cxrgen.stages.train_dkim import train_dkim
 from cxrgen.train.loop import Interrupted, latest_checkpoint
 
 FINDINGS = list(CHEXPERT_LABELS)
@@ -179,8 +180,10 @@ def test_second_stage_freezes_the_base_resumes_and_saves(tmp_path):
     base_files = dir_digest(ldm / "unet")
     straight = _train(tmp_path, ldm, latents, "a", clip_dir=clip_dir)
     out = tmp_path / "dkim_a"
+    # no sample grid: that is rule sample_dkim_grid's (tests/unit/test_sample_grids.py)
     assert {p.name for p in out.iterdir()} == {"config.json", "diffusion_pytorch_model.safetensors", "metrics.json",
-                                              "loss.png", "samples.png"}
+                                              "loss.png"}
+    assert not any("grid" in key for key in straight) and straight["world_size"] == 1
     assert straight["steps"] == 3 and straight["base_unchanged"] and dir_digest(ldm / "unet") == base_files
     assert straight["n_train"] == 9  # 12 train latents, 3 without a report (ldm.require_report)
     assert np.isfinite(straight["val_loss_base"]) and np.isfinite(straight["val_loss_dkim"])

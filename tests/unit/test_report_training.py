@@ -21,9 +21,12 @@ def test_tiles_the_curves_and_grids_that_exist(tmp_path):
     _figure(tmp_path / "ae" / "loss_curve.png")
     _figure(tmp_path / "ae" / "recon_grid.png")
     _figure(tmp_path / "ldm" / "loss.png")
+    _figure(tmp_path / "ldm" / "samples.png")  # a model directory of an older trainer: not the report's grid
+    _figure(tmp_path / "ldm_grid.png")  # rule sample_ldm_grid's output
     counts = report_training({"ae": tmp_path / "ae", "ldm": tmp_path / "ldm", "empty": tmp_path / "empty"},
-                             tmp_path / "curves.png", tmp_path / "samples.png")
-    assert counts == {"curves": 2, "sample_grids": 1}
+                             tmp_path / "curves.png", tmp_path / "samples.png",
+                             sample_grids={"ldm": tmp_path / "ldm_grid.png"})
+    assert counts == {"curves": 2, "sample_grids": 2}
     assert Image.open(tmp_path / "curves.png").size[0] > Image.open(tmp_path / "samples.png").size[0] // 2
     none = report_training({"empty": tmp_path / "empty"}, tmp_path / "c2.png", tmp_path / "s2.png")
     assert none == {"curves": 0, "sample_grids": 0} and (tmp_path / "c2.png").is_file()

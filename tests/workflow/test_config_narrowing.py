@@ -99,6 +99,9 @@ def test_every_rule_with_config_params_is_narrowed_by_the_table(base_params):
     ({"generate": {"n_per_finding": 2}}, {"write_summary", "build_prompts"}),
     ({"generate": {"steps": 3}}, {"write_summary", "generate"}),
     ({"ldm": {"views": ["PA"]}}, {"write_summary", "train_ldm", "train_dkim"}),
+    # the sample grids are drawn from the saved models: new grid settings retrain nothing
+    ({"ldm": {"sample_grid": {"steps": 7}}}, {"write_summary", "sample_ldm_grid"}),
+    ({"dkim": {"sample_grid": {"columns": 1}}}, {"write_summary", "sample_dkim_grid"}),
     ({"evaluator": {"views": ["PA"]}, "downstream": {"seeds": [0, 1], "scarcity": {"total": 40}}},
      {"write_summary", "train_evaluator", "run_downstream:scarcity"}),
 ])

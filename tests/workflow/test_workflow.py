@@ -44,13 +44,14 @@ def test_dry_run_with_slurm_profile_shows_full_dag():
                  "build_prompts", "generate", "train_clip_avatls", "report_avatls", "train_evaluator",
                  "run_downstream", "report_downstream", "filter_noise", "evaluate_labeler",
                  "extract_real_features", "extract_generated_features", "evaluate_distribution",
-                 "evaluate_fidelity", "evaluate_memorisation", "evaluate_reconstruction", "write_summary"):
+                 "evaluate_fidelity", "evaluate_memorisation", "evaluate_reconstruction", "write_summary",
+                 "sample_ldm_grid", "sample_dkim_grid", "report_training"):
         assert rule in out
     assert "Using profiles slurm" in out
     blocks = {block.split(":", 1)[0].strip(): block for block in out.split("rule ")[1:]}
     for rule in ("train_clip", "train_autoencoder", "train_ldm", "train_sr", "finetune_sr", "generate",
                  "train_clip_avatls", "train_evaluator", "run_downstream", "extract_real_features",
-                 "extract_generated_features", "evaluate_reconstruction"):
+                 "extract_generated_features", "evaluate_reconstruction", "sample_ldm_grid", "sample_dkim_grid"):
         assert "slurm_partition=gpu" in blocks[rule] and "gpu=1" in blocks[rule], rule
     for rule in ("ingest_shard", "unify_store", "evaluate_distribution", "evaluate_fidelity", "evaluate_memorisation"):
         assert "slurm_partition=cpu" in blocks[rule] and "gpu=" not in blocks[rule], rule
@@ -233,8 +234,15 @@ def test_generative_chain_outputs(tiny_run):
     runs = client.search_runs([info["experiment_id"]], f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
     names = {r.info.run_name for r in runs}
     assert {"train_clip", "train_autoencoder", "train_ldm:cheff", "train_ldm:diffcxr", "train_dkim:diffcxr",
-            "train_sr", "finetune_sr", "generate:cheff", "generate:diffcxr"} <= names
+            "train_sr", "finetune_sr", "generate:cheff", "generate:diffcxr", "sample_ldm_grid:cheff",
+            "sample_dkim_grid:diffcxr"} <= names
     assert all(r.info.status == "FINISHED" for r in runs)
+    # the sample grids are drawn from the saved models by rules of their own, not by the trainers
+    grids = tiny_run / "results/reports/training/grids"
+    assert {p.relative_to(grids).as_posix() for p in grids.rglob("*.png")} == {"ldm/cheff.png", "ldm/diffcxr.png",
+                                                                               "dkim/diffcxr.png"}
+    assert json.loads((grids / "ldm/cheff.json").read_text())["sample_grid"]["steps"] == 2  # tests/config/test.yaml
+    assert not list(models.glob("**/samples.png"))
 
 
 def test_lnfs_and_labeler_outputs(tiny_run):
@@ -298,7 +306,8 @@ def test_adding_a_variant_plans_only_its_own_jobs(tiny_run, tmp_path):
     new = {"diffcxr-lnfs", "diffcxr-dkim"}
     per_variant = ("generate", "extract_generated_features", "evaluate_distribution", "evaluate_fidelity",
                    "evaluate_memorisation")
-    required = {"train_ldm", "train_dkim", *per_variant, "write_summary", "report_training", "all"}
+    required = {"train_ldm", "train_dkim", "sample_ldm_grid", "sample_dkim_grid", *per_variant, "write_summary",
+                "report_training", "all"}
     # init_tracking's params do not depend on the config: a rerun of it would hold back the planning of every job
     # that opens a child run (Snakemake then plans init_tracking alone)
     assert required == {rule for rule, _ in jobs}, out[-3000:]
@@ -306,6 +315,20 @@ def test_adding_a_variant_plans_only_its_own_jobs(tiny_run, tmp_path):
     assert [w for rule, w in jobs if rule == "train_dkim"] == [{"ldm_variant": "cheff"}]  # DKIM on the cheff LDM
     for rule in per_variant:
         assert sorted(w["variant"] for r, w in jobs if r == rule) == sorted(new), rule
+    assert [w for rule, w in jobs if rule == "sample_ldm_grid"] == [{"ldm_variant": "diffcxr-lnfs"}]
+    assert [w for rule, w in jobs if rule == "sample_dkim_grid"] == [{"ldm_variant": "cheff"}]
+
+
+def test_new_grid_settings_redraw_the_grids_without_retraining(tiny_run, tmp_path):
+    """After the tiny run, new ldm.sample_grid settings plan the LDM grids and what reads them (the training report;
+    the summary records the whole config): no model is retrained, no sample or metric recomputed."""
+    overlay = tmp_path / "grid.yaml"
+    overlay.write_text("ldm:\n  sample_grid: {steps: 3}\n")
+    out = run([*SNAKEMAKE, "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tiny_run),
+               "--configfile", str(ROOT / "config.yaml"), str(ROOT / "tests/config/test.yaml"), str(overlay)])
+    jobs = planned_jobs(out)
+    assert {rule for rule, _ in jobs} == {"sample_ldm_grid", "report_training", "write_summary", "all"}, out[-3000:]
+    assert sorted(w["ldm_variant"] for rule, w in jobs if rule == "sample_ldm_grid") == ["cheff", "diffcxr"]
 
 
 @pytest.fixture(scope="module", autouse=True)

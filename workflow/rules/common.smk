@@ -273,6 +273,30 @@ def trained_model_names(wildcards=None):
     return list(_trained_models())
 
 
+def sample_ldm_grid_inputs(wildcards):
+    return {"ldm": f"results/models/ldm/{wildcards.ldm_variant}", "autoencoder": "results/models/autoencoder",
+            "clip": clip_dir_of(wildcards.ldm_variant), "tracking": ancient("results/tracking/run.json")}
+
+
+def sample_dkim_grid_inputs(wildcards):
+    return {**sample_ldm_grid_inputs(wildcards), "dkim": f"results/models/dkim/{wildcards.ldm_variant}"}
+
+
+def _sample_grids():
+    """The diffusion models' sample grids (rules sample_ldm_grid, sample_dkim_grid) by model name."""
+    grids = {f"ldm/{v}": f"results/reports/training/grids/ldm/{v}.png" for v in LDM_VARIANTS}
+    grids.update({f"dkim/{v}": f"results/reports/training/grids/dkim/{v}.png" for v in DKIM_LDM_VARIANTS})
+    return grids
+
+
+def sample_grid_files(wildcards=None):
+    return list(_sample_grids().values())
+
+
+def sample_grid_names(wildcards=None):
+    return list(_sample_grids())
+
+
 # --- MedCoDi-M / XGeM branch (workflow/rules/medcodi.smk) ---
 MEDCODI_ENABLED = config["medcodi"]["enabled"]
 MEDCODI_STUDIES = "results/medcodi/studies.parquet"

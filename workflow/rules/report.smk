@@ -29,9 +29,46 @@ rule report_data:
         "../scripts/report/report_data.py"
 
 
+# The diffusion models' sample grids, drawn from the saved models (not by the trainers: changing ldm.sample_grid or
+# dkim.sample_grid redraws a picture without retraining).
+
+
+rule sample_ldm_grid:
+    input:
+        unpack(sample_ldm_grid_inputs),
+    output:
+        grid="results/reports/training/grids/ldm/{ldm_variant}.png",
+        meta="results/reports/training/grids/ldm/{ldm_variant}.json",
+    params:
+        cfg=rule_section(config, "sample_ldm_grid"),
+        seed=config["seed"],
+    log:
+        "results/logs/sample_ldm_grid/{ldm_variant}.log",
+    threads: 2
+    script:
+        "../scripts/report/sample_ldm_grid.py"
+
+
+rule sample_dkim_grid:
+    input:
+        unpack(sample_dkim_grid_inputs),
+    output:
+        grid="results/reports/training/grids/dkim/{ldm_variant}.png",
+        meta="results/reports/training/grids/dkim/{ldm_variant}.json",
+    params:
+        cfg=rule_section(config, "sample_dkim_grid"),
+        seed=config["seed"],
+    log:
+        "results/logs/sample_dkim_grid/{ldm_variant}.log",
+    threads: 2
+    script:
+        "../scripts/report/sample_dkim_grid.py"
+
+
 rule report_training:
     input:
         models=trained_model_dirs,
+        grids=sample_grid_files,
     output:
         curves=report(
             "results/reports/training/curves.png",
@@ -47,6 +84,7 @@ rule report_training:
         ),
     params:
         names=trained_model_names,
+        grid_names=sample_grid_names,
     log:
         "results/logs/report_training/report_training.log",
     threads: 1

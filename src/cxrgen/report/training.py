@@ -1,8 +1,9 @@
 """Training curves and end-of-training figures of every model, gathered into report figures.
 
-Trainers write their figures inside their (protected, atomic) model directories; the report needs plain output
-files, so rule ``report_training`` (:mod:`cxrgen.stages.report_training`) tiles them into one figure per kind: loss
-curves, and sample / reconstruction grids.
+Trainers write their figures inside their (protected, atomic) model directories; the diffusion models' sample grids
+are rules of their own (``sample_ldm_grid``, ``sample_dkim_grid``: ``results/reports/training/grids/``). The report
+needs plain output files, so rule ``report_training`` (:mod:`cxrgen.stages.report_training`) tiles them into one
+figure per kind: loss curves, and sample / reconstruction grids.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 CURVE_FILES = ("loss_curve.png", "loss.png")
-SAMPLE_FILES = ("samples.png", "recon_grid.png", "val_grid.png")
+SAMPLE_FILES = ("recon_grid.png", "val_grid.png")  # in model directories (autoencoder, SR)
 
 
 def find_figures(model_dirs: dict[str, Path | str], names: tuple[str, ...]) -> dict[str, Path]:

@@ -6,6 +6,8 @@ in the optimizer; verified by a hash before and after); the adapter — a copy o
 outputs — learns to add disease knowledge (template sentences of the image's labels, embedded by the frozen text
 encoder) to the base's skip connections, with the base's ε-prediction loss. The training images and texts are the
 base LDM's (section ``ldm``: splits, views, report-less text policy); section ``dkim`` adds the adapter's settings.
+Data parallel like rule ``train_ldm`` (:func:`train_dkim`). The sample grid (template prompts without / with DKIM) is
+rule ``sample_dkim_grid``, drawn from the saved adapter.
 """
 
 from __future__ import annotations
@@ -21,27 +23,16 @@ import torch
 import torch.nn.functional as F
 
 from cxrgen.hashing import dir_digest, module_digest
-from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
-from cxrgen.models.diffusion import (
-    LatentSampler,
-    SamplerSettings,
-    cfg_drop_mask,
-    decode_latents,
-    denoise,
-    diffusion_target,
-    drop_condition,
-    load_unet,
-)
+from cxrgen.labels import CHEXPERT_LABELS, label_column
+from cxrgen.models.diffusion import cfg_drop_mask, denoise, diffusion_target, drop_condition, load_unet
 from cxrgen.models.dkim import DkimAdapter, build_controlnet, build_knowledge_bank, knowledge_states, save_dkim
 from cxrgen.pipeline import read_pipeline_json
-from cxrgen.prompts import GRID_FINDINGS, finding_prompt
-from cxrgen.report.figures import plot_loss_history, save_grid
+from cxrgen.report.figures import plot_loss_history
 from cxrgen.train.job import tracked_job, write_json
 from cxrgen.train.loop import (
     LoopConfig,
     StepBatchSampler,
     attach_ema,
-    clip_and_step,
     latest_checkpoint,
     run_training,
     seed_everything,
@@ -49,7 +40,6 @@ from cxrgen.train.loop import (
 from cxrgen.train.sections import loop_config
 
 log = logging.getLogger(__name__)
-
 
 
 class DkimTrainer:
@@ -76,12 +66,18 @@ class DkimTrainer:
             self.null_tokens, self.null_mask = text_encoder.encode([""])
         self.text_seconds = 0.0
 
-    def _noisy(self, indices: list[int], generator: torch.Generator):
+    def _noisy(self, indices: list[int], generator: torch.Generator, ctx=None):
+        """Noisy latents, timesteps and targets of ``indices``. ``ctx`` with several ranks: ``indices`` are this
+        rank's share of the global batch; every draw is made for the whole global batch and this rank keeps its rows
+        (``ctx.local``), so the ranks together use the single-process run's random numbers."""
+        world_size = ctx.world_size if ctx is not None else 1
+        mine = ctx.local if ctx is not None else (lambda drawn: drawn)
+        n, shape = len(indices) * world_size, tuple(self.mean.shape[1:])
         z = self.mean[indices]
         if self.std is not None:
-            z = z + self.std[indices] * torch.randn(z.shape, generator=generator)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(indices),), generator=generator)
-        noise = torch.randn(z.shape, generator=generator)
+            z = z + self.std[indices] * mine(torch.randn((n, *shape), generator=generator))
+        t = mine(torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=generator))
+        noise = mine(torch.randn((n, *shape), generator=generator))
         return self.scheduler.add_noise(z, noise, t), t, diffusion_target(self.scheduler, z, noise, t)
 
     def _eps(self, noisy, t, indices: list[int], drop: torch.Tensor, device, use_adapter: bool = True):
@@ -97,32 +93,38 @@ class DkimTrainer:
             residuals = self.adapter.residuals(noisy, t, self.adapter.condition_from_states(states))
         return denoise(self.unet, noisy, t, context.to(device), mask.to(device), residuals)
 
-    def loss(self, indices: list[int], generator: torch.Generator, device, autocast=None) -> torch.Tensor:
+    def loss(self, indices: list[int], generator: torch.Generator, device, autocast=None, ctx=None) -> torch.Tensor:
         """MSE to the base's prediction target (ε unless the base LDM predicts v or x₀) of base + adapter; randomness
         (posterior sample, t, ε, joint report/knowledge drop) from ``generator``, in the same order as the LDM
-        trainer."""
-        noisy, t, target = self._noisy(indices, generator)
-        drop = cfg_drop_mask(len(indices), float(self.cfg["cfg_dropout"]), generator)
+        trainer, drawn for the global batch with several ranks (``ctx``, see :meth:`_noisy`)."""
+        noisy, t, target = self._noisy(indices, generator, ctx)
+        world_size = ctx.world_size if ctx is not None else 1
+        drop = cfg_drop_mask(len(indices) * world_size, float(self.cfg["cfg_dropout"]), generator)
+        drop = ctx.local(drop) if ctx is not None else drop
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
             eps = self._eps(noisy, t, indices, drop, device)
         return F.mse_loss(eps.float(), target.to(device))
 
     def train_step(self, indices: list[int], ctx) -> dict[str, float]:
-        loss = self.loss(indices, ctx.generator, ctx.device, autocast=ctx.autocast)
-        grad_norm = clip_and_step(loss, self.adapter.controlnet, self.optimizer, self.cfg["grad_clip"])
+        loss = self.loss(indices, ctx.generator, ctx.device, autocast=ctx.autocast, ctx=ctx)
+        grad_norm = ctx.backward_step(loss, self.adapter.controlnet, self.optimizer, self.cfg["grad_clip"])
         return {"loss": float(loss.detach()), "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"]}
 
     def fit(self, loop: LoopConfig, state_dir: Path, *, on_log=None, extra_state: dict | None = None):
+        """Run (or resume) the training loop; with several ranks each trains on its slice of every global batch of
+        ``batch_size`` items (the frozen base, loaded from the same directory, is the same on every rank)."""
+        world = loop.resolved_world()
         self.unet.to(loop.resolved_device())
 
         def loader_for(start: int):
             return iter(StepBatchSampler(len(self.mean), int(self.cfg["batch_size"]), seed=loop.seed,
-                                         start_step=start, max_steps=loop.max_steps))
+                                         start_step=start, max_steps=loop.max_steps, rank=world.rank,
+                                         world_size=world.world_size))
 
         return run_training(loop, modules={"adapter": self.adapter.controlnet}, optimizers={"adapter": self.optimizer},
                             schedulers={"adapter": self.lr_scheduler}, emas={"adapter": self.ema},
                             loader_for=loader_for, train_step=self.train_step, state_dir=Path(state_dir),
-                            on_log=on_log, extra_state=extra_state, desc="train_dkim")
+                            on_log=on_log, extra_state=extra_state, desc="train_dkim", distributed_ready=True)
 
     @torch.no_grad()
     def validation_losses(self, mean: torch.Tensor, texts: list[str], states: torch.Tensor, seed: int) -> dict:
@@ -198,13 +200,19 @@ def train_dkim(*, ldm_dir: Path | str, latents_dir: Path | str, cfg: dict, ldm_c
 
     Writes ``out_dir`` atomically: the adapter as a diffusers model (``config.json`` with the relative path and hash of
     the base LDM, safetensors with the EMA weights; load with :func:`cxrgen.models.dkim.load_dkim`), ``metrics.json``
-    (validation ε-MSE without/with the adapter, knowledge coverage, timings), ``loss.png``, ``samples.png`` (template
-    prompts without / with DKIM, same seeds). Resumable state in ``state_dir``; ``tracking_json`` → MLflow child run ``job_name``.
+    (validation ε-MSE without/with the adapter, knowledge coverage, timings), ``loss.png``. Resumable state in
+    ``state_dir``; ``tracking_json`` → MLflow child run ``job_name``.
+
+    Data parallel as :func:`cxrgen.stages.train_ldm.train_ldm`: run on every rank by
+    :func:`cxrgen.train.distributed.launch` (the arguments must pickle) or torchrun, each rank trains on its slice of
+    every global batch and they end with the adapter of a single-process run up to float summation order (which
+    AdamW's sign-like first steps of the zero-initialised outputs amplify in a few elements, up to ~lr; measured in
+    tests/unit/test_dkim_distributed.py). Rank 0 alone opens the MLflow run, validates and writes ``out_dir``; the
+    other ranks return ``{"rank": r, "steps": n}``.
     """
     from diffusers import DDPMScheduler
 
     from cxrgen.data.latents import load_latents
-    from cxrgen.models.autoencoder import load_autoencoder
     from cxrgen.models.clip import load_text_encoder
 
     ldm_dir, out_dir, state_dir = Path(ldm_dir), Path(out_dir), Path(state_dir)
@@ -253,21 +261,23 @@ def train_dkim(*, ldm_dir: Path | str, latents_dir: Path | str, cfg: dict, ldm_c
                              f"{base_sha} ({ldm_dir}); delete {state_dir} to retrain the adapter")
     params = {"dkim": cfg, "seed": seed, "n_train": len(train_rows), "n_val": len(val_rows),
               "base_unet_sha": base_sha}
-    with tracked_job(tracking_json, job_name, params=params, tags={"cxrgen.stage": "dkim"},
-                     state_dir=state_dir) as job:
+    world = loop.resolved_world()
+    tags = {"cxrgen.stage": "dkim", "cxrgen.world_size": str(world.world_size)}
+    with tracked_job(tracking_json, job_name, params=params, tags=tags, state_dir=state_dir,
+                     main=world.is_main) as job:
         job.extra["base_unet_sha"] = base_sha
         started = time.perf_counter()
         result = trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra)
         train_seconds = time.perf_counter() - started
         if module_digest(trainer.unet) != base_before:
             raise RuntimeError("the base UNet changed during DKIM training (it must stay frozen)")
+        if not world.is_main:  # rank 0 alone validates and writes
+            return {"rank": world.rank, "steps": result.steps_done}
 
         tmp = job.staging(out_dir)
         trainer.ema.copy_to(adapter.controlnet.parameters())
         adapter.controlnet.eval()
         val = trainer.validation_losses(val_mean, val_rows["text"].tolist(), val_states, seed=loop.seed)
-        grid_seconds = _sample_grid(trainer, load_autoencoder(info["autoencoder"]), cfg["sample_grid"],
-                                    tmp / "samples.png", loop.seed)
         adapter.cpu()
         save_dkim(adapter, tmp, {
             "base_ldm": os.path.relpath(ldm_dir.resolve(), out_dir.resolve()), "base_unet_sha": base_sha,
@@ -286,48 +296,12 @@ def train_dkim(*, ldm_dir: Path | str, latents_dir: Path | str, cfg: dict, ldm_c
             "train_fraction_diseased": float(_diseased(train_states, findings).float().mean()),
             "train_seconds_this_run": train_seconds,
             "seconds_per_step": train_seconds / max(1, result.steps_done - (result.resumed_from or 0)),
-            "text_encoding_seconds": trainer.text_seconds, "sample_grid_seconds": grid_seconds,
-            "knowledge_tokens": len(findings), "mlflow_run_id": job.run_id,
+            "text_encoding_seconds": trainer.text_seconds, "knowledge_tokens": len(findings),
+            "mlflow_run_id": job.run_id, "world_size": world.world_size,
         }
         write_json(tmp / "metrics.json", metrics)
         job.log_metrics(val, result.steps_done)
-        job.publish(tmp, out_dir, artifacts=["loss.png", "samples.png", "metrics.json"],
+        job.publish(tmp, out_dir, artifacts=["loss.png", "metrics.json"],
                     tags={"cxrgen.weights": str(out_dir.resolve())})
     return metrics
 
-
-def grid_labels(findings: list[str]) -> np.ndarray:
-    """[n, 14] labels of one template prompt per finding: the finding positive; "No Finding" 0 for a disease, and
-    every other label 0 for "No Finding"."""
-    out = np.full((len(findings), len(LABEL_COLUMNS)), np.nan, dtype=np.float32)
-    for row, finding in enumerate(findings):
-        col = CHEXPERT_LABELS.index(finding)
-        if finding == "No Finding":
-            out[row] = 0.0
-        else:
-            out[row, CHEXPERT_LABELS.index("No Finding")] = 0.0
-        out[row, col] = 1.0
-    return out
-
-
-def _sample_grid(trainer: DkimTrainer, autoencoder, grid_cfg: dict, path: Path, seed: int) -> float:
-    """Rows: each finding's template report sampled by the base LDM, then the same prompts and seeds with DKIM."""
-    started = time.perf_counter()
-    columns = int(grid_cfg["columns"])
-    findings = [f for f in GRID_FINDINGS if f in trainer.adapter.findings] or trainer.adapter.findings[:1]
-    prompts = [finding_prompt(f, 0) for f in findings for _ in range(columns)]
-    seeds = [seed + c for _ in findings for c in range(columns)]
-    labels = np.repeat(grid_labels(findings), columns, axis=0)
-    settings = SamplerSettings(steps=int(grid_cfg["steps"]), eta=float(grid_cfg["eta"]),
-                               guidance_scale=float(grid_cfg["guidance_scale"]))
-    images, names = [], []
-    for finding in findings:
-        names += [finding, f"{finding} + DKIM"]
-    base = LatentSampler(trainer.unet, trainer.scheduler.config, trainer.text_encoder.encode)
-    dkim = LatentSampler(trainer.unet, trainer.scheduler.config, trainer.text_encoder.encode, adapter=trainer.adapter)
-    without = decode_latents(autoencoder, base.sample(prompts, seeds, settings).cpu())
-    with_dkim = decode_latents(autoencoder, dkim.sample(prompts, seeds, settings, labels=labels).cpu())
-    for k in range(len(findings)):
-        images += [without[k * columns : (k + 1) * columns], with_dkim[k * columns : (k + 1) * columns]]
-    save_grid(torch.cat(images), names, columns, path)
-    return time.perf_counter() - started

@@ -8,7 +8,7 @@ with probability ``cfg_dropout``. EMA weights become the final weights. ``condit
 unconditional variant (a ``UNet2DModel``) with the same function.
 
 How to load the result with plain diffusers code: see :mod:`cxrgen.models.diffusion`; the whole cascade:
-:class:`cxrgen.pipeline.CxrPipeline`.
+:class:`cxrgen.pipeline.CxrPipeline`. The sample grid of the saved model is rule ``sample_ldm_grid``.
 """
 
 from __future__ import annotations
@@ -23,19 +23,15 @@ import torch
 import torch.nn.functional as F
 
 from cxrgen.models.diffusion import (
-    LatentSampler,
-    SamplerSettings,
     build_unet,
     cfg_drop_mask,
-    decode_latents,
     denoise,
     diffusion_target,
     drop_condition,
     make_train_scheduler,
 )
 from cxrgen.pipeline import write_pipeline_json
-from cxrgen.prompts import GRID_FINDINGS, finding_prompt
-from cxrgen.report.figures import plot_loss_history, save_grid
+from cxrgen.report.figures import plot_loss_history
 from cxrgen.train.data import conditioning_texts
 from cxrgen.train.job import tracked_job, write_json
 from cxrgen.train.loop import LoopConfig, StepBatchSampler, attach_ema, run_training, seed_everything
@@ -185,18 +181,17 @@ def train_ldm(*, latents_dir: Path | str, ae_dir: Path | str, clip_dir: Path | s
 
     Writes ``out_dir`` atomically (``<out_dir>.tmp`` then rename): ``unet/`` (EMA weights), ``unet_raw/`` (if
     ``save_raw``), ``scheduler/`` (DDPMScheduler), ``cxrgen_pipeline.json`` (relative paths to the AE, text encoder and
-    optional SR dir ``sr_dir``, conditioning), ``metrics.json``, ``loss.png``, ``samples.png``. Resumable state
+    optional SR dir ``sr_dir``, conditioning), ``metrics.json``, ``loss.png``. Resumable state
     (checkpoints) goes to ``state_dir``; rerunning resumes. ``tracking_json`` (rule init_tracking) → an MLflow child run
     ``job_name``; ``None`` disables tracking. Returns the metrics dict.
 
     Data parallel: run on every rank by :func:`cxrgen.train.distributed.launch` (``launch(train_ldm, n, **kwargs)``;
     the arguments must pickle) or torchrun, the ranks train one model together, each on its slice of every global
     batch of ``batch_size`` items, and end with the weights of a single-process run (up to float summation order).
-    Rank 0 alone opens the MLflow run, computes the validation loss and the sample grid and writes ``out_dir``; the
+    Rank 0 alone opens the MLflow run, computes the validation loss and writes ``out_dir``; the
     other ranks return ``{"rank": r, "steps": n}`` once training is done.
     """
     from cxrgen.data.latents import load_latents
-    from cxrgen.models.autoencoder import load_autoencoder
 
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     conditional = cfg["conditioning"] == "text"
@@ -230,7 +225,7 @@ def train_ldm(*, latents_dir: Path | str, ae_dir: Path | str, clip_dir: Path | s
         started = time.perf_counter()
         result = trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra)
         train_seconds = time.perf_counter() - started
-        if not world.is_main:  # rank 0 alone validates, samples and writes
+        if not world.is_main:  # rank 0 alone validates and writes
             return {"rank": world.rank, "steps": result.steps_done}
 
         tmp = job.staging(out_dir)
@@ -244,8 +239,6 @@ def train_ldm(*, latents_dir: Path | str, ae_dir: Path | str, clip_dir: Path | s
                             extra={"latent_resolution": int(train_mean.shape[-1]), "mlflow_run_id": job.run_id})
 
         val_loss = trainer.validation_loss(val_mean, val_texts, seed=loop.seed, max_items=int(cfg["val_max_items"]))
-        grid_seconds = _sample_grid(trainer, load_autoencoder(ae_dir), cfg["sample_grid"], tmp / "samples.png",
-                                    loop.seed)
         history = job.extra["history"]
         plot_loss_history(history, tmp / "loss.png", title="LDM training loss", ylabel="MSE to the prediction target")
         metrics = {
@@ -254,30 +247,13 @@ def train_ldm(*, latents_dir: Path | str, ae_dir: Path | str, clip_dir: Path | s
             "final_loss": history[-1]["loss"] if history else float("nan"), "val_loss_ema": val_loss,
             "train_seconds_this_run": train_seconds,
             "seconds_per_step": train_seconds / max(1, result.steps_done - (result.resumed_from or 0)),
-            "text_encoding_seconds": trainer.text_seconds, "sample_grid_seconds": grid_seconds,
+            "text_encoding_seconds": trainer.text_seconds,
             "latent_shape": list(train_mean.shape[1:]), "conditioning": cfg["conditioning"],
             "mlflow_run_id": job.run_id, "world_size": world.world_size,
         }
         write_json(tmp / "metrics.json", metrics)
         job.log_metrics({"val_loss_ema": val_loss}, result.steps_done)
-        job.publish(tmp, out_dir, artifacts=["loss.png", "samples.png", "metrics.json"],
+        job.publish(tmp, out_dir, artifacts=["loss.png", "metrics.json"],
                     tags={"cxrgen.weights": str(out_dir.resolve())})
     return metrics
 
-
-def _sample_grid(trainer: LatentDiffusionTrainer, autoencoder, grid_cfg: dict, path: Path, seed: int) -> float:
-    """Samples of the EMA model (rows = findings' template reports, or one row if unconditional); returns seconds."""
-    started = time.perf_counter()
-    columns = int(grid_cfg["columns"])
-    row_names = list(GRID_FINDINGS) if trainer.conditional else ["unconditional"]
-    prompts = [finding_prompt(name, 0) if trainer.conditional else "" for name in row_names]
-    sampler = LatentSampler(trainer.unet, trainer.scheduler.config,
-                            trainer.text_encoder.encode if trainer.conditional else None)
-    settings = SamplerSettings(steps=int(grid_cfg["steps"]), eta=float(grid_cfg["eta"]),
-                               guidance_scale=float(grid_cfg["guidance_scale"]))
-    latents = sampler.sample([p for p in prompts for _ in range(columns)],
-                             [seed + c for _ in prompts for c in range(columns)], settings)
-    images = decode_latents(autoencoder, latents.cpu())
-    save_grid(images, row_names, columns, path)
-    trainer.unet.train()
-    return time.perf_counter() - started

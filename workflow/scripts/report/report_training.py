@@ -13,7 +13,8 @@ def main(smk) -> None:
     from cxrgen.stages.report_training import report_training
 
     model_dirs = dict(zip(smk.params.names, smk.input.models, strict=True))
-    print(report_training(model_dirs, smk.output.curves, smk.output.samples))
+    grids = dict(zip(smk.params.grid_names, smk.input.grids, strict=True))
+    print(report_training(model_dirs, smk.output.curves, smk.output.samples, sample_grids=grids))
 
 
 if "snakemake" in globals():
