@@ -12,7 +12,6 @@ from cxrgen.icu.ddl_ldm import (
     DdlLdmTrainer,
     contrastive_margin_loss,
     load_ddl_ldm,
-    masked_bce_with_logits,
     noised_condition,
     pair_data,
     sample_seed,
@@ -23,6 +22,7 @@ from cxrgen.models.diffusion import make_train_scheduler
 from cxrgen.stages.generate_ddl_latents import generate_ddl_latents
 from cxrgen.stages.train_ddl_ldm import train_ddl_ldm
 from cxrgen.train.loop import Interrupted, latest_checkpoint, seed_everything
+from cxrgen.train.losses import masked_bce
 from cxrgen.train.sections import loop_config
 
 # ------------------------------------------------------------------------------------------- contrastive margin term
@@ -85,7 +85,7 @@ def test_noised_condition_mixes_embedding_and_noise():
 def test_nan_labels_contribute_nothing():
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.3, 0.0, -2.0]], requires_grad=True)
     labels = torch.tensor([[1.0, float("nan"), 0.0], [float("nan"), float("nan"), 1.0]])
-    loss = masked_bce_with_logits(logits, labels)
+    loss = masked_bce(logits, labels)
     known = torch.isfinite(labels)
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[known], labels[known])
     torch.testing.assert_close(loss, expected)
@@ -94,9 +94,9 @@ def test_nan_labels_contribute_nothing():
     # any value of a masked logit gives the same loss
     other = logits.detach().clone()
     other[~known] = 100.0
-    torch.testing.assert_close(masked_bce_with_logits(other, labels), expected)
+    torch.testing.assert_close(masked_bce(other, labels), expected)
     empty = torch.zeros(2, 3, requires_grad=True)
-    nothing = masked_bce_with_logits(empty, torch.full((2, 3), float("nan")))
+    nothing = masked_bce(empty, torch.full((2, 3), float("nan")))
     nothing.backward()
     assert nothing.item() == 0.0 and (empty.grad == 0).all()
 

@@ -14,7 +14,6 @@ from cxrgen.evaluate.classifier import (
     augment,
     build_classifier,
     load_evaluator,
-    masked_bce,
     positive_weights,
     save_evaluator,
     tiny_classifier_config,
@@ -26,6 +25,7 @@ from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS
 from cxrgen.stages.init_tracking import init_tracking
 from cxrgen.stages.train_evaluator import train_evaluator
 from cxrgen.train.loop import Interrupted, latest_checkpoint
+from cxrgen.train.losses import masked_bce
 
 RES = 32
 

@@ -35,6 +35,7 @@ from torch import nn
 from cxrgen.evaluate.metrics import multilabel_scores
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS
 from cxrgen.store import ShardStore
+from cxrgen.train.losses import masked_bce
 
 log = logging.getLogger(__name__)
 
@@ -183,21 +184,6 @@ def load_evaluator(model_dir: Path | str, device: torch.device | str = "cpu") ->
 
 
 # --------------------------------------------------------------------------------------------------- loss, metrics
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None,
-               known_count: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean binary cross-entropy over the known (non-NaN) targets; NaN = unknown label, no gradient. ``pos_weight``
-    ([C]) scales the positive term per finding (as ``BCEWithLogitsLoss(pos_weight=...)``). ``known_count``: divide
-    the sum by this count instead of the known targets in ``targets`` (a data-parallel rank's share of the global
-    batch's mean)."""
-    known = ~torch.isnan(targets)
-    losses = F.binary_cross_entropy_with_logits(logits, torch.where(known, targets, torch.zeros_like(targets)),
-                                                pos_weight=pos_weight, reduction="none")
-    count = known.sum() if known_count is None else known_count
-    if count == 0:
-        return (logits * 0.0).sum()
-    return (losses * known).sum() / count
-
-
 def positive_weights(labels: np.ndarray, max_weight: float) -> np.ndarray:
     """Per-finding n_negative / n_positive over the known labels, clipped to [1/max_weight, max_weight]; 1 where a
     finding has no positive or no negative example."""

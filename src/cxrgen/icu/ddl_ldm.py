@@ -38,6 +38,7 @@ from torch import nn
 from cxrgen.icu.ehr_encoder import EhrEncoder, EhrEncoding
 from cxrgen.models.diffusion import diffusion_target, make_ddim_scheduler, make_train_scheduler, unet_config
 from cxrgen.train.loop import LoopConfig, StepBatchSampler, attach_ema, run_training
+from cxrgen.train.losses import masked_bce
 
 HINGES = ("sample", "element")
 MANIFEST_FILE = "ddl_ldm.json"
@@ -112,13 +113,14 @@ def contrastive_margin_loss(err_true: torch.Tensor, err_noised: torch.Tensor, ma
     return per_sample.mean()
 
 
-def masked_bce_with_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean BCE over the known (non-NaN) labels; NaN labels contribute nothing (and no gradient). Zero, still in the
-    graph, when no label is known."""
-    known = torch.isfinite(labels)
-    targets = torch.where(known, labels, torch.zeros_like(labels))
-    losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * known
-    return losses.sum() / known.sum().clamp(min=1)
+def global_known_count(labels: torch.Tensor, world_size: int) -> torch.Tensor | None:
+    """Known labels per rank of the global batch (data parallel: every rank divides its BCE sum by the global batch's
+    count / world size, so the ranks together compute one process's mean); ``None`` with one process."""
+    if world_size <= 1:
+        return None
+    from cxrgen.train.collectives import sum_over_ranks
+
+    return sum_over_ranks(torch.isfinite(labels).sum().float()) / world_size
 
 
 @dataclass
@@ -145,15 +147,17 @@ class LossTerms:
 
 
 def ddl_loss(model: DdlLdm, scheduler, batch: DdlBatch, *, t: torch.Tensor, noise: torch.Tensor,
-             delta: torch.Tensor, cfg: dict, ramp: float) -> LossTerms:
-    """The DDL-CXR loss for given draws (t, ε, δ); see the module docstring."""
+             delta: torch.Tensor, cfg: dict, ramp: float, world_size: int = 1) -> LossTerms:
+    """The DDL-CXR loss for given draws (t, ε, δ); see the module docstring. The label BCE is the mean over the known
+    labels of the global batch (``world_size`` ranks)."""
     noisy = scheduler.add_noise(batch.later, noise, t)
     encoding = model.encode(batch.values, batch.static, batch.start, batch.end)
     target = diffusion_target(scheduler, batch.later, noise, t)  # ε (paper); v in the demo config
     eps_true = model.denoise(noisy, batch.prior, t, encoding.tokens, encoding.mask)
     err_true = (eps_true.float() - target) ** 2
     mse = err_true.mean()
-    label_bce = masked_bce_with_logits(model.label_head(encoding.cls), batch.labels)
+    label_bce = masked_bce(model.label_head(encoding.cls), batch.labels,
+                           known_count=global_known_count(batch.labels, world_size))
     total = mse + float(cfg["label_loss_weight"]) * label_bce
     contrastive = torch.zeros((), device=mse.device)
     err_noised = torch.zeros_like(err_true)
@@ -287,7 +291,7 @@ class DdlLdmTrainer:
         batch = DdlBatch(**{k: v.to(device) for k, v in batch.__dict__.items()})
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
             return ddl_loss(self.model, self.scheduler, batch, t=t.to(device), noise=noise.to(device),
-                            delta=delta.to(device), cfg=self.cfg, ramp=ramp)
+                            delta=delta.to(device), cfg=self.cfg, ramp=ramp, world_size=world_size)
 
     def ramp(self, step: int) -> float:
         """Contrastive weight ramp: the paper code's epoch / max_epoch as step / max_steps (0 at the first step)."""
