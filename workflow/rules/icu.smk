@@ -92,3 +92,25 @@ if ICU_ENABLED:
         threads: 1
         script:
             "../scripts/icu/evaluate_icu.py"
+
+
+    rule evaluate_ddl_images:
+        input:
+            unpack(icu_cohort_files),
+            latents="results/latents",
+            autoencoder="results/models/autoencoder",
+            model="results/icu/models/ldm",
+            evaluator="results/models/evaluator",
+            index="results/store/index.parquet",
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            results=directory("results/icu/evaluation_images"),
+        params:
+            cfg=rule_section(config, "evaluate_ddl_images"),
+            backbones_cfg=rule_section(config, "evaluate_ddl_images", "backbones_cfg"),
+            seed=config["seed"],
+        log:
+            "results/logs/evaluate_ddl_images/evaluate_ddl_images.log",
+        threads: 2
+        script:
+            "../scripts/icu/evaluate_ddl_images.py"
