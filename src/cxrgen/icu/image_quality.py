@@ -257,18 +257,19 @@ def generate_pair_latents(model, scheduler_config, *, prior, values, static, sta
             chunks.append(sample_later_latents(model, scheduler_config, prior=prior[sl], values=values[sl],
                                                static=static[sl], start=start[sl], end=end[sl],
                                                seeds=[row[s] for row in seeds[sl]], steps=steps, eta=eta))
-        out.append(torch.cat(chunks) if chunks else prior[:0])
+        out.append(torch.cat(chunks).cpu() if chunks else prior[:0])
     return torch.stack(out) if out else prior[None, :0]
 
 
 def decode_scaled(autoencoder, latents, scaling_factor: float, batch_size: int = 32):
     """Images [N, 1, H, W] in [0, 1] from latents in the LDM's scaled space (divided by the cache's scaling factor
-    before the AE decoder, as the latent cache prescribes)."""
+    before the AE decoder, as the latent cache prescribes), on the CPU; decoded on the autoencoder's device."""
     import torch
 
+    device = next(autoencoder.parameters()).device
     out = []
     with torch.no_grad():
         for first in range(0, len(latents), batch_size):
-            z = latents[first:first + batch_size] / float(scaling_factor)
-            out.append(((autoencoder.decode(z).sample.clamp(-1.0, 1.0) + 1.0) / 2.0).float())
+            z = latents[first:first + batch_size].to(device) / float(scaling_factor)
+            out.append(((autoencoder.decode(z).sample.clamp(-1.0, 1.0) + 1.0) / 2.0).float().cpu())
     return torch.cat(out) if out else latents.new_zeros((0, 1, 1, 1))

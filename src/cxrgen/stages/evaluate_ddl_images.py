@@ -83,6 +83,8 @@ def evaluate_ddl_images(*, cohort_dir: Path | str, latents_dir: Path | str, ae_d
     resolution = int(cache.meta["resolution"])
     params = {"icu_generation": gen_cfg, "icu_evaluation_images": qcfg, "seed": seed, "n_pairs": len(pairs),
               "resolution": resolution}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
     with tracked_job(tracking_json, job_name, params=params, tags={"cxrgen.stage": "ddl_cxr:image_quality"}) as job:
         started = time.perf_counter()
         prior_z, _ = scaled_latents(cache, cache_rows(cache, pairs["prior_image_id"].tolist()), with_std=False)
@@ -98,7 +100,7 @@ def evaluate_ddl_images(*, cohort_dir: Path | str, latents_dir: Path | str, ae_d
                                             steps=int(gen_cfg["steps"]), eta=float(gen_cfg["eta"]),
                                             batch_size=int(qcfg["batch_size"]))
         seconds_generation = time.perf_counter() - started
-        autoencoder = load_autoencoder(ae_dir)
+        autoencoder = load_autoencoder(ae_dir).to(device)
         n_pairs = len(pairs)
         shape = tuple(generated_z.shape[2:])
         generated = decode_scaled(autoencoder, generated_z.reshape(samples * n_pairs, *shape), cache.scaling_factor,
@@ -117,6 +119,7 @@ def evaluate_ddl_images(*, cohort_dir: Path | str, latents_dir: Path | str, ae_d
             return np.asarray(values).reshape(samples, n_pairs).T
 
         later_rep = later.repeat(samples, 1, 1, 1)
+        generated_z = generated_z.cpu()
         errors = {
             "pixel_mse": {GENERATED: as_samples(M.mse(generated, later_rep)), PRIOR: M.mse(prior, later),
                           RECONSTRUCTION: M.mse(reconstruction, later)},
@@ -126,7 +129,7 @@ def evaluate_ddl_images(*, cohort_dir: Path | str, latents_dir: Path | str, ae_d
                            PRIOR: ((prior_z - later_z) ** 2).flatten(1).mean(1).numpy()},
         }
 
-        evaluator = load_evaluator(evaluator_dir)
+        evaluator = load_evaluator(evaluator_dir, device=device)
         backbones, skipped = load_backbones(backbones_cfg["backbones"]["use"], backbones_cfg["backbones"],
                                             evaluator=evaluator)
         probs = {arm: evaluator.predict_proba(x).numpy().astype(np.float64) for arm, x in images.items()}
