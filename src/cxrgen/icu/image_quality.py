@@ -242,23 +242,25 @@ def pair_sample_seeds(seed: int, pair_keys: Sequence[str], samples: int) -> list
 
 def generate_pair_latents(model, scheduler_config, *, prior, values, static, start, end, seeds: list[list[int]],
                           steps: int, eta: float, batch_size: int):
-    """[S, P, C, h, w] later latents (scaled LDM space) for P pairs × S samples, DDIM with each sample's own seed
-    (:func:`cxrgen.icu.ddl_ldm.sample_later_latents`, the sampler of rule generate_ddl_latents)."""
+    """[S, P, C, h, w] later latents (scaled LDM space, on the CPU) for P pairs × S samples, DDIM with each sample's
+    own seed (:func:`cxrgen.icu.ddl_ldm.sample_later_latents`, the sampler of rule generate_ddl_latents). The P·S
+    samples are batched together (sample-major); a sample never depends on its batch."""
     import torch
 
     from cxrgen.icu.ddl_ldm import sample_later_latents
 
     n_pairs, samples = len(seeds), len(seeds[0]) if seeds else 0
-    out = []
-    for s in range(samples):
-        chunks = []
-        for first in range(0, n_pairs, batch_size):
-            sl = slice(first, first + batch_size)
-            chunks.append(sample_later_latents(model, scheduler_config, prior=prior[sl], values=values[sl],
-                                               static=static[sl], start=start[sl], end=end[sl],
-                                               seeds=[row[s] for row in seeds[sl]], steps=steps, eta=eta))
-        out.append(torch.cat(chunks).cpu() if chunks else prior[:0])
-    return torch.stack(out) if out else prior[None, :0]
+    pair_of = torch.arange(n_pairs).repeat(samples)  # item k = sample k // P of pair k % P
+    flat_seeds = [seeds[p][s] for s in range(samples) for p in range(n_pairs)]
+    chunks = []
+    for first in range(0, len(flat_seeds), batch_size):
+        rows = pair_of[first:first + batch_size]
+        chunks.append(sample_later_latents(model, scheduler_config, prior=prior[rows], values=values[rows],
+                                           static=static[rows], start=start[rows], end=end[rows],
+                                           seeds=flat_seeds[first:first + batch_size], steps=steps, eta=eta).cpu())
+    if not chunks:
+        return prior.new_zeros((samples, n_pairs, *prior.shape[1:]))
+    return torch.cat(chunks).reshape(samples, n_pairs, *prior.shape[1:])
 
 
 def decode_scaled(autoencoder, latents, scaling_factor: float, batch_size: int = 32):
