@@ -44,7 +44,8 @@ def parsed_params(tmp_path: Path, overlay: dict | None = None) -> tuple[dict, di
     base = load_config(ROOT / "config.yaml")
     values = {"variant": list(base["variants"]), "ldm_variant": ["cheff", "diffcxr"], "source": ["mimic"],
               "shard": ["0000"], "experiment": list(base["downstream"]["experiments"]),
-              "seed": [str(s) for s in base["downstream"]["seeds"]]}
+              "seed": [str(s) for s in base["downstream"]["seeds"]],
+              "icu_arm": ["ehr", "ehr_last_cxr", "ddl_cxr"], "icu_seed": ["0"]}
     found = {}
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         workflow_api = api.workflow(snakefile=ROOT / "Snakefile", resource_settings=ResourceSettings(),
