@@ -209,3 +209,21 @@ def test_stage_names_the_split_when_it_has_no_pairs(setup, tmp_path):
                             model_dir=setup["ldm"], evaluator_dir=setup["evaluator"], index_path=setup["index"],
                             cfg=cfg, backbones_cfg=backbones_cfg, seed=5, out_dir=tmp_path / "out")
 
+
+
+def test_pair_samples_do_not_depend_on_their_batch(setup):
+    from cxrgen.icu.ddl_ldm import load_ddl_ldm
+    from cxrgen.icu.image_quality import generate_pair_latents, pair_sample_seeds
+
+    model, scheduler_config, _ = load_ddl_ldm(setup["ldm"])
+    g = torch.Generator().manual_seed(0)
+    prior, values, static = torch.randn(3, 2, 8, 8, generator=g), torch.randn(3, 24, 76, generator=g), torch.rand(3, 2)
+    start, end = torch.tensor([0, 2, 4]), torch.tensor([10, 12, 20])
+    seeds = pair_sample_seeds(5, ["a", "b", "c"], 2)
+    kwargs = {"prior": prior, "values": values, "static": static, "start": start, "end": end, "seeds": seeds,
+              "steps": 2, "eta": 1.0}
+    together = generate_pair_latents(model, scheduler_config, **kwargs, batch_size=6)
+    alone = generate_pair_latents(model, scheduler_config, **kwargs, batch_size=1)
+    assert together.shape == (2, 3, 2, 8, 8)
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
+    assert (together[0] - together[1]).abs().amax() > 0.1  # two samples of a pair: two noises
