@@ -45,13 +45,16 @@ def test_dry_run_with_slurm_profile_shows_full_dag():
                  "run_downstream", "report_downstream", "filter_noise", "evaluate_labeler",
                  "extract_real_features", "extract_generated_features", "evaluate_distribution",
                  "evaluate_fidelity", "evaluate_memorisation", "evaluate_reconstruction", "write_summary",
-                 "sample_ldm_grid", "sample_dkim_grid", "report_training"):
+                 "sample_ldm_grid", "sample_dkim_grid", "report_training", "build_icu_cohort", "train_ddl_ldm",
+                 "generate_ddl_latents", "train_icu_predictor", "evaluate_icu", "evaluate_ddl_images", "report_icu",
+                 "build_study_table", "train_prompt_encoders", "embed_prompts"):
         assert rule in out
     assert "Using profiles slurm" in out
     blocks = {block.split(":", 1)[0].strip(): block for block in out.split("rule ")[1:]}
     for rule in ("train_clip", "train_autoencoder", "train_ldm", "train_sr", "finetune_sr", "generate",
                  "train_clip_avatls", "train_evaluator", "run_downstream", "extract_real_features",
-                 "extract_generated_features", "evaluate_reconstruction", "sample_ldm_grid", "sample_dkim_grid"):
+                 "extract_generated_features", "evaluate_reconstruction", "sample_ldm_grid", "sample_dkim_grid",
+                 "evaluate_ddl_images", "train_ddl_ldm", "train_prompt_encoders"):
         assert "slurm_partition=gpu" in blocks[rule] and "gpu=1" in blocks[rule], rule
     for rule in ("ingest_shard", "unify_store", "evaluate_distribution", "evaluate_fidelity", "evaluate_memorisation"):
         assert "slurm_partition=cpu" in blocks[rule] and "gpu=" not in blocks[rule], rule

@@ -193,6 +193,7 @@ def summary_fragments(wildcards=None):
         "results/reports/lnfs/lnfs.md",
         "results/reports/diffcxr/avatls.md",
         "results/reports/labeler/labeler.md",
+        *(["results/reports/icu/icu.md"] if ICU_ENABLED else []),  # DDL-CXR (rule report_icu)
     ]
 
 
@@ -320,7 +321,10 @@ ICU_SEEDS = config["icu"]["evaluation"]["seeds"]
 
 
 def icu_targets():
-    return [*ICU_COHORT.values(), "results/icu/evaluation"] if ICU_ENABLED else []
+    if not ICU_ENABLED:
+        return []
+    return [*ICU_COHORT.values(), "results/icu/evaluation", "results/icu/evaluation_images",
+            "results/reports/icu/icu.md", "results/reports/icu/icu.png", "results/reports/icu/image_pairs.png"]
 
 
 def icu_cohort_files(wildcards):

@@ -92,3 +92,56 @@ if ICU_ENABLED:
         threads: 1
         script:
             "../scripts/icu/evaluate_icu.py"
+
+
+    rule evaluate_ddl_images:
+        input:
+            unpack(icu_cohort_files),
+            latents="results/latents",
+            autoencoder="results/models/autoencoder",
+            model="results/icu/models/ldm",
+            evaluator="results/models/evaluator",
+            index="results/store/index.parquet",
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            results=directory("results/icu/evaluation_images"),
+        params:
+            cfg=rule_section(config, "evaluate_ddl_images"),
+            backbones_cfg=rule_section(config, "evaluate_ddl_images", "backbones_cfg"),
+            seed=config["seed"],
+        log:
+            "results/logs/evaluate_ddl_images/evaluate_ddl_images.log",
+        threads: 2
+        script:
+            "../scripts/icu/evaluate_ddl_images.py"
+
+
+    rule report_icu:
+        input:
+            cohort=ICU_COHORT["cohort.json"],
+            evaluation="results/icu/evaluation",
+            quality="results/icu/evaluation_images",
+        output:
+            markdown=report(
+                "results/reports/icu/icu.md",
+                caption="../report/icu_report.rst",
+                category="6. DDL-CXR",
+                labels={"content": "report"},
+            ),
+            figure=report(
+                "results/reports/icu/icu.png",
+                caption="../report/icu_outcomes.rst",
+                category="6. DDL-CXR",
+                labels={"content": "outcomes by hours since the last CXR"},
+            ),
+            grid=report(
+                "results/reports/icu/image_pairs.png",
+                caption="../report/icu_image_pairs.rst",
+                category="6. DDL-CXR",
+                labels={"content": "prior | generated | real later"},
+            ),
+        log:
+            "results/logs/report_icu/report_icu.log",
+        threads: 1
+        script:
+            "../scripts/report/report_icu.py"

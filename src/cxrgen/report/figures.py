@@ -18,9 +18,10 @@ def _pyplot():
     return plt
 
 
-def save_grid(images, row_names: list[str], columns: int, path: Path | str) -> None:
+def save_grid(images, row_names: list[str], columns: int, path: Path | str,
+              column_titles: list[str] | None = None) -> None:
     """A grid PNG of (N,1,H,W) images in [-1, 1]: ``len(row_names)`` rows × ``columns`` images (row-major), rows
-    labelled."""
+    labelled (and columns titled when ``column_titles`` is given)."""
     plt = _pyplot()
     pixels = ((images.clamp(-1, 1) + 1) / 2).squeeze(1).cpu().numpy()
     rows = len(row_names)
@@ -35,6 +36,8 @@ def save_grid(images, row_names: list[str], columns: int, path: Path | str) -> N
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(row_names[r], rotation=0, ha="right", va="center", fontsize=8)
+            if r == 0 and column_titles and c < len(column_titles):
+                ax.set_title(column_titles[c], fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
