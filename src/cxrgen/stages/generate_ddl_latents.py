@@ -31,6 +31,7 @@ def generate_ddl_latents(*, cohort_dir: Path | str, latents_dir: Path | str, ae_
     out_path = Path(out_path)
     cache = load_latents(latents_dir, ae_dir=ae_dir)
     model, scheduler_config, manifest = load_ddl_ldm(model_dir)
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))  # the sampler follows the model's device
     stays = read_stays(cohort_dir)
     ehr = load_ehr(cohort_dir)
     if abs(float(manifest["scaling_factor"]) - cache.scaling_factor) > 1e-6:
