@@ -168,7 +168,7 @@ class ReportDenoiser(ModelMixin, ConfigMixin):
                              f"{norm_groups}")
         self.time_mlp = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim))
         self.proj_in = nn.Linear(latent_dim, hidden_dim)
-        self.blocks = nn.ModuleList(FCResBlock(hidden_dim, hidden_dim, cond_dim, norm_groups, dropout)
+        self.res_blocks = nn.ModuleList(FCResBlock(hidden_dim, hidden_dim, cond_dim, norm_groups, dropout)
                                     for _ in range(blocks))
         self.norm_out = nn.GroupNorm(norm_groups, hidden_dim)
         self.proj_out = nn.Linear(hidden_dim, latent_dim)
@@ -176,7 +176,7 @@ class ReportDenoiser(ModelMixin, ConfigMixin):
     def forward(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.config.hidden_dim))
         h = self.proj_in(z)
-        for block in self.blocks:
+        for block in self.res_blocks:
             h = block(h, emb, cond)
         return self.proj_out(F.silu(self.norm_out(h)))
 

@@ -166,7 +166,7 @@ class TextVAE(ModelMixin, ConfigMixin):
                  bos_id: int = 1, eos_id: int = 2, max_tokens: int = 77):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
-        self.dropout = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout)
         self.encoder = nn.GRU(embed_dim, hidden_dim, num_layers=encoder_layers, batch_first=True, bidirectional=True,
                               dropout=dropout if encoder_layers > 1 else 0.0)
         self.to_moments = nn.Linear(2 * hidden_dim, 2 * latent_dim)
@@ -178,7 +178,7 @@ class TextVAE(ModelMixin, ConfigMixin):
 
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior (mean, log-variance), each [B, latent_dim], of token ids [B, L] with true ``lengths`` [B]."""
-        embedded = self.dropout(self.embedding(ids))
+        embedded = self.drop(self.embedding(ids))
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, hidden = self.encoder(packed)  # [layers * 2, B, H]
         summary = torch.cat([hidden[-2], hidden[-1]], dim=-1)  # last layer, forward and backward
@@ -194,9 +194,9 @@ class TextVAE(ModelMixin, ConfigMixin):
         """Teacher-forced next-token logits [B, L, V] for targets ``ids`` [B, L] (inputs: <bos> + ids[:, :-1])."""
         bos = torch.full_like(ids[:, :1], self.config.bos_id)
         inputs = torch.cat([bos, ids[:, :-1]], dim=1)
-        embedded = self.dropout(self.embedding(inputs) + self.latent_to_embedding(z)[:, None, :])
+        embedded = self.drop(self.embedding(inputs) + self.latent_to_embedding(z)[:, None, :])
         output, _ = self.decoder(embedded, self._initial_state(z))
-        return self.to_vocab(self.dropout(output))
+        return self.to_vocab(self.drop(output))
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor, noise: torch.Tensor, beta: float = 1.0,
                 free_bits: float = 0.0) -> dict[str, torch.Tensor]:
