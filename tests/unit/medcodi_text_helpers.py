@@ -44,8 +44,9 @@ def medcodi_cfg(section: str, **overrides) -> dict:
 
 
 def write_study_table(path: Path | str, n_studies: int = 24, seed: int = 0) -> pd.DataFrame:
-    """A study table: splits train/val/test by patient (2:1:1), every 5th study without a lateral view, every 7th
-    without a frontal one, study 11 without a report."""
+    """A study table: splits train/val/test by patient (2:1:1), studies 4, 9, 14, … (i % 5 == 4) without a lateral
+    view, studies 2, 9, 16, … (i % 7 == 2) without a frontal one (study 9 has neither), study 11 without a report.
+    Train studies: 0-3, 8-11, 16-19."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n_studies):
@@ -55,7 +56,7 @@ def write_study_table(path: Path | str, n_studies: int = 24, seed: int = 0) -> p
         labels = {c: float(rng.integers(0, 2)) if j < 3 else np.nan for j, c in enumerate(LABEL_COLUMNS)}
         rows.append({"study_pid": f"s{i:04d}", "patient_pid": f"p{patient:04d}", "split": split,
                      "source": "mimic" if i % 3 else "iuxray",
-                     "frontal_image_id": None if i % 7 == 6 else f"img{i:04d}f",
+                     "frontal_image_id": None if i % 7 == 2 else f"img{i:04d}f",
                      "lateral_image_id": None if i % 5 == 4 else f"img{i:04d}l", "report": report, **labels})
     table = pd.DataFrame(rows)
     path = Path(path)
@@ -72,7 +73,7 @@ def write_embeddings(path: Path | str, table: pd.DataFrame, dim: int = EMBED_DIM
     out = {v: np.full((n, dim), np.nan, np.float32) for v in ("frontal", "lateral", "report")}
     for row, record in enumerate(table.itertuples()):
         topic = directions[IMPRESSIONS.index(record.report)] if record.report else rng.normal(size=dim)
-        present = {"frontal": record.frontal_image_id is not None, "lateral": record.lateral_image_id is not None,
+        present = {"frontal": pd.notna(record.frontal_image_id), "lateral": pd.notna(record.lateral_image_id),
                    "report": bool(record.report)}
         for view, has in present.items():
             if has:
