@@ -95,7 +95,8 @@ def test_stage_resume_equals_uninterrupted(inputs, tmp_path):
 @pytest.fixture(scope="module")
 def single_model(inputs):
     kwargs, root = inputs
-    metrics = train_report_diffusion(**kwargs, cfg=medcodi_cfg("report_diffusion"), prompting="single", seed=0,
+    cfg = medcodi_cfg("report_diffusion", schedule={"timesteps": 100, "prediction_type": "v_prediction"})
+    metrics = train_report_diffusion(**kwargs, cfg=cfg, prompting="single", seed=0,
                                      out_dir=root / "single", state_dir=root / "single_state")
     return root / "single", metrics
 
@@ -105,6 +106,7 @@ def test_single_prompting_trains_on_studies_with_a_frontal_view(single_model):
     # train studies 2, 9 and 16 lack a frontal view and study 11 a report: 8 of the 12
     assert metrics["n_train"] == 8 and read_manifest(model_dir)["prompt_views"] == ["frontal"]
     assert isinstance(ReportDenoiser.from_pretrained(model_dir / "denoiser"), ReportDenoiser)
+    assert metrics["val"]["n"] == 4 and 0.0 <= metrics["val"]["bleu1"] <= 1.0
 
 
 def test_sampling_is_deterministic_per_seed(single_model, inputs):

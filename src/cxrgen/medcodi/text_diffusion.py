@@ -15,6 +15,10 @@ view. Each training step draws, per study, a uniformly random non-empty subset o
 alone. A share ``cfg_dropout`` of the conditions is replaced by the null condition (zeros; a combined embedding is
 never zero) for classifier-free guidance.
 
+The model predicts ε (the paper's objective, Eq. 2); ``schedule.prediction_type: v_prediction`` is the demo's
+option (Salimans & Ho 2022): with few CPU steps an ε-model's error is amplified ~1/√ᾱ_T ≈ 15× in the first DDIM step's
+x₀ estimate and the samples leave the VAE's latent region.
+
 The latents are the VAE's posterior means, multiplied by ``latent_scale`` = 1 / their standard deviation over the
 training reports (unit variance, as Stable Diffusion's scaling factor does for image latents).
 :func:`sample_reports` runs DDIM with per-sample seeds and CFG, then greedy VAE decoding.
@@ -34,6 +38,8 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from cxrgen.models.diffusion import diffusion_target, make_ddim_scheduler, make_train_scheduler
 
 IMAGE_VIEWS = ("frontal", "lateral")
 PROMPTINGS = ("multi", "single")
@@ -196,11 +202,10 @@ class ReportDiffusionTrainer:
     (:func:`condition_options`). Build after :func:`cxrgen.train.loop.seed_everything`."""
 
     def __init__(self, cfg: dict, latents: torch.Tensor, options: torch.Tensor, counts: torch.Tensor):
-        from cxrgen.models.diffusion import make_train_scheduler
         from cxrgen.train.loop import attach_ema
 
         self.cfg, self.latents, self.options, self.counts = cfg, latents, options, counts
-        self.scheduler = make_train_scheduler({**cfg["schedule"], "prediction_type": "epsilon"})
+        self.scheduler = make_train_scheduler(cfg["schedule"])
         self.model = build_denoiser(cfg, latent_dim=latents.shape[1], cond_dim=options.shape[2])
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(cfg["lr"]),
                                            weight_decay=float(cfg["weight_decay"]))
@@ -208,7 +213,7 @@ class ReportDiffusionTrainer:
 
     def loss(self, indices: list[int], generator: torch.Generator, device: torch.device, ctx=None,
              autocast=None) -> torch.Tensor:
-        """ε-MSE for the given studies; draws (subset uniform, CFG drop, t, ε) for the global batch from
+        """MSE to the prediction target (ε, or v) for the given studies; draws (subset uniform, CFG drop, t, ε) for the global batch from
         ``generator``, in this order, and keeps this rank's rows (``ctx.local``)."""
         world_size = ctx.world_size if ctx is not None else 1
         mine = ctx.local if ctx is not None else (lambda drawn: drawn)
@@ -222,8 +227,8 @@ class ReportDiffusionTrainer:
         cond = torch.where(drop[:, None], torch.zeros_like(cond), cond)
         noisy = self.scheduler.add_noise(z, noise, t)
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
-            eps = self.model(noisy.to(device), t.to(device), cond.to(device))
-        return F.mse_loss(eps.float(), noise.to(device))
+            prediction = self.model(noisy.to(device), t.to(device), cond.to(device))
+        return F.mse_loss(prediction.float(), diffusion_target(self.scheduler, z, noise, t).to(device))
 
     def train_step(self, indices: list[int], ctx) -> dict[str, float]:
         loss = self.loss(indices, ctx.generator, ctx.device, ctx=ctx, autocast=ctx.autocast)
@@ -281,10 +286,9 @@ def read_manifest(model_dir: Path | str) -> dict:
 def sample_latents(denoiser: ReportDenoiser, train_scheduler_config, conditions: torch.Tensor, seeds: list[int],
                    steps: int, guidance: float, eta: float = 0.0) -> torch.Tensor:
     """DDIM sampling of scaled text latents [B, latent_dim]: every sample's initial noise (and η noise) comes from its
-    own ``torch.Generator(seed)``, so a sample does not depend on the rest of the batch. CFG:
-    ε = ε(∅) + guidance · (ε(c) − ε(∅)), with ∅ the zero condition; NaN rows of ``conditions`` are unconditional."""
-    from cxrgen.models.diffusion import make_ddim_scheduler
-
+    own ``torch.Generator(seed)``, so a sample does not depend on the rest of the batch. CFG on the model output (ε or
+    v): out = out(∅) + guidance · (out(c) − out(∅)), with ∅ the zero condition; NaN rows of ``conditions`` are
+    unconditional."""
     conditions = torch.as_tensor(conditions, dtype=torch.float32)
     if len(seeds) != len(conditions):
         raise ValueError(f"{len(seeds)} seeds for {len(conditions)} conditions")
@@ -299,17 +303,14 @@ def sample_latents(denoiser: ReportDenoiser, train_scheduler_config, conditions:
     scheduler.set_timesteps(int(steps))
     for t in scheduler.timesteps:
         tt = torch.full((len(z),), int(t), device=device, dtype=torch.long)
-        eps_cond = denoiser(z, tt, cond)
+        out = denoiser(z, tt, cond)
         if guidance != 1.0:
-            eps_null = denoiser(z, tt, null)
-            eps = eps_null + guidance * (eps_cond - eps_null)
-            eps = torch.where(unconditional[:, None].to(device), eps_null, eps)
-        else:
-            eps = eps_cond
+            out_null = denoiser(z, tt, null)
+            out = torch.where(unconditional[:, None].to(device), out_null, out_null + guidance * (out - out_null))
         variance_noise = None
         if eta > 0:
             variance_noise = torch.stack([torch.randn(dim, generator=g) for g in generators]).to(device)
-        z = scheduler.step(eps, t, z, eta=eta, variance_noise=variance_noise).prev_sample
+        z = scheduler.step(out, t, z, eta=eta, variance_noise=variance_noise).prev_sample
     return z
 
 

@@ -88,7 +88,7 @@ def train_report_diffusion(*, studies: Path | str, embeddings: Path | str, vae_d
         write_json(tmp / "samples.json", {"samples": samples[:16]})
         history = job.extra["history"]
         plot_loss_history(history, tmp / "loss.png", title=f"report diffusion loss ({prompting} prompting)",
-                          ylabel="ε MSE")
+                          ylabel=f"MSE to {trainer.scheduler.config.prediction_type}")
         metrics = {
             "steps": result.steps_done, "resumed_from": result.resumed_from, "prompting": prompting,
             "n_train": len(train), "latent_scale": scale,
