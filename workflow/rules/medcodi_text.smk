@@ -3,12 +3,14 @@
 # the prompt embeddings (rule embed_prompts), and adds to workflow/config_sections.yaml:
 #   train_text_vae: {section: medcodi, include: [text_vae]}
 #   train_report_diffusion: {section: medcodi, include: [report_diffusion]}
+# and "prompting": ["multi", "single"] to the wildcard values of tests/workflow/test_config_narrowing.py.
 
 
 wildcard_constraints:
     prompting="multi|single",
 
 
+# (merger: move next to ldm_state_dir in common.smk; snakemake --lint flags functions mixed with rules)
 def report_diffusion_state_dir(wildcards):
     return f"results/state/train_report_diffusion/{wildcards.prompting}"
 
