@@ -35,6 +35,7 @@ wildcard_constraints:
     source="|".join(SOURCES),
     icu_arm="ehr|ehr_last_cxr|ddl_cxr",
     icu_seed=r"\d+",
+    prompting="multi|single",
     shard=r"\d{4}",
     variant="|".join(VARIANTS),
     ldm_variant="|".join(LDM_VARIANTS),
@@ -303,10 +304,19 @@ MEDCODI_ENABLED = config["medcodi"]["enabled"]
 MEDCODI_STUDIES = "results/medcodi/studies.parquet"
 MEDCODI_PROMPT_ENCODERS = "results/medcodi/prompt_encoders"
 MEDCODI_EMBEDDINGS = "results/medcodi/embeddings.npz"
+MEDCODI_TEXT_VAE = "results/medcodi/text_vae"
+MEDCODI_PROMPTING = ("multi", "single")  # MedCoDi-M multi-prompt training, and the single-prompt (MedCoDi) ablation
 
 
 def medcodi_targets():
-    return [MEDCODI_STUDIES, MEDCODI_PROMPT_ENCODERS, MEDCODI_EMBEDDINGS] if MEDCODI_ENABLED else []
+    if not MEDCODI_ENABLED:
+        return []
+    return [MEDCODI_STUDIES, MEDCODI_PROMPT_ENCODERS, MEDCODI_EMBEDDINGS, MEDCODI_TEXT_VAE,
+            *[f"results/medcodi/report_diffusion/{p}" for p in MEDCODI_PROMPTING]]
+
+
+def report_diffusion_state_dir(wildcards):
+    return f"results/state/train_report_diffusion/{wildcards.prompting}"
 
 
 # --- DDL-CXR ICU branch (workflow/rules/icu.smk) ---

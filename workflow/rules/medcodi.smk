@@ -1,5 +1,6 @@
 # MedCoDi-M / XGeM (arXiv 2501.04614) branch: the study table (frontal film, lateral film, report per study) -> the
-# prompt encoders that align the three modalities in one space -> every study's embeddings (the generators' conditions).
+# prompt encoders that align the three modalities in one space -> every study's embeddings (the generators' conditions)
+# -> the report VAE and the report diffusion model per prompting mode (multi-prompt, or the single-prompt ablation).
 
 if MEDCODI_ENABLED:
 
@@ -50,3 +51,39 @@ if MEDCODI_ENABLED:
         threads: 2
         script:
             "../scripts/medcodi/embed_prompts.py"
+
+    rule train_text_vae:
+        input:
+            studies=MEDCODI_STUDIES,
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            model=protected(directory(MEDCODI_TEXT_VAE)),
+        params:
+            cfg=rule_section(config, "train_text_vae"),
+            seed=config["seed"],
+            state_dir="results/state/train_text_vae",
+        log:
+            "results/logs/train_text_vae/train_text_vae.log",
+        # one thread: a GRU step is many small ops; two threads on a shared 2-core box ran 3-10x slower than one
+        threads: 1
+        script:
+            "../scripts/medcodi/train_text_vae.py"
+
+
+    rule train_report_diffusion:
+        input:
+            studies=MEDCODI_STUDIES,
+            embeddings=MEDCODI_EMBEDDINGS,
+            vae=MEDCODI_TEXT_VAE,
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            model=protected(directory("results/medcodi/report_diffusion/{prompting}")),
+        params:
+            cfg=rule_section(config, "train_report_diffusion"),
+            seed=config["seed"],
+            state_dir=report_diffusion_state_dir,
+        log:
+            "results/logs/train_report_diffusion/{prompting}.log",
+        threads: 1
+        script:
+            "../scripts/medcodi/train_report_diffusion.py"

@@ -1,0 +1,88 @@
+"""Stage ``train_text_vae``: MedCoDi-M / XGeM's report VAE (arXiv 2501.04614 §3.2.2, Optimus-style), from scratch on
+the study table's training reports (library: :mod:`cxrgen.medcodi.text_vae`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from cxrgen.medcodi.text_vae import (
+    LoadedTextVAE,
+    TextVAETrainer,
+    WordTokenizer,
+    check_pretrained,
+    reconstruction_metrics,
+    study_reports,
+)
+from cxrgen.report.figures import plot_loss_history
+from cxrgen.train.job import tracked_job, write_json
+from cxrgen.train.loop import seed_everything
+from cxrgen.train.sections import loop_config
+
+log = logging.getLogger(__name__)
+
+
+def train_text_vae(*, studies: Path | str, cfg: dict, seed: int, out_dir: Path | str, state_dir: Path | str,
+                   tracking_json: Path | str | None = None, job_name: str = "train_text_vae",
+                   stop_after_steps: int | None = None) -> dict:
+    """Train the report VAE of config section ``medcodi.text_vae`` on the non-empty reports of ``studies`` (rule
+    build_study_table) in ``train_splits``; the tokenizer's vocabulary comes from the same reports.
+
+    Writes ``out_dir`` atomically: ``config.json`` + safetensors (:class:`~cxrgen.medcodi.text_vae.TextVAE`),
+    ``tokenizer.json``, ``metrics.json`` (held-out reconstruction, KL, active units), ``reconstructions.json`` (a few
+    validation reports and their greedy reconstructions), ``loss.png``. Resumable state in ``state_dir``;
+    ``tracking_json`` → an MLflow child run ``job_name``. Data parallel like :func:`cxrgen.stages.train_ldm.train_ldm`
+    (``launch(train_text_vae, n, **kwargs)``; rank 0 alone validates and publishes).
+    """
+    check_pretrained(cfg["pretrained"])
+    out_dir, state_dir = Path(out_dir), Path(state_dir)
+    texts = study_reports(studies, list(cfg["train_splits"]))
+    val_texts = study_reports(studies, list(cfg["val_splits"]))[:int(cfg["val_max_items"])]
+    if not texts:
+        raise ValueError(f"no reports in splits {cfg['train_splits']} of {studies}")
+    tokenizer = WordTokenizer.build(texts, min_count=int(cfg["tokenizer"]["min_count"]),
+                                    max_vocab=cfg["tokenizer"]["max_vocab"])
+
+    loop = loop_config(cfg, seed, stop_after_steps=stop_after_steps)
+    seed_everything(loop.seed)
+    trainer = TextVAETrainer(cfg, tokenizer, texts)
+    world = loop.resolved_world()
+    params = {"text_vae": cfg, "seed": seed, "n_train": len(texts), "n_val": len(val_texts),
+              "vocab_size": len(tokenizer)}
+    tags = {"cxrgen.stage": "medcodi:text_vae", "cxrgen.world_size": str(world.world_size)}
+    with tracked_job(tracking_json, job_name, params=params, tags=tags, state_dir=state_dir,
+                     main=world.is_main) as job:
+        started = time.perf_counter()
+        result = trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra)
+        train_seconds = time.perf_counter() - started
+        if not world.is_main:
+            return {"rank": world.rank, "steps": result.steps_done}
+
+        tmp = job.staging(out_dir)
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save(tmp)
+        vae = LoadedTextVAE(trainer.model.cpu(), tokenizer)
+        held_out = reconstruction_metrics(vae, val_texts)
+        shown = val_texts[:int(cfg["examples"])]
+        examples = [{"report": t, "reconstruction": r} for t, r in
+                    zip(shown, vae.decode(vae.encode_means(shown)), strict=True)] if shown else []
+        write_json(tmp / "reconstructions.json", {"examples": examples})
+        history = job.extra["history"]
+        plot_loss_history(history, tmp / "loss.png", title="report VAE loss",
+                          ylabel="token NLL per report + β·KL")
+        metrics = {
+            "steps": result.steps_done, "resumed_from": result.resumed_from, "n_train": len(texts),
+            "n_val": len(val_texts), "vocab_size": len(tokenizer),
+            "parameters": sum(p.numel() for p in trainer.model.parameters()),
+            "final_loss": history[-1]["loss"] if history else float("nan"),
+            "final_kl": history[-1]["kl"] if history else float("nan"),
+            "val": held_out, "train_seconds_this_run": train_seconds,
+            "seconds_per_step": train_seconds / max(1, result.steps_done - (result.resumed_from or 0)),
+            "mlflow_run_id": job.run_id, "world_size": world.world_size,
+        }
+        write_json(tmp / "metrics.json", metrics)
+        job.log_metrics({k: v for k, v in held_out.items() if k != "n"}, result.steps_done, prefix="val_")
+        job.publish(tmp, out_dir, artifacts=["loss.png", "metrics.json", "reconstructions.json"],
+                    tags={"cxrgen.weights": str(out_dir.resolve())})
+    return metrics
