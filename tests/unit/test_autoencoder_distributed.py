@@ -59,7 +59,8 @@ def inputs(tmp_path_factory):
 def two_ranks(inputs, tmp_path_factory):
     kwargs, root = inputs
     tracking = shared_tracking_json(tmp_path_factory)
-    return train_on_two_ranks(train_autoencoder, kwargs, root, tracking, "train_autoencoder:ddp"), root / "two", tracking
+    metrics = train_on_two_ranks(train_autoencoder, kwargs, root, tracking, "train_autoencoder:ddp")
+    return metrics, root / "two", tracking
 
 
 def test_two_ranks_train_the_single_process_weights(inputs, two_ranks):

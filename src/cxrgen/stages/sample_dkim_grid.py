@@ -49,8 +49,8 @@ def sample_dkim_grid(*, dkim_dir: Path | str, ldm_dir: Path | str, grid_cfg: dic
 
     def draw(pipe: CxrPipeline) -> SampleGrid:
         images, names = dkim_grid_images(pipe, grid_cfg, seed)
-        return SampleGrid(images, names, rows=names,
-                          provenance={"dkim_mlflow_run_id": pipe.sampler.adapter.config.provenance.get("mlflow_run_id")})
+        adapter_run = pipe.sampler.adapter.config.provenance.get("mlflow_run_id")
+        return SampleGrid(images, names, rows=names, provenance={"dkim_mlflow_run_id": adapter_run})
 
     return write_sample_grid(stage="sample_dkim_grid", grid_cfg=grid_cfg, seed=seed, out_png=out_png,
                              out_json=out_json, tracking_json=tracking_json, job_name=job_name, draw=draw,
