@@ -72,10 +72,17 @@ def assert_identical_weights(resumed: dict, uninterrupted: dict, name: str | Non
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted), name
 
 
-def train_on_two_ranks(train, kwargs: dict, root: Path, tracking: Path, job_name: str) -> dict:
-    """``train`` on 2 ranks into ``root/two`` (state ``root/two_state``), tracked as ``job_name``."""
-    return launch(train, 2, **kwargs, out_dir=str(root / "two"), state_dir=str(root / "two_state"),
-                  tracking_json=str(tracking), job_name=job_name)
+def train_on_two_ranks(train, inputs: tuple[dict, Path], tmp_path_factory, job_name: str) -> tuple[dict, Path, Path]:
+    """``train`` with ``inputs`` (its keyword arguments, the test's root) on 2 ranks into ``root/two`` (state
+    ``root/two_state``), tracked as ``job_name`` in the session's MLflow store. Returns (metrics, output directory,
+    tracking json)."""
+    from test_ldm import shared_tracking_json
+
+    kwargs, root = inputs
+    tracking = shared_tracking_json(tmp_path_factory)
+    metrics = launch(train, 2, **kwargs, out_dir=str(root / "two"), state_dir=str(root / "two_state"),
+                     tracking_json=str(tracking), job_name=job_name)
+    return metrics, root / "two", tracking
 
 
 def assert_rank0_published(tracking, job_name: str, metrics: dict, out_dir: Path):
@@ -106,19 +113,21 @@ def kill_and_resume_on_two_ranks(train, kwargs: dict, root: Path, tracking: Path
     return metrics
 
 
-def kill_and_resume_in_ranks(train, kwargs: dict, root: Path, tracking: str, job_name: str) -> dict:
+def train_kill_and_resume_in_ranks(train, kwargs: dict, root: Path, tracking: str, job_name: str) -> dict:
     """Inside a 2-rank launch (one launch for several jobs: starting the ranks costs seconds of imports on shared
-    cores): ``train`` into ``root/resumed`` stopped after step 3 (checkpoint at 2), then resumed. Returns what
+    cores): ``train`` uninterrupted into ``root/two`` as job ``job_name`` (its metrics: ``straight``), then into
+    ``root/resumed`` as job ``<job_name>-resumed`` stopped after step 3 (checkpoint at 2) and resumed. Returns what
     :func:`assert_killed_and_resumed` checks."""
+    found = {"straight": train(**kwargs, out_dir=str(root / "two"), state_dir=str(root / "two_state"),
+                               tracking_json=tracking, job_name=job_name)}
     resumable = {**kwargs, "out_dir": str(root / "resumed"), "state_dir": str(root / "resumed_state"),
-                 "tracking_json": tracking, "job_name": job_name}
-    found = {}
+                 "tracking_json": tracking, "job_name": f"{job_name}-resumed"}
     try:
         train(**resumable, stop_after_steps=3)
     except Interrupted:  # on every rank, at the same step
         found["interrupted"] = True
     if current_world().is_main:
-        [killed] = job_runs(tracking, job_name)
+        [killed] = job_runs(tracking, resumable["job_name"])
         found["killed"] = {"status": killed.info.status, "run_id": killed.info.run_id,
                            "checkpoint": latest_checkpoint(root / "resumed_state").name,
                            "published": (root / "resumed").exists()}
@@ -127,7 +136,7 @@ def kill_and_resume_in_ranks(train, kwargs: dict, root: Path, tracking: str, job
 
 
 def assert_killed_and_resumed(found: dict, root: Path, tracking, job_name: str) -> None:
-    """The job of :func:`kill_and_resume_in_ranks` was interrupted on the ranks, its run ended KILLED at checkpoint 2
+    """The job of :func:`train_kill_and_resume_in_ranks` was interrupted on the ranks, its run ended KILLED at checkpoint 2
     with nothing published, it resumed from there to the uninterrupted job's (``root/two_state``) history, and the
     resumed job continued the killed job's run."""
     assert found["interrupted"]

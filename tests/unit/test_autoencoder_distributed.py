@@ -57,10 +57,7 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_ranks(inputs, tmp_path_factory):
-    kwargs, root = inputs
-    tracking = shared_tracking_json(tmp_path_factory)
-    metrics = train_on_two_ranks(train_autoencoder, kwargs, root, tracking, "train_autoencoder:ddp")
-    return metrics, root / "two", tracking
+    return train_on_two_ranks(train_autoencoder, inputs, tmp_path_factory, "train_autoencoder:ddp")
 
 
 def test_two_ranks_train_the_single_process_weights(inputs, two_ranks):

@@ -13,7 +13,7 @@ from distributed_helpers import (
     assert_same_steps,
     checkpoint_history,
     compare_weights,
-    kill_and_resume_in_ranks,
+    train_kill_and_resume_in_ranks,
 )
 from test_clip import RES, tiny_cfg, tiny_store
 
@@ -37,9 +37,7 @@ def on_two_ranks(kwargs: dict, root: str, tracking: str) -> dict:
     """Every 2-rank run of this file, in one launch (starting the ranks costs seconds of imports on shared cores):
     uninterrupted, killed after 3 steps (checkpoint at 2) and resumed, and the AVA-TLS fine-tuning of the first."""
     root = Path(root)
-    found = {"straight": train_clip(**kwargs, out_dir=str(root / "two"), state_dir=str(root / "two_state"),
-                                    tracking_json=tracking, job_name="train_clip:ddp")}
-    found.update(kill_and_resume_in_ranks(train_clip, kwargs, root, tracking, "train_clip:ddp-resumed"))
+    found = train_kill_and_resume_in_ranks(train_clip, kwargs, root, tracking, "train_clip:ddp")
     found["avatls"] = train_clip_avatls(**{**kwargs, "cfg": tiny_cfg(**{**CFG, **AVATLS})},
                                         baseline_dir=str(root / "two"), out_dir=str(root / "avatls_two"),
                                         state_dir=str(root / "avatls_two_state"), tracking_json=None,

@@ -47,9 +47,7 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_ranks(inputs, tmp_path_factory):
-    kwargs, root = inputs
-    tracking = shared_tracking_json(tmp_path_factory)
-    return train_on_two_ranks(train_dkim, kwargs, root, tracking, "train_dkim:ddp"), root / "two", tracking
+    return train_on_two_ranks(train_dkim, inputs, tmp_path_factory, "train_dkim:ddp")
 
 
 def test_two_ranks_train_the_single_process_adapter(inputs, two_ranks):

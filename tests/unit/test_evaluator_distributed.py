@@ -14,7 +14,7 @@ from distributed_helpers import (
     assert_rank0_published,
     assert_same_steps,
     checkpoint_history,
-    kill_and_resume_in_ranks,
+    train_kill_and_resume_in_ranks,
     weight_differences,
 )
 from evaluate_helpers import real_store, synthetic_store
@@ -54,9 +54,7 @@ def on_two_ranks(evaluator: dict, downstream: dict, root: str, tracking: str) ->
     """Every 2-rank run of this file, in one launch (starting the ranks costs seconds of imports on shared cores):
     train_evaluator uninterrupted, killed after 3 steps (checkpoint at 2) and resumed, and one downstream job."""
     root = Path(root)
-    found = {"straight": train_evaluator(**evaluator, out_dir=str(root / "two"), state_dir=str(root / "two_state"),
-                                         tracking_json=tracking, job_name="train_evaluator:ddp")}
-    found.update(kill_and_resume_in_ranks(train_evaluator, evaluator, root, tracking, "train_evaluator:ddp-resumed"))
+    found = train_kill_and_resume_in_ranks(train_evaluator, evaluator, root, tracking, "train_evaluator:ddp")
     found["downstream"] = run_downstream(**downstream, state_dir=str(root / "downstream_two"),
                                          out_path=str(root / "downstream_two/metrics.json"), tracking_json=None,
                                          job_name="run_downstream:ddp")

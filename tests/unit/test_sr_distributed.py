@@ -41,9 +41,7 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_ranks(inputs, tmp_path_factory):
-    kwargs, root = inputs
-    tracking = shared_tracking_json(tmp_path_factory)
-    return train_on_two_ranks(train_sr, kwargs, root, tracking, "train_sr:ddp"), root / "two", tracking
+    return train_on_two_ranks(train_sr, inputs, tmp_path_factory, "train_sr:ddp")
 
 
 def _assert_same_training(root, parallel_state, single_state, parallel_dir, single_dir):
