@@ -8,13 +8,19 @@ import json
 
 import pytest
 import torch
+from distributed_helpers import (
+    assert_close_weights,
+    assert_identical_weights,
+    assert_rank0_published,
+    kill_and_resume_on_two_ranks,
+    latest_state,
+    train_on_two_ranks,
+)
 from test_autoencoder import RES, tiny_cfg, tiny_store
 from test_ldm import shared_tracking_json
 
 from cxrgen.models.autoencoder import FeaturePerceptualLoss, load_autoencoder
 from cxrgen.stages.train_autoencoder import HISTORY_FILE, train_autoencoder
-from cxrgen.train.distributed import launch
-from cxrgen.train.loop import Interrupted, latest_checkpoint
 
 # Measured after 4 Adam steps on CPU, 2 of them adversarial (2 ranks vs 1 process: the same draws, sums in another
 # order): losses, GAN weights and gradient norms agree to <1e-6 relative; weights: largest difference 1.2e-6 (VAE) and
@@ -29,20 +35,12 @@ CFG = tiny_cfg(max_steps=4, checkpoint_every=2, log_every=1, batch_size=4, norm_
 COMPARED = ("loss", "l1", "kl", "grad_norm", "gan_loss", "gan_weight", "disc_loss", "disc_grad_norm")
 
 
-def _runs(tracking_json, job_name):
-    from mlflow.tracking import MlflowClient
-
-    info = json.loads(tracking_json.read_text())
-    client = MlflowClient(tracking_uri=info["tracking_uri"])
-    return client.search_runs([info["experiment_id"]], filter_string=f"tags.`snakemake.job` = '{job_name}'")
-
-
 def _history(state_dir):
     return [json.loads(line) for line in (state_dir / HISTORY_FILE).read_text().splitlines()]
 
 
 def _modules(state_dir):
-    return torch.load(latest_checkpoint(state_dir), weights_only=False)["modules"]
+    return latest_state(state_dir)["modules"]
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +57,7 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_ranks(inputs, tmp_path_factory):
-    kwargs, root = inputs
-    tracking = shared_tracking_json(tmp_path_factory)
-    metrics = launch(train_autoencoder, 2, **kwargs, out_dir=str(root / "two"), state_dir=str(root / "two_state"),
-                     tracking_json=str(tracking), job_name="train_autoencoder:ddp")
-    return metrics, root / "two", tracking
+    return train_on_two_ranks(train_autoencoder, inputs, tmp_path_factory, "train_autoencoder:ddp")
 
 
 def test_two_ranks_train_the_single_process_weights(inputs, two_ranks):
@@ -86,37 +80,19 @@ def test_two_ranks_train_the_single_process_weights(inputs, two_ranks):
                                   ("discriminator", parallel_modules["discriminator"],
                                    single_modules["discriminator"])]:
         floats = [k for k in alone if alone[k].is_floating_point()]
-        differences = torch.cat([(parallel[k] - alone[k]).abs().flatten() for k in floats])
-        print(f"{name}: 2 ranks vs 1 process: largest difference {differences.max():.2e}, "
-              f"median {differences.median():.2e}")
-        assert differences.max() <= ATOL and differences.median() <= MEDIAN_ATOL, name
+        assert_close_weights(name, parallel, alone, ATOL, MEDIAN_ATOL, keys=floats)
     assert metrics["scaling_factor"] == pytest.approx(single["scaling_factor"], rel=1e-4)
     # rank 0 alone opened the run, finished it and wrote the output
-    runs = _runs(tracking, "train_autoencoder:ddp")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].info.run_id == metrics["mlflow_run_id"]
-    assert runs[0].data.tags["cxrgen.world_size"] == "2"
-    assert json.loads((two / "metrics.json").read_text())["world_size"] == 2
-    assert not (root / "two.tmp").exists()
+    assert_rank0_published(tracking, "train_autoencoder:ddp", metrics, two)
 
 
 def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(inputs, two_ranks, tmp_path_factory):
     kwargs, root = inputs
     _, straight, _ = two_ranks
     tracking = shared_tracking_json(tmp_path_factory)
-    run = {**kwargs, "out_dir": str(root / "resumed"), "state_dir": str(root / "resumed_state"),
-           "tracking_json": str(tracking), "job_name": "train_autoencoder:ddp-resumed"}
-    with pytest.raises(Interrupted):  # raised on both ranks during the adversarial phase, re-raised by the launcher
-        launch(train_autoencoder, 2, **run, stop_after_steps=3)
-    assert latest_checkpoint(root / "resumed_state").name == "ckpt-00000002.pt"
-    assert not (root / "resumed").exists()
-    [killed] = _runs(tracking, "train_autoencoder:ddp-resumed")
-    assert killed.info.status == "KILLED"  # rank 0 recorded it before the launcher stopped
-    metrics = launch(train_autoencoder, 2, **run)
+    # stopped after step 3: during the adversarial phase
+    metrics = kill_and_resume_on_two_ranks(train_autoencoder, kwargs, root, tracking, "train_autoencoder:ddp-resumed")
     assert metrics["resumed_from"] == 2 and metrics["steps"] == 4
-    resumed, uninterrupted = load_autoencoder(root / "resumed").state_dict(), load_autoencoder(straight).state_dict()
-    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
-    resumed_disc = _modules(root / "resumed_state")["discriminator"]
-    straight_disc = _modules(root / "two_state")["discriminator"]
-    assert all(torch.equal(resumed_disc[k], straight_disc[k]) for k in straight_disc)
-    [run_after] = _runs(tracking, "train_autoencoder:ddp-resumed")  # the resumed job continued the same run
-    assert run_after.info.run_id == killed.info.run_id and run_after.info.status == "FINISHED"
+    assert_identical_weights(load_autoencoder(root / "resumed").state_dict(), load_autoencoder(straight).state_dict())
+    assert_identical_weights(_modules(root / "resumed_state")["discriminator"],
+                             _modules(root / "two_state")["discriminator"])

@@ -2,17 +2,24 @@
 the launcher compute the single process's InfoNCE loss over the global batch (each rank's embeddings contrasted with
 every rank's), end with its weights, resume bit for bit after a kill, and rank 0 alone writes and tracks."""
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
+from distributed_helpers import (
+    assert_identical_weights,
+    assert_killed_and_resumed,
+    assert_rank0_published,
+    assert_same_steps,
+    checkpoint_history,
+    compare_weights,
+    train_kill_and_resume_in_ranks,
+)
 from test_clip import RES, tiny_cfg, tiny_store
 
 from cxrgen.models.clip import load_clip
 from cxrgen.stages.train_clip import train_clip, train_clip_avatls
-from cxrgen.train.distributed import current_world, launch
-from cxrgen.train.loop import Interrupted, latest_checkpoint
+from cxrgen.train.distributed import launch
 
 # The ranks encode half batches and sum their gradients: the single process's numbers in another summation order.
 # Measured on CPU after 4 steps (batch 4, lr 1e-3): per-step losses agree to ~1e-7 relative, gradient norms to ~1e-6;
@@ -26,38 +33,11 @@ CFG = {"max_steps": 4, "checkpoint_every": 2, "log_every": 1, "eval_every": 2, "
 AVATLS = {"eval_every": 0, "squeeze": {"length": 4, "max_steps": 2, "warmup_steps": 0}}
 
 
-def _runs(tracking_json, job_name):
-    from mlflow.tracking import MlflowClient
-
-    info = json.loads(Path(tracking_json).read_text())
-    client = MlflowClient(tracking_uri=info["tracking_uri"])
-    return client.search_runs([info["experiment_id"]], filter_string=f"tags.`snakemake.job` = '{job_name}'")
-
-
-def _history(state_dir):
-    """The logged training metrics of every step (without the timing)."""
-    history = torch.load(latest_checkpoint(state_dir), weights_only=False)["extra"]["history"]
-    return [{k: v for k, v in point.items() if k != "steps_per_second"} for point in history]
-
-
 def on_two_ranks(kwargs: dict, root: str, tracking: str) -> dict:
     """Every 2-rank run of this file, in one launch (starting the ranks costs seconds of imports on shared cores):
     uninterrupted, killed after 3 steps (checkpoint at 2) and resumed, and the AVA-TLS fine-tuning of the first."""
     root = Path(root)
-    found = {"straight": train_clip(**kwargs, out_dir=str(root / "two"), state_dir=str(root / "two_state"),
-                                    tracking_json=tracking, job_name="train_clip:ddp")}
-    resumable = {**kwargs, "out_dir": str(root / "resumed"), "state_dir": str(root / "resumed_state"),
-                 "tracking_json": tracking, "job_name": "train_clip:ddp-resumed"}
-    try:
-        train_clip(**resumable, stop_after_steps=3)
-    except Interrupted:  # on every rank, at the same step
-        found["interrupted"] = True
-    if current_world().is_main:
-        [killed] = _runs(tracking, "train_clip:ddp-resumed")
-        found["killed"] = {"status": killed.info.status, "run_id": killed.info.run_id,
-                           "checkpoint": latest_checkpoint(root / "resumed_state").name,
-                           "published": (root / "resumed").exists()}
-    found["resumed"] = train_clip(**resumable)
+    found = train_kill_and_resume_in_ranks(train_clip, kwargs, root, tracking, "train_clip:ddp")
     found["avatls"] = train_clip_avatls(**{**kwargs, "cfg": tiny_cfg(**{**CFG, **AVATLS})},
                                         baseline_dir=str(root / "two"), out_dir=str(root / "avatls_two"),
                                         state_dir=str(root / "avatls_two_state"), tracking_json=None,
@@ -79,12 +59,8 @@ def runs(tmp_path_factory):
 
 
 def _assert_same_steps(parallel_state, single_state):
-    parallel_log, single_log = _history(parallel_state), _history(single_state)
-    assert [h["step"] for h in parallel_log] == [h["step"] for h in single_log]
-    for p, q in zip(parallel_log, single_log, strict=True):
-        assert p["loss"] == pytest.approx(q["loss"], rel=1e-6), p["step"]
-        assert p["grad_norm"] == pytest.approx(q["grad_norm"], rel=1e-5), p["step"]
-        assert p["logit_scale"] == pytest.approx(q["logit_scale"], rel=1e-6), p["step"]
+    assert_same_steps(checkpoint_history(parallel_state), checkpoint_history(single_state), loss=1e-6,
+                      grad_norm=1e-5, logit_scale=1e-6)
 
 
 def _weight_differences(a: dict, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,24 +94,14 @@ def test_two_ranks_compute_the_global_batch_loss_and_weights(runs):
     assert parallel["retrieval"].keys() == single["retrieval"].keys()
     for key, value in single["retrieval"].items():
         assert parallel["retrieval"][key] == pytest.approx(value, abs=1e-6), key
-    [run] = _runs(tracking, "train_clip:ddp")
-    assert run.info.status == "FINISHED" and run.info.run_id == parallel["mlflow_run_id"]
-    assert run.data.tags["cxrgen.world_size"] == "2" and "val/i2t_recall_at_5" in run.data.metrics
-    assert json.loads((root / "two/metrics.json").read_text())["world_size"] == 2
-    assert not (root / "two.tmp").exists()
+    run = assert_rank0_published(tracking, "train_clip:ddp", parallel, root / "two")
+    assert "val/i2t_recall_at_5" in run.data.metrics
 
 
 def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(runs):
     _, root, tracking, found = runs
-    assert found["interrupted"]
-    assert found["killed"] == {"status": "KILLED", "run_id": found["killed"]["run_id"],
-                               "checkpoint": "ckpt-00000002.pt", "published": False}
-    assert found["resumed"]["resumed_from"] == 2 and found["resumed"]["steps"] == 4
-    resumed, straight = load_clip(root / "resumed").model.state_dict(), load_clip(root / "two").model.state_dict()
-    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
-    assert _history(root / "resumed_state") == _history(root / "two_state")
-    [run] = _runs(tracking, "train_clip:ddp-resumed")  # the resumed job continued the killed job's run
-    assert run.info.run_id == found["killed"]["run_id"] and run.info.status == "FINISHED"
+    assert_killed_and_resumed(found, root, tracking, "train_clip:ddp-resumed")
+    assert_identical_weights(load_clip(root / "resumed").model.state_dict(), load_clip(root / "two").model.state_dict())
 
 
 def test_avatls_squeeze_fine_tuning_on_two_ranks_matches_one_process(runs):
@@ -146,6 +112,4 @@ def test_avatls_squeeze_fine_tuning_on_two_ranks_matches_one_process(runs):
                       job_name="avatls")
     _assert_same_steps(root / "avatls_two_state", root / "avatls_one_state")
     two, one = (load_clip(root / name).squeeze.state_dict() for name in ("avatls_two", "avatls_one"))
-    differences = torch.cat([(two[k] - one[k]).abs().flatten() for k in one])
-    print(f"AVA-TLS squeeze 2 ranks vs 1 process: largest difference {differences.max():.2e}")
-    assert differences.max() <= ATOL
+    assert compare_weights("AVA-TLS squeeze", two, one).max() <= ATOL

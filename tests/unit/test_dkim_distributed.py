@@ -2,18 +2,22 @@
 launcher end with the adapter of one process with the same global batch, a killed and resumed 2-rank run equals the
 uninterrupted one bit for bit, and rank 0 alone writes the output and the MLflow run."""
 
-import json
-
 import pytest
 import torch
+from distributed_helpers import (
+    assert_identical_weights,
+    assert_rank0_published,
+    assert_same_steps,
+    checkpoint_history,
+    kill_and_resume_on_two_ranks,
+    train_on_two_ranks,
+    weight_differences,
+)
 from safetensors.torch import load_file
 from test_dkim import dkim_cfg, make_base_ldm
 from test_ldm import ldm_cfg, shared_tracking_json
-from test_ldm_distributed import _history, _runs
 
 from cxrgen.stages.train_dkim import train_dkim
-from cxrgen.train.distributed import launch
-from cxrgen.train.loop import Interrupted, latest_checkpoint
 
 # The 2 ranks run base + adapter on half batches and sum their gradients: the single-process numbers in another
 # summation order (and other CPU conv kernels for half batches). Measured on CPU over 4 steps: losses agree to 1.1e-6
@@ -43,11 +47,7 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_ranks(inputs, tmp_path_factory):
-    kwargs, root = inputs
-    tracking = shared_tracking_json(tmp_path_factory)
-    metrics = launch(train_dkim, 2, **kwargs, out_dir=str(root / "two"), state_dir=str(root / "two_state"),
-                     tracking_json=str(tracking), job_name="train_dkim:ddp")
-    return metrics, root / "two", tracking
+    return train_on_two_ranks(train_dkim, inputs, tmp_path_factory, "train_dkim:ddp")
 
 
 def test_two_ranks_train_the_single_process_adapter(inputs, two_ranks):
@@ -57,14 +57,12 @@ def test_two_ranks_train_the_single_process_adapter(inputs, two_ranks):
     assert metrics["world_size"] == 2 and single["world_size"] == 1 and metrics["steps"] == single["steps"] == 4
     assert metrics["base_unchanged"] and metrics["base_unet_sha"] == single["base_unet_sha"]
     # the logged loss is the mean over the ranks: the global batch's loss, step by step
-    parallel_log, single_log = _history(root / "two_state"), _history(root / "one_state")
-    assert [h["step"] for h in parallel_log] == [h["step"] for h in single_log] == [1, 2, 3, 4]
-    for p, q in zip(parallel_log, single_log, strict=True):
-        assert p["loss"] == pytest.approx(q["loss"], rel=LOSS_REL) and p["lr"] == q["lr"]
-        assert p["grad_norm"] == pytest.approx(q["grad_norm"], rel=GRAD_NORM_REL)
+    parallel_log, single_log = checkpoint_history(root / "two_state"), checkpoint_history(root / "one_state")
+    assert_same_steps(parallel_log, single_log, [1, 2, 3, 4], loss=LOSS_REL, grad_norm=GRAD_NORM_REL)
+    assert [p["lr"] for p in parallel_log] == [q["lr"] for q in single_log]
     parallel, alone = load_file(two / WEIGHTS), load_file(root / "one" / WEIGHTS)  # EMA adapter weights + bank
     assert parallel.keys() == alone.keys() and torch.equal(parallel["bank"], alone["bank"])
-    differences = torch.cat([(parallel[k] - alone[k]).abs().flatten() for k in alone])
+    differences = weight_differences(parallel, alone)
     tail = float((differences > TAIL_ATOL).float().mean())
     print(f"DKIM adapter: 2 ranks vs 1 process: largest difference {differences.max():.2e}, "
           f"median {differences.median():.2e}, {tail:.2%} of the elements beyond {TAIL_ATOL:g}")
@@ -75,29 +73,15 @@ def test_two_ranks_train_the_single_process_adapter(inputs, two_ranks):
     # the validation (rank 0 only) sees the same adapter
     assert metrics["val_loss_dkim"] == pytest.approx(single["val_loss_dkim"], rel=1e-5)  # measured 7e-7
     # rank 0 alone opened the run, finished it and wrote the output
-    runs = _runs(tracking, "train_dkim:ddp")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].info.run_id == metrics["mlflow_run_id"]
-    assert runs[0].data.tags["cxrgen.world_size"] == "2"
-    assert json.loads((two / "metrics.json").read_text())["world_size"] == 2
-    assert not (root / "two.tmp").exists()
+    assert_rank0_published(tracking, "train_dkim:ddp", metrics, two)
 
 
 def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(inputs, two_ranks, tmp_path_factory):
     kwargs, root = inputs
     _, straight, _ = two_ranks
     tracking = shared_tracking_json(tmp_path_factory)
-    run = {**kwargs, "out_dir": str(root / "resumed"), "state_dir": str(root / "resumed_state"),
-           "tracking_json": str(tracking), "job_name": "train_dkim:ddp-resumed"}
-    with pytest.raises(Interrupted):  # raised on both ranks, re-raised by the launcher
-        launch(train_dkim, 2, **run, stop_after_steps=3)
-    assert latest_checkpoint(root / "resumed_state").name == "ckpt-00000002.pt"
-    assert not (root / "resumed").exists()
-    [killed] = _runs(tracking, "train_dkim:ddp-resumed")
-    assert killed.info.status == "KILLED"  # rank 0 recorded it before the launcher stopped
-    metrics = launch(train_dkim, 2, **run)
+    metrics = kill_and_resume_on_two_ranks(train_dkim, kwargs, root, tracking, "train_dkim:ddp-resumed")
     assert metrics["resumed_from"] == 2 and metrics["steps"] == 4
     resumed, uninterrupted = load_file(root / "resumed" / WEIGHTS), load_file(straight / WEIGHTS)
     assert resumed.keys() == uninterrupted.keys()
-    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
-    [run_after] = _runs(tracking, "train_dkim:ddp-resumed")  # the resumed job continued the same run
-    assert run_after.info.run_id == killed.info.run_id and run_after.info.status == "FINISHED"
+    assert_identical_weights(resumed, uninterrupted)

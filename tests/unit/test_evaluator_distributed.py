@@ -8,6 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from distributed_helpers import (
+    assert_identical_weights,
+    assert_killed_and_resumed,
+    assert_rank0_published,
+    assert_same_steps,
+    checkpoint_history,
+    train_kill_and_resume_in_ranks,
+    weight_differences,
+)
 from evaluate_helpers import real_store, synthetic_store
 from safetensors.torch import load_file
 from test_evaluator import RES, tiny_cfg
@@ -16,8 +25,7 @@ from cxrgen.config import validate_config
 from cxrgen.evaluate.classifier import tiny_classifier_config
 from cxrgen.stages.run_downstream import run_downstream
 from cxrgen.stages.train_evaluator import train_evaluator
-from cxrgen.train.distributed import current_world, launch
-from cxrgen.train.loop import Interrupted, latest_checkpoint
+from cxrgen.train.distributed import launch
 
 # The ranks run the DenseNet on half batches, share batch-norm sums and sum their gradients: the single process's
 # numbers in another summation order. Measured on CPU after 4 steps (batch 4, lr 1e-2): per-step losses agree to
@@ -34,20 +42,6 @@ SCALE_FREE = ("features.norm0.weight", "features.denseblock1.denselayer1.norm1.r
 STEPS = {"max_steps": 4, "checkpoint_every": 2, "eval_every": 2}
 
 
-def _runs(tracking_json, job_name):
-    from mlflow.tracking import MlflowClient
-
-    info = json.loads(Path(tracking_json).read_text())
-    client = MlflowClient(tracking_uri=info["tracking_uri"])
-    return client.search_runs([info["experiment_id"]], filter_string=f"tags.`snakemake.job` = '{job_name}'")
-
-
-def _history(state_dir):
-    """The logged training metrics of every step (without the timing)."""
-    history = torch.load(latest_checkpoint(state_dir), weights_only=False)["extra"]["history"]
-    return [{k: v for k, v in point.items() if k != "steps_per_second"} for point in history]
-
-
 def downstream_sections() -> tuple[dict, dict]:
     cfg = validate_config({"sources": {"nih": {}},
                            "evaluator": {"model": tiny_classifier_config(), "batch_size": 4, "max_steps": 2,
@@ -60,20 +54,7 @@ def on_two_ranks(evaluator: dict, downstream: dict, root: str, tracking: str) ->
     """Every 2-rank run of this file, in one launch (starting the ranks costs seconds of imports on shared cores):
     train_evaluator uninterrupted, killed after 3 steps (checkpoint at 2) and resumed, and one downstream job."""
     root = Path(root)
-    found = {"straight": train_evaluator(**evaluator, out_dir=str(root / "two"), state_dir=str(root / "two_state"),
-                                         tracking_json=tracking, job_name="train_evaluator:ddp")}
-    resumable = {**evaluator, "out_dir": str(root / "resumed"), "state_dir": str(root / "resumed_state"),
-                 "tracking_json": tracking, "job_name": "train_evaluator:ddp-resumed"}
-    try:
-        train_evaluator(**resumable, stop_after_steps=3)
-    except Interrupted:  # on every rank, at the same step
-        found["interrupted"] = True
-    if current_world().is_main:
-        [killed] = _runs(tracking, "train_evaluator:ddp-resumed")
-        found["killed"] = {"status": killed.info.status, "run_id": killed.info.run_id,
-                           "checkpoint": latest_checkpoint(root / "resumed_state").name,
-                           "published": (root / "resumed").exists()}
-    found["resumed"] = train_evaluator(**resumable)
+    found = train_kill_and_resume_in_ranks(train_evaluator, evaluator, root, tracking, "train_evaluator:ddp")
     found["downstream"] = run_downstream(**downstream, state_dir=str(root / "downstream_two"),
                                          out_path=str(root / "downstream_two/metrics.json"), tracking_json=None,
                                          job_name="run_downstream:ddp")
@@ -110,41 +91,27 @@ def test_two_ranks_train_the_single_process_evaluator(runs):
     single = train_evaluator(**evaluator, out_dir=root / "one", state_dir=root / "one_state", tracking_json=None,
                              job_name="train_evaluator:one")
     assert parallel["world_size"] == 2 and single["world_size"] == 1 and parallel["steps"] == single["steps"] == 4
-    parallel_log, single_log = _history(root / "two_state"), _history(root / "one_state")
-    assert [h["step"] for h in parallel_log] == [h["step"] for h in single_log] == [1, 2, 3, 4]
-    for p, q in zip(parallel_log, single_log, strict=True):
-        assert p["loss"] == pytest.approx(q["loss"], rel=1e-6) and p["grad_norm"] == pytest.approx(q["grad_norm"],
-                                                                                                    rel=1e-5)
+    assert_same_steps(checkpoint_history(root / "two_state"), checkpoint_history(root / "one_state"), [1, 2, 3, 4],
+                      loss=1e-6, grad_norm=1e-5)
     two, one = _weights(root / "two"), _weights(root / "one")
     assert two.keys() == one.keys() and any("running_var" in k for k in one)
-    differences = {k: (two[k].float() - one[k].float()).abs().flatten() for k in one}
-    scale_free = torch.cat([v for k, v in differences.items() if k.startswith(SCALE_FREE)])
-    rest = torch.cat([v for k, v in differences.items() if not k.startswith(SCALE_FREE)])
+    scale_free = weight_differences(two, one, [k for k in one if k.startswith(SCALE_FREE)])
+    rest = weight_differences(two, one, [k for k in one if not k.startswith(SCALE_FREE)])
     print(f"evaluator 2 ranks vs 1 process: largest difference {rest.max():.2e}, median {rest.median():.2e}; "
           f"stem batch-norm scale and the statistics it scales: largest {scale_free.max():.2e}")
     assert rest.max() <= ATOL and rest.median() <= MEDIAN_ATOL and scale_free.max() <= SCALE_FREE_ATOL
     # rank 0 alone validated (every eval step, the same selection) and opened, finished and filled the run
     assert parallel["selected_step"] == single["selected_step"]
     assert parallel["val"]["auroc"]["macro"] == pytest.approx(single["val"]["auroc"]["macro"], abs=1e-6)
-    [run] = _runs(tracking, "train_evaluator:ddp")
-    assert run.info.status == "FINISHED" and run.info.run_id == parallel["mlflow_run_id"]
-    assert run.data.tags["cxrgen.world_size"] == "2" and "val/auroc_macro" in run.data.metrics
-    assert json.loads((root / "two/metrics.json").read_text())["world_size"] == 2
-    assert not (root / "two.tmp").exists()
+    run = assert_rank0_published(tracking, "train_evaluator:ddp", parallel, root / "two")
+    assert "val/auroc_macro" in run.data.metrics
 
 
 def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(runs):
     _, _, root, tracking, found = runs
-    assert found["interrupted"]
-    assert found["killed"] == {"status": "KILLED", "run_id": found["killed"]["run_id"],
-                               "checkpoint": "ckpt-00000002.pt", "published": False}
-    assert found["resumed"]["resumed_from"] == 2 and found["resumed"]["steps"] == 4
-    resumed, straight = _weights(root / "resumed"), _weights(root / "two")
-    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
-    assert _history(root / "resumed_state") == _history(root / "two_state")
+    assert_killed_and_resumed(found, root, tracking, "train_evaluator:ddp-resumed")
+    assert_identical_weights(_weights(root / "resumed"), _weights(root / "two"))
     assert found["resumed"]["selected_step"] == found["straight"]["selected_step"]
-    [run] = _runs(tracking, "train_evaluator:ddp-resumed")
-    assert run.info.run_id == found["killed"]["run_id"] and run.info.status == "FINISHED"
 
 
 def test_downstream_job_on_two_ranks_scores_the_arms_of_one_process(runs):

@@ -37,7 +37,7 @@ from torch import nn
 
 from cxrgen.icu.ehr_encoder import EhrEncoder, EhrEncoding
 from cxrgen.models.diffusion import diffusion_target, make_ddim_scheduler, make_train_scheduler, unet_config
-from cxrgen.train.loop import LoopConfig, StepBatchSampler, attach_ema, run_training
+from cxrgen.train.loop import LoopConfig, attach_ema, index_batches, run_training
 from cxrgen.train.losses import masked_bce
 
 HINGES = ("sample", "element")
@@ -307,18 +307,12 @@ class DdlLdmTrainer:
 
     def fit(self, loop: LoopConfig, state_dir: Path, *, on_log=None, extra_state: dict | None = None):
         """Run (or resume) training; data parallel like :class:`cxrgen.stages.train_ldm.LatentDiffusionTrainer`."""
-        world = loop.resolved_world()
         self.max_steps = loop.max_steps
 
-        def loader_for(start: int):
-            return iter(StepBatchSampler(len(self.data), int(self.cfg["batch_size"]), seed=loop.seed,
-                                         start_step=start, max_steps=loop.max_steps, rank=world.rank,
-                                         world_size=world.world_size))
-
         return run_training(loop, modules={"ddl_ldm": self.model}, optimizers={"ddl_ldm": self.optimizer},
-                            loader_for=loader_for, train_step=self.train_step, state_dir=Path(state_dir),
-                            emas={"ddl_ldm": self.ema}, on_log=on_log, extra_state=extra_state,
-                            desc="train_ddl_ldm", distributed_ready=True)
+                            loader_for=index_batches(loop, len(self.data), self.cfg["batch_size"]),
+                            train_step=self.train_step, state_dir=Path(state_dir), emas={"ddl_ldm": self.ema},
+                            on_log=on_log, extra_state=extra_state, desc="train_ddl_ldm", distributed_ready=True)
 
     @torch.no_grad()
     def evaluate(self, data: PairData, seed: int, max_items: int) -> dict[str, float]:

@@ -181,19 +181,12 @@ class PredictorTrainer:
     def fit(self, loop, state_dir, *, on_log=None, extra_state=None):
         """Run (or resume) training; no random draws in the step (dropout uses the loop's per-rank RNG), so the data
         parallel ranks only need their slice of each global batch."""
-        from cxrgen.train.loop import StepBatchSampler, run_training
-
-        world = loop.resolved_world()
-
-        def loader_for(start: int):
-            return iter(StepBatchSampler(len(self.train_index), int(self.cfg["batch_size"]), seed=loop.seed,
-                                         start_step=start, max_steps=loop.max_steps, rank=world.rank,
-                                         world_size=world.world_size))
+        from cxrgen.train.loop import index_batches, run_training
 
         return run_training(loop, modules={"predictor": self.model}, optimizers={"predictor": self.optimizer},
-                            loader_for=loader_for, train_step=self.train_step, state_dir=state_dir,
-                            on_log=on_log, extra_state=extra_state, desc=f"train_icu_predictor:{self.arm}",
-                            distributed_ready=True)
+                            loader_for=index_batches(loop, len(self.train_index), self.cfg["batch_size"]),
+                            train_step=self.train_step, state_dir=state_dir, on_log=on_log, extra_state=extra_state,
+                            desc=f"train_icu_predictor:{self.arm}", distributed_ready=True)
 
     @torch.no_grad()
     def predict(self, indices: np.ndarray, batch_size: int) -> np.ndarray:

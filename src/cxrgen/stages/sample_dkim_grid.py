@@ -9,18 +9,15 @@ adapter holds the EMA weights. A rule of its own: changing the grid's settings r
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cxrgen.evaluate.outputs import StagedFiles
-from cxrgen.models.diffusion import LatentSampler, SamplerSettings, decode_latents
+from cxrgen.models.diffusion import LatentSampler, decode_latents
 from cxrgen.pipeline import CxrPipeline
 from cxrgen.prompts import GRID_FINDINGS, finding_prompt, grid_labels
-from cxrgen.report.figures import save_grid
-from cxrgen.train.job import tracked_job, write_json
+from cxrgen.report.sample_grid import SampleGrid, grid_seeds, grid_settings, write_sample_grid
 
 
 def dkim_grid_images(pipe: CxrPipeline, grid_cfg: dict, seed: int) -> tuple[torch.Tensor, list[str]]:
@@ -29,10 +26,9 @@ def dkim_grid_images(pipe: CxrPipeline, grid_cfg: dict, seed: int) -> tuple[torc
     columns = int(grid_cfg["columns"])
     findings = [f for f in GRID_FINDINGS if f in adapter.findings] or adapter.findings[:1]
     prompts = [finding_prompt(f, 0) for f in findings for _ in range(columns)]
-    seeds = [int(seed) + c for _ in findings for c in range(columns)]
+    seeds = [s for _ in findings for s in grid_seeds(grid_cfg, seed)]
     labels = np.repeat(grid_labels(findings), columns, axis=0)
-    settings = SamplerSettings(steps=int(grid_cfg["steps"]), eta=float(grid_cfg["eta"]),
-                               guidance_scale=float(grid_cfg["guidance_scale"]))
+    settings = grid_settings(grid_cfg)
     base = LatentSampler(pipe.sampler.unet, pipe.sampler.scheduler_config, pipe.text_encoder.encode)
     without = decode_latents(pipe.autoencoder, base.sample(prompts, seeds, settings).cpu())
     with_dkim = pipe(prompts, seeds, settings, labels=labels)["low"]
@@ -50,20 +46,13 @@ def sample_dkim_grid(*, dkim_dir: Path | str, ldm_dir: Path | str, grid_cfg: dic
     another base UNet) to ``out_png`` and its settings, rows, seeds and timings to ``out_json``, as one tracked job.
     ``ae_dir``/``clip_dir`` override the parts named in the LDM's ``cxrgen_pipeline.json``. Returns the json's
     payload."""
-    with tracked_job(tracking_json, job_name, params={"sample_grid": grid_cfg, "seed": seed},
-                     tags={"cxrgen.stage": "sample_dkim_grid"}) as job:
-        started = time.perf_counter()
-        pipe = CxrPipeline.from_dir(ldm_dir, ae_dir=ae_dir, clip_dir=clip_dir, dkim_dir=dkim_dir, use_sr=False)
-        loaded = time.perf_counter()
+
+    def draw(pipe: CxrPipeline) -> SampleGrid:
         images, names = dkim_grid_images(pipe, grid_cfg, seed)
-        columns = int(grid_cfg["columns"])
-        files = StagedFiles(job, {"figure": out_png, "json": out_json})
-        save_grid(images, names, columns, files["figure"])
-        payload = {"rows": names, "seeds": [int(seed) + c for c in range(columns)], "sample_grid": grid_cfg,
-                   "dkim_mlflow_run_id": pipe.sampler.adapter.config.provenance.get("mlflow_run_id"),
-                   "load_seconds": loaded - started, "seconds": time.perf_counter() - loaded,
-                   "mlflow_run_id": job.run_id}
-        write_json(files["json"], payload)
-        job.log_metrics({"seconds": payload["seconds"]})
-        files.publish(artifacts=["figure", "json"])
-    return payload
+        adapter_run = pipe.sampler.adapter.config.provenance.get("mlflow_run_id")
+        return SampleGrid(images, names, rows=names, provenance={"dkim_mlflow_run_id": adapter_run})
+
+    return write_sample_grid(stage="sample_dkim_grid", grid_cfg=grid_cfg, seed=seed, out_png=out_png,
+                             out_json=out_json, tracking_json=tracking_json, job_name=job_name, draw=draw,
+                             load=lambda: CxrPipeline.from_dir(ldm_dir, ae_dir=ae_dir, clip_dir=clip_dir,
+                                                               dkim_dir=dkim_dir, use_sr=False))

@@ -31,8 +31,8 @@ from cxrgen.report.figures import plot_loss_history
 from cxrgen.train.job import tracked_job, write_json
 from cxrgen.train.loop import (
     LoopConfig,
-    StepBatchSampler,
     attach_ema,
+    index_batches,
     latest_checkpoint,
     run_training,
     seed_everything,
@@ -113,18 +113,13 @@ class DkimTrainer:
     def fit(self, loop: LoopConfig, state_dir: Path, *, on_log=None, extra_state: dict | None = None):
         """Run (or resume) the training loop; with several ranks each trains on its slice of every global batch of
         ``batch_size`` items (the frozen base, loaded from the same directory, is the same on every rank)."""
-        world = loop.resolved_world()
         self.unet.to(loop.resolved_device())
-
-        def loader_for(start: int):
-            return iter(StepBatchSampler(len(self.mean), int(self.cfg["batch_size"]), seed=loop.seed,
-                                         start_step=start, max_steps=loop.max_steps, rank=world.rank,
-                                         world_size=world.world_size))
 
         return run_training(loop, modules={"adapter": self.adapter.controlnet}, optimizers={"adapter": self.optimizer},
                             schedulers={"adapter": self.lr_scheduler}, emas={"adapter": self.ema},
-                            loader_for=loader_for, train_step=self.train_step, state_dir=Path(state_dir),
-                            on_log=on_log, extra_state=extra_state, desc="train_dkim", distributed_ready=True)
+                            loader_for=index_batches(loop, len(self.mean), self.cfg["batch_size"]),
+                            train_step=self.train_step, state_dir=Path(state_dir), on_log=on_log,
+                            extra_state=extra_state, desc="train_dkim", distributed_ready=True)
 
     @torch.no_grad()
     def validation_losses(self, mean: torch.Tensor, texts: list[str], states: torch.Tensor, seed: int) -> dict:

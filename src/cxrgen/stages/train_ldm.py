@@ -34,7 +34,7 @@ from cxrgen.pipeline import write_pipeline_json
 from cxrgen.report.figures import plot_loss_history
 from cxrgen.train.data import conditioning_texts
 from cxrgen.train.job import tracked_job, write_json
-from cxrgen.train.loop import LoopConfig, StepBatchSampler, attach_ema, run_training, seed_everything
+from cxrgen.train.loop import LoopConfig, attach_ema, index_batches, run_training, seed_everything
 from cxrgen.train.sections import loop_config
 
 log = logging.getLogger(__name__)
@@ -113,17 +113,10 @@ class LatentDiffusionTrainer:
     def fit(self, loop: LoopConfig, state_dir: Path, *, on_log=None, extra_state: dict | None = None):
         """Run (or resume) the training loop; with several ranks (:func:`cxrgen.train.distributed.launch`, torchrun)
         each rank trains on its slice of every global batch of ``batch_size`` items."""
-        world = loop.resolved_world()
-
-        def loader_for(start: int):
-            return iter(StepBatchSampler(len(self.mean), int(self.cfg["batch_size"]), seed=loop.seed,
-                                         start_step=start, max_steps=loop.max_steps, rank=world.rank,
-                                         world_size=world.world_size))
-
         return run_training(loop, modules={"unet": self.unet}, optimizers={"unet": self.optimizer},
-                            loader_for=loader_for, train_step=self.train_step, state_dir=Path(state_dir),
-                            emas={"unet": self.ema}, on_log=on_log, extra_state=extra_state, desc="train_ldm",
-                            distributed_ready=True)
+                            loader_for=index_batches(loop, len(self.mean), self.cfg["batch_size"]),
+                            train_step=self.train_step, state_dir=Path(state_dir), emas={"unet": self.ema},
+                            on_log=on_log, extra_state=extra_state, desc="train_ldm", distributed_ready=True)
 
     @torch.no_grad()
     def validation_loss(self, mean: torch.Tensor, texts: list[str], seed: int, max_items: int) -> float:

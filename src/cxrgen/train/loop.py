@@ -154,6 +154,19 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
         return max(0, self.max_steps - self.start_step)
 
 
+def index_batches(loop: LoopConfig, n_items: int, batch_size: int) -> Callable[[int], Iterator[list[int]]]:
+    """The ``loader_for`` of :func:`run_training` for a trainer that indexes its own ``n_items`` items: from step
+    ``start`` on, this rank's slice of every global batch of ``batch_size`` indices (:class:`StepBatchSampler` seeded
+    with the loop's seed, the rank and world of ``loop``)."""
+    world = loop.resolved_world()
+
+    def loader_for(start: int) -> Iterator[list[int]]:
+        return iter(StepBatchSampler(n_items, int(batch_size), seed=loop.seed, start_step=start,
+                                     max_steps=loop.max_steps, rank=world.rank, world_size=world.world_size))
+
+    return loader_for
+
+
 @dataclass
 class _Runtime:
     """What the backward step needs from the running loop: ranks, device, grad clip and one scaler per optimizer."""
