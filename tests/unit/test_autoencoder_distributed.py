@@ -23,7 +23,9 @@ from cxrgen.models.autoencoder import FeaturePerceptualLoss, load_autoencoder
 from cxrgen.stages.train_autoencoder import HISTORY_FILE, train_autoencoder
 
 # Measured after 4 Adam steps on CPU, 2 of them adversarial (2 ranks vs 1 process: the same draws, sums in another
-# order): losses, GAN weights and gradient norms agree to <1e-6 relative; weights: largest difference 1.2e-6 (VAE) and
+# order): losses and gradient norms agree to <1e-6 relative, the adaptive GAN weight (a ratio of two gradient norms)
+# to 1.3e-6 at step 4 since the discriminator's global batch norm is cxrgen.train.collectives.GlobalBatchNorm2d;
+# weights: largest difference 1.2e-6 (VAE) and
 # 6.3e-6 (discriminator), median 2e-9. A wrong draw, batch statistics of half batches or a missing gradient sum moves
 # most weights by ~lr = 1e-3 per step.
 ATOL, MEDIAN_ATOL = 5e-5, 1e-7
@@ -33,6 +35,7 @@ ATOL, MEDIAN_ATOL = 5e-5, 1e-7
 # 164k elements, which do not change the model's outputs)
 CFG = tiny_cfg(max_steps=4, checkpoint_every=2, log_every=1, batch_size=4, norm_num_groups=4)
 COMPARED = ("loss", "l1", "kl", "grad_norm", "gan_loss", "gan_weight", "disc_loss", "disc_grad_norm")
+STEP_RTOL = 5e-6
 
 
 def _history(state_dir):
@@ -73,7 +76,7 @@ def test_two_ranks_train_the_single_process_weights(inputs, two_ranks):
         assert p.keys() == q.keys()
         for key in COMPARED:
             if key in q:
-                assert p[key] == pytest.approx(q[key], rel=1e-6), (q["step"], key)
+                assert p[key] == pytest.approx(q[key], rel=STEP_RTOL), (q["step"], key)
     parallel_modules, single_modules = _modules(root / "two_state"), _modules(root / "one_state")
     for name, parallel, alone in [("vae", load_autoencoder(two).state_dict(),
                                    load_autoencoder(root / "one").state_dict()),
