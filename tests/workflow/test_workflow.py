@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -125,8 +126,12 @@ def test_store_images_are_readable(tiny_run):
 def _strings_in(path: Path) -> str:
     if path.suffix == ".parquet":
         df = pd.read_parquet(path)
-        return "\n".join(df[c].astype(str).str.cat(sep="\n") for c in df.columns
-                         if not pd.api.types.is_numeric_dtype(df[c]))  # text: object or (pandas 3) str dtype
+        return "\n".join(df[c].astype(str).str.cat(sep="\n") for c in df.columns  # text and integer columns (ids)
+                         if not pd.api.types.is_float_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]))
+    if path.suffix == ".npz":  # numpy stores strings as UTF-32: read the arrays, not the bytes
+        with np.load(path, allow_pickle=False) as data:
+            return "\n".join("\n".join(map(str, data[k].ravel())) for k in data.files
+                             if data[k].dtype.kind in "USiu")
     if path.suffix in {".bin", ".png", ".jpg"}:
         return ""  # pixel containers written by our own encoder (no text chunks)
     return path.read_text(errors="ignore")
@@ -147,7 +152,8 @@ def test_no_phi_leaves_ingestion(tiny_run):
 #: Shareable outputs (relative to results/): the unified store's index, summary, split manifests and rejection list,
 #: the data report, and the MLflow store (params, tags). Source paths live only under results/ingest/.
 SHAREABLE_OUTPUTS = ("store/index.parquet", "store/summary.json", "store/splits", "store/rejections.parquet",
-                     "reports/data", "mlflow/mlflow.db")
+                     "reports/data", "mlflow/mlflow.db", "icu/cohort", "icu/generated", "icu/evaluation",
+                     "icu/evaluation_images", "reports/icu", "medcodi/studies.parquet", "medcodi/embeddings.npz")
 #: Raw ids shorter than this are not searched for: they also occur as ordinary numbers (NIH's Patient ID is a small
 #: integer; its zero-padded form is part of the NIH image index, which is searched).
 MIN_SEARCHED_ID_LENGTH = 6
@@ -160,7 +166,13 @@ def raw_source_identifiers(results: Path) -> dict[str, set[str]]:
     from cxrgen.sources.base import get_adapter
 
     identifiers = {}
-    for root in sorted(p for p in (results / "sources").iterdir() if p.is_dir() and p.name != "_meta"):
+    mimic_iv = results / "sources" / "mimic-iv"
+    if mimic_iv.is_dir():  # not an image source: its raw ids are the MIMIC-IV subject/admission/stay ids
+        stays = pd.read_csv(mimic_iv / "icu" / "icustays.csv.gz", dtype=str)
+        identifiers["mimic-iv"] = {v for column in ("subject_id", "hadm_id", "stay_id") for v in stays[column]
+                                   if len(v) >= MIN_SEARCHED_ID_LENGTH}
+    for root in sorted(p for p in (results / "sources").iterdir()
+                       if p.is_dir() and p.name not in ("_meta", "mimic-iv")):
         manifest = get_adapter(root.name)(root, {})
         values = set()
         for column in ("patient_id", "study_id", "source_key", "rel_path"):
@@ -183,11 +195,11 @@ def shareable_files(results: Path) -> list[Path]:
 def test_no_source_identifier_in_shareable_outputs(tiny_run):
     results = tiny_run / "results"
     identifiers = raw_source_identifiers(results)
-    assert set(identifiers) == {"mimic", "chexpert", "nih", "padchest", "brax", "vindr", "iuxray"}
+    assert set(identifiers) == {"mimic", "chexpert", "nih", "padchest", "brax", "vindr", "iuxray", "mimic-iv"}
     assert all(len(ids) > 10 for ids in identifiers.values()), {s: len(ids) for s, ids in identifiers.items()}
     files = shareable_files(results)
-    assert {"index.parquet", "summary.json", "rejections.parquet", "test.txt", "data_report.html"} <= {
-        p.name for p in files}
+    assert {"index.parquet", "summary.json", "rejections.parquet", "test.txt", "data_report.html", "stays.parquet",
+            "pairs.parquet", "ehr.npz", "cohort.json", "icu.md", "studies.parquet"} <= {p.name for p in files}
     for path in files:
         text = _strings_in(path)
         for source, ids in identifiers.items():
