@@ -32,7 +32,8 @@ def _unit(rng, n: int, dim: int) -> np.ndarray:
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
-def write_medcodi_inputs(root: Path | str, n_studies: int = 24, seed: int = 0, dim: int = DIM) -> dict[str, Path]:
+def write_medcodi_inputs(root: Path | str, n_studies: int = 24, seed: int = 0, dim: int = DIM,
+                         latent_shape: tuple[int, int, int] = LATENT_SHAPE) -> dict[str, Path]:
     """studies.parquet + embeddings.npz under ``root/medcodi`` and a latent cache ``root/latents`` (stand-in AE
     ``root/ae``). Study i (0-based) has: a frontal image unless i % 6 == 5, a lateral image unless i % 3 == 2, a report
     unless i % 8 == 7; study 21 (train) has a frontal image only. Splits: i % 4 in (0, 1) train, 2 val, 3 test."""
@@ -64,7 +65,7 @@ def write_medcodi_inputs(root: Path | str, n_studies: int = 24, seed: int = 0, d
             if has[view]:
                 image_id = f"mimic-img{i:03d}-{view[0]}"
                 row[f"{view}_image_id"] = image_id
-                latent = severity[i] + 0.3 * rng.normal(size=LATENT_SHAPE) + (0.5 if view == "lateral" else 0.0)
+                latent = severity[i] + 0.3 * rng.normal(size=latent_shape) + (0.5 if view == "lateral" else 0.0)
                 images.append({"image_id": image_id, "split": row["split"], "latent": latent.astype(np.float32),
                                "view": "PA" if view == "frontal" else "LATERAL"})
         studies.append(row)

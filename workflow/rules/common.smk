@@ -334,3 +334,7 @@ def icu_cohort_inputs(wildcards):
     if is_demo("mimic"):
         inputs["mimic_cxr"] = "results/sources/mimic"
     return inputs
+
+
+def medcodi_ldm_state_dir(wildcards):
+    return f"results/state/train_medcodi_ldm/{wildcards.view}-{wildcards.prompting}"
