@@ -138,11 +138,6 @@ class MultiPromptConditioner:
                  drop: torch.Tensor | None) -> tuple[torch.Tensor, None]:
         return self.draw(indices, n_global, generator, mine, drop).conditions[:, None, :], None
 
-    def subset(self, rows: Sequence[int]) -> MultiPromptConditioner:
-        """The conditioner of the items ``rows`` (e.g. the first ``val_max_items`` held-out items)."""
-        return MultiPromptConditioner(self.embeddings[list(rows)].numpy(), self.modalities, self.prompting,
-                                      self.cfg_dropout)
-
 
 def null_condition(dim: int) -> torch.Tensor:
     """The classifier-free-guidance null condition: the zero vector (see the module docstring)."""
