@@ -47,7 +47,7 @@ def parsed_params(tmp_path: Path, overlay: dict | None = None) -> tuple[dict, di
               "seed": [str(s) for s in base["downstream"]["seeds"]],
               "icu_arm": list(base["icu"]["evaluation"]["arms"]),
               "icu_seed": [str(s) for s in range(len(base["icu"]["evaluation"]["seeds"]))],
-              "prompting": ["multi", "single"]}
+              "prompting": ["multi", "single"], "view": ["frontal", "lateral"]}
     found = {}
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         workflow_api = api.workflow(snakefile=ROOT / "Snakefile", resource_settings=ResourceSettings(),

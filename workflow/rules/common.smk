@@ -36,6 +36,7 @@ wildcard_constraints:
     icu_arm="ehr|ehr_last_cxr|ddl_cxr",
     icu_seed=r"\d+",
     prompting="multi|single",
+    view="frontal|lateral",
     shard=r"\d{4}",
     variant="|".join(VARIANTS),
     ldm_variant="|".join(LDM_VARIANTS),
@@ -312,7 +313,8 @@ def medcodi_targets():
     if not MEDCODI_ENABLED:
         return []
     return [MEDCODI_STUDIES, MEDCODI_PROMPT_ENCODERS, MEDCODI_EMBEDDINGS, MEDCODI_TEXT_VAE,
-            *[f"results/medcodi/report_diffusion/{p}" for p in MEDCODI_PROMPTING]]
+            *[f"results/medcodi/report_diffusion/{p}" for p in MEDCODI_PROMPTING],
+            *[f"results/medcodi/ldm/{view}-{p}" for view in ("frontal", "lateral") for p in MEDCODI_PROMPTING]]
 
 
 def report_diffusion_state_dir(wildcards):
@@ -384,3 +386,7 @@ def icu_cohort_inputs(wildcards):
     if is_demo("mimic"):
         inputs["mimic_cxr"] = "results/sources/mimic"
     return inputs
+
+
+def medcodi_ldm_state_dir(wildcards):
+    return f"results/state/train_medcodi_ldm/{wildcards.view}-{wildcards.prompting}"

@@ -1,6 +1,7 @@
 # MedCoDi-M / XGeM (arXiv 2501.04614) branch: the study table (frontal film, lateral film, report per study) -> the
 # prompt encoders that align the three modalities in one space -> every study's embeddings (the generators' conditions)
-# -> the report VAE and the report diffusion model per prompting mode (multi-prompt, or the single-prompt ablation).
+# -> the image LDM per view and the report VAE + report diffusion model, each per prompting mode (multi-prompt, or the
+# single-prompt MedCoDi ablation).
 
 if MEDCODI_ENABLED:
 
@@ -87,3 +88,24 @@ if MEDCODI_ENABLED:
         threads: 1
         script:
             "../scripts/medcodi/train_report_diffusion.py"
+
+    rule train_medcodi_ldm:
+        input:
+            studies=MEDCODI_STUDIES,
+            embeddings=MEDCODI_EMBEDDINGS,
+            latents="results/latents",
+            autoencoder="results/models/autoencoder",
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            model=protected(directory("results/medcodi/ldm/{view}-{prompting}")),
+        params:
+            cfg=rule_section(config, "train_medcodi_ldm"),
+            seed=config["seed"],
+            state_dir=medcodi_ldm_state_dir,
+        log:
+            "results/logs/train_medcodi_ldm/{view}-{prompting}.log",
+        # demo UNet (1.7M parameters on 3x16x16): one thread measured 78 s CPU for 300 steps, two threads 263 s CPU
+        # (small kernels do not scale); one thread lets two of the four models train side by side on 2 cores
+        threads: 1
+        script:
+            "../scripts/medcodi/train_medcodi_ldm.py"

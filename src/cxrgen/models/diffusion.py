@@ -174,7 +174,9 @@ class SamplerSettings:
 class LatentSampler:
     """DDIM sampling of latents with classifier-free guidance; (prompt, seed) → the same latent whatever the batch.
 
-    ``encode_text(list[str]) -> (tokens [B,L,D], mask [B,L])`` is the frozen text tower (``None`` if unconditional).
+    ``encode_text(list[str]) -> (tokens [B,L,D], mask [B,L])`` is the frozen text tower (``None`` if unconditional);
+    the guidance branch's condition is ``encode_text([null_prompt])``. Prompts need not be strings: any items
+    ``encode_text`` maps to cross-attention tokens (e.g. pooled embedding vectors, :mod:`cxrgen.medcodi.ldm`).
     Every sample owns a ``torch.Generator`` seeded with its seed: its initial noise and its DDIM η-noise never depend
     on its batch neighbours.
 
@@ -184,8 +186,10 @@ class LatentSampler:
     """
 
     def __init__(self, unet, train_scheduler_config: Any,
-                 encode_text: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]] | None, adapter=None):
+                 encode_text: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]] | None, adapter=None,
+                 null_prompt: Any = ""):
         self.unet = unet.eval()
+        self.null_prompt = null_prompt
         self.scheduler_config = train_scheduler_config
         self.encode_text = encode_text
         self.conditional = isinstance(unet, UNet2DConditionModel)
@@ -226,7 +230,7 @@ class LatentSampler:
             tokens, mask = self.encode_text(list(prompts))
             context, mask = tokens.to(device), mask.to(device)
             if guided:
-                null_tokens, null_mask = self.encode_text([""])
+                null_tokens, null_mask = self.encode_text([self.null_prompt])
                 context = torch.cat([null_tokens.to(device).expand_as(context), context])
                 mask = torch.cat([null_mask.to(device).expand_as(mask), mask])
                 if knowledge is not None:
