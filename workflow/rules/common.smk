@@ -265,6 +265,15 @@ def _trained_models():
         models[f"ldm/{ldm_variant}"] = f"results/models/ldm/{ldm_variant}"
     for ldm_variant in DKIM_LDM_VARIANTS:
         models[f"dkim/{ldm_variant}"] = f"results/models/dkim/{ldm_variant}"
+    if ICU_ENABLED:  # DDL-CXR: the LDM and the first seed of each predictor arm
+        models["ddl_cxr/ldm"] = "results/icu/models/ldm"
+        models.update({f"ddl_cxr/{arm}": f"results/icu/predictors/{arm}/seed{ICU_SEEDS[0]}" for arm in ICU_ARMS})
+    if MEDCODI_ENABLED:
+        models.update({"medcodi/prompt_encoders": MEDCODI_PROMPT_ENCODERS, "medcodi/text_vae": MEDCODI_TEXT_VAE})
+        for prompting in MEDCODI_PROMPTING:
+            models[f"medcodi/report_{prompting}"] = f"results/medcodi/report_diffusion/{prompting}"
+            models.update({f"medcodi/{view}_{prompting}": f"results/medcodi/ldm/{view}-{prompting}"
+                           for view in ("frontal", "lateral")})
     return models
 
 
