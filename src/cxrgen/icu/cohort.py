@@ -1,5 +1,5 @@
 """The DDL-CXR ICU cohort from MIMIC-IV + MIMIC-CXR (arXiv 2410.17918; its ``pre_processing.py`` on top of the
-mimic3-benchmarks / MedFuse extraction; facts in /work/shared/notes/seed-implementations.md §2).
+mimic3-benchmarks / MedFuse extraction; public code github.com/Chenliu-svg/DDL-CXR).
 
 Stays (in this order, each drop counted by reason): ICU stays with admission and times -> no transfer between care
 units (``first_careunit == last_careunit``) -> admissions with exactly one remaining ICU stay (the benchmark drops
@@ -52,7 +52,7 @@ STAY_COLUMNS = ("stay_key", "patient_pid", "split", "age", "sex", "los_hours", "
 PAIR_COLUMNS = ("pair_key", "stay_key", "patient_pid", "split", "prior_image_id", "later_image_id", "prior_hours",
                 "later_hours", "ehr_start_bin", "ehr_end_bin", *PAIR_LABEL_COLUMNS)
 
-# DDL-CXR's committed split CSVs (data_pre/), counted in /work/shared/notes/seed-implementations.md §2 (MIMIC-IV v2.0).
+# DDL-CXR's committed split CSVs (data_pre/), (github.com/Chenliu-svg/DDL-CXR, MIMIC-IV v2.0).
 PUBLISHED = {
     "mimic_iv_version": "v2.0",
     "prediction_stays": {"train": 5142, "val": 861, "test": 1483},
