@@ -52,7 +52,7 @@ STAY_COLUMNS = ("stay_key", "patient_pid", "split", "age", "sex", "los_hours", "
 PAIR_COLUMNS = ("pair_key", "stay_key", "patient_pid", "split", "prior_image_id", "later_image_id", "prior_hours",
                 "later_hours", "ehr_start_bin", "ehr_end_bin", *PAIR_LABEL_COLUMNS)
 
-# DDL-CXR's committed split CSVs (data_pre/), (github.com/Chenliu-svg/DDL-CXR, MIMIC-IV v2.0).
+# DDL-CXR's committed split CSVs (data_pre/ in github.com/Chenliu-svg/DDL-CXR, MIMIC-IV v2.0).
 PUBLISHED = {
     "mimic_iv_version": "v2.0",
     "prediction_stays": {"train": 5142, "val": 861, "test": 1483},
