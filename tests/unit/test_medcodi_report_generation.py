@@ -119,6 +119,7 @@ def test_bleu_per_direction():
     assert list(result["directions"]) == ["F->T", "L->T", "F+L->T"]
     assert [result["directions"][d]["n"] for d in result["directions"]] == [4, 2, 1]
     assert result["directions"]["F->T"]["bleu"] == {"1": 1.0, "2": 1.0, "3": 1.0, "4": 1.0}
+    assert "store" not in result["directions"]["F->T"]  # no index: no dataset labels
     partial = corpus_bleu(["mild cardiomegaly.", "no pleural effusion."], [REFERENCES["a"], REFERENCES["b"]])
     assert result["directions"]["L->T"]["bleu"] == {str(n): partial[f"bleu{n}"] for n in range(1, 5)}
     assert 0 < result["directions"]["L->T"]["bleu"]["1"] < 1
@@ -173,6 +174,13 @@ def test_reference_row_uses_dataset_labels_only():
     assert reference["n"] == 2 and reference["support"]["Cardiomegaly"] == {"n_pos": 2, "n_neg": 0}
     assert reference["labeler_f1"]["Cardiomegaly"] is None  # one class only: not scored
     assert reference["labeler_f1"]["micro"] is None
+    # the generated reports against the same dataset labels: only the studies that have them
+    store = evaluate_reports(generated, STUDIES, index)["directions"]["F->T"]["store"]
+    assert store["n"] == 2 and store["support"]["Cardiomegaly"] == {"n_pos": 2, "n_neg": 0}
+    # a direction nobody generated is reported with n = 0 and no scores
+    empty = evaluate_reports(generated, STUDIES, index)["directions"]["L->T"]
+    assert empty["n"] == 0 and empty["bleu"]["1"] is None and empty["labeler_f1"]["micro"] is None
+    assert empty["store"]["n"] == 0
 
 
 def test_stages_write_the_contract(model, tmp_path):

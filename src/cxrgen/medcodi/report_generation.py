@@ -21,8 +21,9 @@ on generated reports against the MIMIC-CXR test labels, which MIMIC-CXR-JPG deri
 on the real report; labelling the reference with the labeler that labels the generated text reproduces that setting
 (the score measures agreement of findings, not the labeler's errors twice over), and it exists for every source
 (IU-Xray's store labels ARE this labeler's output; the demo MIMIC labels are cue-word stand-ins). The labeler's own
-ceiling is the ``reference`` row (:func:`reference_row`): labeler on the real reports vs the store's dataset labels
-(``label_source != labeler``).
+ceiling is the ``reference`` row (:func:`store_row`): labeler on the real reports vs the store's dataset labels
+(``label_source != labeler``); each direction's ``store`` entry scores the generated reports against those same
+dataset labels (the paper's comparison, where such labels exist).
 
 A label counts only where the ground truth is defined (paper §3.5.2): blank (not mentioned) is undefined, uncertain
 follows ``label_policy.uncertain`` (``ignore`` = undefined, ``ones`` / ``zeros``). No Finding is 1 or blank by the
@@ -163,14 +164,15 @@ def evaluate_direction(generated: list[str], references: list[str], labels: tupl
             **label_f1(truth, predicted, labels)}
 
 
-def reference_row(references: list[str], store_raw: np.ndarray, labels: tuple[str, ...] | list[str],
-                  uncertain: str) -> dict:
-    """The labeler's ceiling: its labels of the real ``references`` scored against the store's raw labels
-    ``store_raw`` [N, 14] (rows of dataset labels only) with the same rules as the generated reports."""
+def store_row(texts: list[str], references: list[str], store_raw: np.ndarray, labels: tuple[str, ...] | list[str],
+              uncertain: str) -> dict:
+    """The labeler's labels of ``texts`` scored against the store's raw labels ``store_raw`` [N, 14] of their studies
+    (dataset labels only; ``references`` decide where a blank No Finding is 0), with the rules of the generated
+    reports. With the real reports as ``texts`` this is the labeler's own ceiling (the ``reference`` row)."""
     has_text = np.array([bool(str(r).strip()) for r in references])
     truth = truth_matrix(store_raw, labels, uncertain, has_text)
-    predicted = prediction_matrix(_label(list(references)), labels, uncertain)
-    return {"n": len(references), **label_f1(truth, predicted, labels)}
+    predicted = prediction_matrix(_label(list(texts)), labels, uncertain)
+    return {"n": len(texts), **label_f1(truth, predicted, labels)}
 
 
 def store_labels(index: pd.DataFrame, studies: pd.DataFrame) -> pd.DataFrame:
@@ -189,9 +191,10 @@ def store_labels(index: pd.DataFrame, studies: pd.DataFrame) -> pd.DataFrame:
 def evaluate_reports(generated: pd.DataFrame, studies: pd.DataFrame, index: pd.DataFrame | None, *,
                      labels: tuple[str, ...] | list[str] = TABLE5_LABELS, uncertain: str = "ignore",
                      examples: int = 4) -> dict:
-    """Tables 4-5 of one prompting mode: ``{"directions": {d: evaluate_direction}, "reference", "examples"}``.
-    ``generated``: :data:`GENERATED_COLUMNS`; ``studies``: the study table (its ``report`` is the reference);
-    ``index``: the store index for the ``reference`` row (None: no reference row)."""
+    """Tables 4-5 of one prompting mode: ``{"directions": {d: evaluate_direction (+ "store": store_row)},
+    "reference", "examples"}``, every direction (n = 0 where none was generated). ``generated``:
+    :data:`GENERATED_COLUMNS`; ``studies``: the study table (its ``report`` is the reference); ``index``: the store
+    index (image_id, label_source, raw labels) for the ``store`` scores and the ``reference`` row (None: neither)."""
     missing = set(GENERATED_COLUMNS) - set(generated.columns)
     if missing:
         raise ValueError(f"generated reports lack columns {sorted(missing)}")
@@ -199,18 +202,23 @@ def evaluate_reports(generated: pd.DataFrame, studies: pd.DataFrame, index: pd.D
     unknown = sorted(set(generated["study_pid"].astype(str)) - set(reference_of))
     if unknown:
         raise ValueError(f"{len(unknown)} generated studies are not in the study table (e.g. {unknown[:3]})")
-    directions = {}
-    order = [d for d in REPORT_DIRECTIONS if d in set(generated["direction"])]
-    for direction in order:
-        part = generated[generated["direction"] == direction]
-        refs = [reference_of[str(p)] for p in part["study_pid"]]
-        directions[direction] = evaluate_direction(part["report"].astype(str).tolist(), refs, labels, uncertain)
-    result = {"labels": list(labels), "directions": directions, "reference": None, "examples": []}
     scored = sorted(set(generated["study_pid"].astype(str)))
-    if index is not None:
-        store = store_labels(index, studies[studies["study_pid"].astype(str).isin(scored)])
+    store = None if index is None else store_labels(index, studies[studies["study_pid"].astype(str).isin(scored)])
+    directions = {}
+    for direction in REPORT_DIRECTIONS:
+        part = generated[generated["direction"] == direction]
+        texts, pids = part["report"].astype(str).tolist(), part["study_pid"].astype(str).tolist()
+        refs = [reference_of[p] for p in pids]
+        directions[direction] = evaluate_direction(texts, refs, labels, uncertain)
+        if store is not None:  # the same reports against the dataset labels, where the store has them
+            keep = [k for k, p in enumerate(pids) if p in store.index]
+            directions[direction]["store"] = store_row(
+                [texts[k] for k in keep], [refs[k] for k in keep],
+                store.loc[[pids[k] for k in keep]].to_numpy(dtype=np.float32), labels, uncertain)
+    result = {"labels": list(labels), "directions": directions, "reference": None, "examples": []}
+    if store is not None:
         refs = [reference_of[p] for p in store.index]
-        result["reference"] = {**reference_row(refs, store.to_numpy(dtype=np.float32), labels, uncertain),
+        result["reference"] = {**store_row(refs, refs, store.to_numpy(dtype=np.float32), labels, uncertain),
                                "truth": "store labels of the scored studies whose label_source is not the labeler"}
     result["examples"] = example_reports(generated, reference_of, examples)
     return result
