@@ -6,6 +6,8 @@ encoders' embeddings of the TEST study's real films of that direction (the mean 
 paper Eq. 1). A study counts for a direction only when it has every film of the direction and a reference report.
 Each report's DDIM noise comes from its own seed, :func:`direction_seed` of (config seed, study_pid, direction), so
 a report does not depend on the batch it was drawn in, nor on which other studies or directions were generated.
+Both prompting modes are run on every direction: the single-prompt model (the MedCoDi ablation, trained on frontal
+conditions only) still accepts any combined condition of the shared space, which is what the ablation tests.
 
 Evaluation per direction:
 
