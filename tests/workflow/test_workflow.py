@@ -153,7 +153,9 @@ def test_no_phi_leaves_ingestion(tiny_run):
 #: the data report, and the MLflow store (params, tags). Source paths live only under results/ingest/.
 SHAREABLE_OUTPUTS = ("store/index.parquet", "store/summary.json", "store/splits", "store/rejections.parquet",
                      "reports/data", "mlflow/mlflow.db", "icu/cohort", "icu/generated", "icu/evaluation",
-                     "icu/evaluation_images", "reports/icu", "medcodi/studies.parquet", "medcodi/embeddings.npz")
+                     "icu/evaluation_images", "reports/icu", "medcodi/studies.parquet", "medcodi/embeddings.npz",
+                     "medcodi/generated/reports-multi.parquet", "medcodi/generated/reports-single.parquet",
+                     "medcodi/eval/reports")
 #: Raw ids shorter than this are not searched for: they also occur as ordinary numbers (NIH's Patient ID is a small
 #: integer; its zero-padded form is part of the NIH image index, which is searched).
 MIN_SEARCHED_ID_LENGTH = 6

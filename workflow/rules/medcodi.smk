@@ -109,3 +109,39 @@ if MEDCODI_ENABLED:
         threads: 1
         script:
             "../scripts/medcodi/train_medcodi_ldm.py"
+
+    # ---- report generation from the films and its evaluation (paper Tables 4-5; directions F->T, L->T, F+L->T)
+
+    rule generate_medcodi_reports:
+        input:
+            studies=MEDCODI_STUDIES,
+            embeddings=MEDCODI_EMBEDDINGS,
+            model="results/medcodi/report_diffusion/{prompting}",
+            vae=MEDCODI_TEXT_VAE,
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            reports="results/medcodi/generated/reports-{prompting}.parquet",
+        params:
+            cfg=rule_section(config, "generate_medcodi_reports"),
+            seed=config["seed"],
+        log:
+            "results/logs/generate_medcodi_reports/{prompting}.log",
+        threads: 1
+        script:
+            "../scripts/medcodi/generate_medcodi_reports.py"
+
+    rule evaluate_medcodi_reports:
+        input:
+            reports="results/medcodi/generated/reports-{prompting}.parquet",
+            studies=MEDCODI_STUDIES,
+            index="results/store/index.parquet",
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            json="results/medcodi/eval/reports/{prompting}.json",
+        params:
+            cfg=rule_section(config, "evaluate_medcodi_reports"),
+        log:
+            "results/logs/evaluate_medcodi_reports/{prompting}.log",
+        threads: 1
+        script:
+            "../scripts/medcodi/evaluate_medcodi_reports.py"
