@@ -2,7 +2,10 @@
 contract: every number lands in its table cell, a direction without results prints "–", missing files are said to be
 missing."""
 
+import importlib.util
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 from cxrgen.report.medcodi import ALL_IMAGE_DIRECTIONS, IMAGE_DIRECTIONS, JOINT_DIRECTIONS, REPORT_DIRECTIONS
 from cxrgen.stages.report_medcodi import report_medcodi
@@ -218,3 +221,43 @@ def test_nothing_available_says_so(tmp_path):
     assert "|" not in text  # no table, hence no number, is made up
     assert "MedCoDi-M evaluation results not available" in (out / "s.md").read_text()
 
+
+
+def test_rule_adapter_maps_the_rule_files(tmp_path):
+    """workflow/scripts/report/report_medcodi.py with the rule's input/output names reads every file it is given."""
+    medcodi = tmp_path / "results" / "medcodi"
+    views = [f"{v}-{p}" for v in ("frontal", "lateral") for p in ("multi", "single")]
+    for name in views:
+        _write(medcodi / "eval" / "images" / f"{name}.json", _image_eval(*name.split("-")))
+        _write(medcodi / "ldm" / name / "metrics.json", {"steps": 200, "n_train": 12})
+    for p in ("multi", "single"):
+        _write(medcodi / "eval" / "reports" / f"{p}.json", _report_eval(p))
+        _write(medcodi / "report_diffusion" / p / "metrics.json", {"steps": 800})
+    _write(medcodi / "text_vae" / "metrics.json", {"steps": 400})
+    _write(medcodi / "prompt_encoders" / "metrics.json", {"steps": 60, "retrieval": {}})
+    out = tmp_path / "results" / "reports" / "medcodi"
+    smk = SimpleNamespace(
+        input=SimpleNamespace(studies=str(medcodi / "studies.json"), encoders=str(medcodi / "prompt_encoders"),
+                              text_vae=str(medcodi / "text_vae"),
+                              report_models=[str(medcodi / "report_diffusion" / p) for p in ("multi", "single")],
+                              view_models=[str(medcodi / "ldm" / n) for n in views],
+                              image_evals=[str(medcodi / "eval" / "images" / f"{n}.json") for n in views],
+                              report_evals=[str(medcodi / "eval" / "reports" / f"{p}.json") for p in ("multi", "single")],
+                              joint=str(_write(medcodi / "eval" / "joint.json", _joint()))),
+        output=SimpleNamespace(markdown=str(out / "medcodi.md"), summary=str(out / "summary.md"),
+                               tables=str(out / "medcodi.json"), fid=str(out / "fid.png"),
+                               hamming=str(out / "hamming.png"),
+                               grids=[str(out / "grids" / f"{n}.png") for n in views]),
+        log=[str(tmp_path / "log.txt")])
+    script = Path(__file__).resolve().parents[2] / "workflow" / "scripts" / "report" / "report_medcodi.py"
+    spec = importlib.util.spec_from_file_location("report_medcodi_adapter", script)
+    adapter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(adapter)
+    adapter.main(smk)
+    tables = _tables((out / "medcodi.md").read_text())
+    assert _row(tables["Models"], "ldm/lateral-single")["steps"] == "200"
+    assert _row(tables["Models"], "report_diffusion/multi")["steps"] == "800"
+    assert _row(tables["FID, inception features"], "MedCoDi-M (multi)")["F->L"] == "50.50 [49.50, 51.50]"
+    assert _row(tables["Table 4: report generation (BLEU)"], "MedCoDi (single)", "L->T")["n"] == "7"
+    assert "Study counts (studies.json) not available" in (out / "medcodi.md").read_text()
+    assert all((out / "grids" / f"{n}.png").is_file() for n in views)

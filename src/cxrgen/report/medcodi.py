@@ -104,7 +104,7 @@ def data_section(studies: dict | None) -> list[str]:
         rows = [[name, *[(combos.get(s) or {}).get(name, 0) for s in splits],
                  (studies.get("per_combination") or {}).get(name, DASH)] for name in names]
         lines += _table(["modalities", *splits, "all"], rows)
-    return lines
+    return lines + [_config_line("rule build_study_table (config key medcodi.sources)", studies), ""]
 
 
 # -------------------------------------------------------------------------------------------------- prompt encoders
@@ -139,7 +139,9 @@ def models_section(models: dict[str, dict | None]) -> list[str]:
     rows = [[name, (m or {}).get("steps", DASH), (m or {}).get("n_train", DASH), (m or {}).get("parameters", DASH),
              _number((m or {}).get("final_loss"), 4), _number((m or {}).get("seconds_per_step"), 3)]
             for name, m in models.items()]
-    return lines + _table(["model", "steps", "training items", "parameters", "final train loss", "s / step"], rows)
+    lines += _table(["model", "steps", "training items", "parameters", "final train loss", "s / step"], rows)
+    return lines + [_config_line("the training rules (config sections medcodi.ldm, medcodi.text_vae, "
+                                 "medcodi.report_diffusion; each model's metrics.json and MLflow run)"), ""]
 
 
 # ------------------------------------------------------------------------------------------------------- images
