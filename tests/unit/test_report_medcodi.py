@@ -48,7 +48,12 @@ def _report_eval(prompting):
         directions[direction] = {"n": 6 + i, "bleu": {"1": b, "2": b / 2, "3": b / 3, "4": b / 5},
                                  "labeler_f1": {"Cardiomegaly": 0.3 + i / 10, "Edema": 0.2, "micro": 0.25,
                                                 "macro": 0.26, "weighted": 0.27}}
-    return {"prompting": prompting, "directions": directions}
+    payload = {"prompting": prompting, "directions": directions, "labels": ["Edema", "Cardiomegaly"],
+               "examples": [{"study_pid": "s1", "reference": "mild edema.", "generated": {"F->T": "edema."}}]}
+    if prompting == "single":
+        payload["reference"] = {"n": 11, "labeler_f1": {"Cardiomegaly": 0.95, "Edema": 0.9, "micro": 0.93,
+                                                        "macro": 0.925, "weighted": 0.94}}
+    return payload
 
 
 def _joint():
@@ -165,6 +170,11 @@ def test_every_table_has_the_right_numbers_in_the_right_cells(tmp_path):
     assert _row(bleu, "MedCoDi (single)", "F->T")["BLEU-1"] == "0.400"
     # Table 5: labeler F1
     labeler = tables["Table 5: labeler F1 of generated reports"]
+    assert labeler[0] == ["model", "direction", "n", "Edema", "Cardiomegaly", "micro", "macro", "weighted"]
+    assert _row(labeler, "Real reports") == {"model": "Real reports", "direction": "–", "n": "11", "Edema": "0.900",
+                                             "Cardiomegaly": "0.950", "micro": "0.930", "macro": "0.925",
+                                             "weighted": "0.940"}
+    assert "- MedCoDi-M (multi), reference: “mild edema.”; F->T: “edema.”" in text
     assert _row(labeler, "MedCoDi (single)", "L->T")["Cardiomegaly"] == "0.400"
     assert _row(labeler, "MedCoDi-M (multi)", "F->T")["macro"] == "0.260"
     # Table 6: joint vs independent with the interval of the difference
@@ -261,3 +271,18 @@ def test_rule_adapter_maps_the_rule_files(tmp_path):
     assert _row(tables["Table 4: report generation (BLEU)"], "MedCoDi (single)", "L->T")["n"] == "7"
     assert "Study counts (studies.json) not available" in (out / "medcodi.md").read_text()
     assert all((out / "grids" / f"{n}.png").is_file() for n in views)
+
+
+def test_a_direction_with_no_study_prints_dashes():
+    """evaluate_medcodi_reports lists every direction, with n = 0 and no scores where no study qualified."""
+    from cxrgen.report.medcodi import MedcodiInputs, medcodi_markdown
+
+    reports = {"multi": _report_eval("multi")}
+    reports["multi"]["directions"]["L->T"] = {"n": 0, "bleu": {str(k): None for k in range(1, 5)},
+                                              "labeler_f1": {"Edema": None, "micro": float("nan")}}
+    text = medcodi_markdown(MedcodiInputs(reports=reports))
+    tables = _tables(text)
+    assert list(_row(tables["Table 4: report generation (BLEU)"], "MedCoDi-M (multi)", "L->T").values())[2:] == [
+        "0", "–", "–", "–", "–"]
+    assert _row(tables["Table 5: labeler F1 of generated reports"], "MedCoDi-M (multi)", "L->T")["micro"] == "–"
+    assert "L->T (multi)" in text.split("No results for")[1]

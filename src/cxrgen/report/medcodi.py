@@ -260,7 +260,10 @@ def bleu_rows(reports: dict[str, dict | None]) -> list[list[str]]:
 
 
 def labeler_labels(reports: dict[str, dict | None]) -> list[str]:
+    """The json's own ``labels`` order when it gives one, else first-seen order; the averages last."""
     found: dict[str, None] = {}
+    for payload in reports.values():
+        found.update(dict.fromkeys((payload or {}).get("labels") or []))
     for payload in reports.values():
         for entry in ((payload or {}).get("directions") or {}).values():
             found.update(dict.fromkeys((entry or {}).get("labeler_f1") or {}))
@@ -275,7 +278,23 @@ def labeler_rows(reports: dict[str, dict | None]) -> list[list[str]]:
             entry = _direction(reports.get(prompting), direction) or {}
             f1 = entry.get("labeler_f1") or {}
             rows.append([name, direction, entry.get("n", DASH), *[_number(f1.get(k)) for k in labels]])
+    reference = next((p["reference"] for p in reports.values() if isinstance((p or {}).get("reference"), dict)),
+                     None)
+    if reference is not None:  # the labeler's own ceiling: real reports vs the dataset labels
+        f1 = reference.get("labeler_f1") or {}
+        rows.append(["Real reports", DASH, reference.get("n", DASH), *[_number(f1.get(k)) for k in labels]])
     return rows
+
+
+def examples_lines(reports: dict[str, dict | None], count: int = 3) -> list[str]:
+    """A few generated impressions next to their reference (the json's ``examples``), multi-prompt first."""
+    lines = []
+    for prompting in ("multi", "single"):
+        for example in ((reports.get(prompting) or {}).get("examples") or [])[:count]:
+            generated = example.get("generated") or {}
+            lines.append(f"- {PROMPTINGS[prompting]}, reference: “{example.get('reference', '')}”; "
+                         + "; ".join(f"{d}: “{generated[d]}”" for d in REPORT_DIRECTIONS if d in generated))
+    return ["**Examples**", "", *lines, ""] if lines else []
 
 
 def report_sections(reports: dict[str, dict | None]) -> list[str]:
@@ -291,7 +310,10 @@ def report_sections(reports: dict[str, dict | None]) -> list[str]:
     lines += [produced, "", "## Table 5: labeler F1 of generated reports", "",
               "The project's report labeler on the generated impression vs the labels of the test study.", ""]
     lines += _table(["model", "direction", "n", *labeler_labels(reports)], labeler_rows(reports))
-    return lines + [produced, ""]
+    if any(isinstance((p or {}).get("reference"), dict) for p in reports.values()):
+        lines += ["Real reports = the labeler on the real impressions vs the dataset labels of those studies (the "
+                  "labeler's own ceiling).", ""]
+    return lines + [produced, ""] + examples_lines(reports)
 
 
 # -------------------------------------------------------------------------------------------------------- joint
@@ -371,9 +393,9 @@ def notes(inputs: MedcodiInputs) -> list[str]:
                    + f" (smallest {min(ns.values())}); FID/KID on so few films are strongly biased and their "
                    "intervals wide.")
     absent = [f"{d} ({p})" for p in PROMPTINGS for view in VIEWS for d in IMAGE_DIRECTIONS[view]
-              if not _direction(inputs.images.get((view, p)), d)]
+              if not (_direction(inputs.images.get((view, p)), d) or {}).get("n")]
     absent += [f"{d} ({p})" for p in PROMPTINGS for d in REPORT_DIRECTIONS
-               if not _direction(inputs.reports.get(p), d)]
+               if not (_direction(inputs.reports.get(p), d) or {}).get("n")]
     if absent:
         out.append(f"No results for {len(absent)} direction(s): {', '.join(absent)} (shown as –).")
     if inputs.studies and inputs.studies.get("studies") is not None:
