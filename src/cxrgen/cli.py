@@ -1,6 +1,11 @@
 """``cxrgen`` command line: sample chest X-rays from a trained pipeline.
 
     cxrgen generate --model results/ldm --prompt "Large right pleural effusion." -n 8 --seed 0 --out grid.png
+
+MedCoDi-M / XGeM any-to-any directions (models of the workflow's medcodi branch under ``--results``):
+
+    cxrgen generate --from-frontal frontal.png --to lateral,report --out generated/
+    cxrgen generate --from-report "Small left pleural effusion." --to frontal,lateral --prompting single --out gen/
 """
 
 from __future__ import annotations
@@ -14,38 +19,121 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxrgen", description="Chest X-ray synthesis (cxrgen).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     gen = commands.add_parser(
-        "generate", help="sample images for report prompts and save a grid PNG",
-        description="Sample images from an LDM directory (rule train_ldm's output). The autoencoder, text encoder "
-                    "and (optional) SR model are found through <model>/cxrgen_pipeline.json unless given.")
-    gen.add_argument("--model", required=True, type=Path, help="LDM directory (with unet/, scheduler/, "
-                                                               "cxrgen_pipeline.json)")
+        "generate", help="sample images for report prompts (or MedCoDi-M any-to-any directions)",
+        description="Sample images from an LDM directory (rule train_ldm's output) into a grid PNG. The autoencoder, "
+                    "text encoder and (optional) SR model are found through <model>/cxrgen_pipeline.json unless "
+                    "given. With --from-frontal / --from-lateral / --from-report and --to: MedCoDi-M (XGeM) "
+                    "any-to-any generation of frontal film, lateral film and/or report from the other modalities, "
+                    "with the models of the medcodi branch under --results; --out is then a directory.")
+    gen.add_argument("--model", type=Path, help="LDM directory (with unet/, scheduler/, cxrgen_pipeline.json); "
+                                                "required unless generating MedCoDi-M directions")
     gen.add_argument("--prompt", action="append", default=None,
                      help="report text; repeat for several rows (default: the empty report, i.e. unconditional)")
     gen.add_argument("-n", "--num", type=int, default=4, help="samples per prompt (columns), default 4")
     gen.add_argument("--seed", type=int, default=0, help="first seed; sample c of a prompt uses seed+c")
-    gen.add_argument("--steps", type=int, default=100, help="DDIM steps (Cheff code: 100)")
-    gen.add_argument("--eta", type=float, default=1.0, help="DDIM eta (Cheff: 1 for the LDM)")
-    gen.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
+    gen.add_argument("--steps", type=int, default=None,
+                     help="DDIM steps (default: Cheff code 100; MedCoDi-M paper demo 50)")
+    gen.add_argument("--eta", type=float, default=None,
+                     help="DDIM eta (default 1 for images (Cheff, MedCoDi-M demo), 0 for MedCoDi-M reports)")
+    gen.add_argument("--guidance", type=float, default=None,
+                     help="classifier-free guidance scale, 1 = off (default: 4; MedCoDi-M paper demo 7.5)")
     gen.add_argument("--batch-size", type=int, default=16)
     gen.add_argument("--ae", type=Path, default=None, help="autoencoder dir (overrides cxrgen_pipeline.json)")
     gen.add_argument("--text-encoder", type=Path, default=None, help="text encoder dir (overrides the json)")
     gen.add_argument("--sr", type=Path, default=None, help="super-resolution model dir (overrides the json)")
     gen.add_argument("--no-sr", action="store_true", help="skip super-resolution")
     gen.add_argument("--sr-steps", type=int, default=100, help="DDIM steps of the SR model (Cheff code: 100)")
-    gen.add_argument("--out", type=Path, required=True, help="output grid PNG")
+    gen.add_argument("--out", type=Path, required=True,
+                     help="output grid PNG (MedCoDi-M directions: output directory)")
     gen.add_argument("--save-images", type=Path, default=None, help="also write each image as a 16-bit PNG here")
+    anytoany = gen.add_argument_group("MedCoDi-M (XGeM) any-to-any directions")
+    anytoany.add_argument("--from-frontal", type=Path, metavar="PATH", help="frontal film (PNG, JPEG or DICOM)")
+    anytoany.add_argument("--from-lateral", type=Path, metavar="PATH", help="lateral film (PNG, JPEG or DICOM)")
+    anytoany.add_argument("--from-report", metavar="TEXT_OR_FILE", help="report impression, or a text file with it")
+    anytoany.add_argument("--to", metavar="MODALITIES",
+                          help="what to generate: frontal, lateral and/or report, comma-separated (not an input)")
+    anytoany.add_argument("--results", type=Path, default=Path("results"),
+                          help="the workflow's results directory with medcodi/ (default: results)")
+    anytoany.add_argument("--prompting", choices=["multi", "single"], default="multi",
+                          help="multi-prompt models (MedCoDi-M, default) or the single-prompt ablation (MedCoDi)")
+    anytoany.add_argument("--geometry", choices=["pad", "crop"], default="pad",
+                          help="how input films are made square, as the store's (config ingest.geometry; default "
+                               "pad)")
     return parser
 
 
+def _any_to_any_requested(args: argparse.Namespace) -> bool:
+    return any(v is not None for v in (args.from_frontal, args.from_lateral, args.from_report, args.to))
+
+
+def _generate_any(args: argparse.Namespace) -> int:
+    from cxrgen.medcodi.anytoany import Sampling, check_request, generate_any, parse_outputs
+
+    if args.model is not None:
+        raise SystemExit("cxrgen generate: --model is for report-prompted LDMs; MedCoDi-M directions use --results")
+    try:
+        if args.to is None:
+            raise ValueError("--to is required with --from-*: frontal, lateral and/or report")
+        outputs = parse_outputs(args.to)
+        inputs = [m for m, v in (("frontal", args.from_frontal), ("lateral", args.from_lateral),
+                                 ("report", args.from_report)) if v is not None]
+        check_request(inputs, outputs)
+        for path in (args.from_frontal, args.from_lateral):
+            if path is not None and not path.is_file():
+                raise ValueError(f"input film {path} does not exist")
+    except ValueError as err:
+        raise SystemExit(f"cxrgen generate: {err}") from None
+    defaults = Sampling()
+    sampling = Sampling(steps=defaults.steps if args.steps is None else args.steps,
+                        guidance=defaults.guidance if args.guidance is None else args.guidance,
+                        image_eta=defaults.image_eta if args.eta is None else args.eta,
+                        report_eta=defaults.report_eta if args.eta is None else args.eta)
+    seeds = [args.seed + c for c in range(args.num)]
+    from cxrgen.imaging.errors import RejectedImage
+
+    try:
+        generated = generate_any(args.results, args.prompting, frontal=args.from_frontal, lateral=args.from_lateral,
+                                 report=args.from_report, outputs=outputs, seeds=seeds, sampling=sampling,
+                                 geometry=args.geometry, ae_dir=args.ae)
+    except (FileNotFoundError, RejectedImage) as err:
+        raise SystemExit(f"cxrgen generate: {err}") from None
+    from PIL import Image
+
+    from cxrgen.pipeline import to_uint16
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for output, samples in generated.items():
+        for seed, sample in zip(seeds, samples, strict=True):
+            if output == "report":
+                path = args.out / f"report_seed{seed}.txt"
+                path.write_text(sample + "\n", encoding="utf-8")
+            else:
+                path = args.out / f"{output}_seed{seed}.png"
+                Image.fromarray(to_uint16(sample[None])[0]).save(path)
+            written.append(path.name)
+    print(f"wrote {len(written)} file(s) to {args.out} ({', '.join(inputs)} -> {', '.join(outputs)}, "
+          f"{args.prompting}-prompt models): {', '.join(written)}")
+    return 0
+
+
 def _generate(args: argparse.Namespace) -> int:
+    if args.num < 1:
+        raise SystemExit("cxrgen generate: -n must be at least 1")
+    if _any_to_any_requested(args):
+        return _generate_any(args)
+    if args.model is None:
+        raise SystemExit("cxrgen generate: give --model (an LDM directory), or --from-frontal / --from-lateral / "
+                         "--from-report with --to for MedCoDi-M directions")
     import torch
 
     from cxrgen.models.diffusion import SamplerSettings
     from cxrgen.pipeline import CxrPipeline, to_uint16
     from cxrgen.report.figures import save_grid
 
-    if args.num < 1:
-        raise SystemExit("cxrgen generate: -n must be at least 1")
+    args.steps = 100 if args.steps is None else args.steps
+    args.eta = 1.0 if args.eta is None else args.eta
+    args.guidance = 4.0 if args.guidance is None else args.guidance
     prompts = args.prompt or [""]
     pipe = CxrPipeline.from_dir(args.model, ae_dir=args.ae, clip_dir=args.text_encoder, sr_dir=args.sr,
                                 use_sr=not args.no_sr)

@@ -196,6 +196,7 @@ def summary_fragments(wildcards=None):
         "results/reports/diffcxr/avatls.md",
         "results/reports/labeler/labeler.md",
         *(["results/reports/icu/icu.md"] if ICU_ENABLED else []),  # DDL-CXR (rule report_icu)
+        *(["results/reports/medcodi/summary.md"] if MEDCODI_ENABLED else []),  # MedCoDi-M (rule report_medcodi)
     ]
 
 
@@ -324,7 +325,8 @@ def medcodi_targets():
     return [MEDCODI_STUDIES, MEDCODI_PROMPT_ENCODERS, MEDCODI_EMBEDDINGS, MEDCODI_TEXT_VAE,
             *[f"results/medcodi/report_diffusion/{p}" for p in MEDCODI_PROMPTING],
             *[f"results/medcodi/ldm/{view}-{p}" for view in ("frontal", "lateral") for p in MEDCODI_PROMPTING],
-            *[f"results/medcodi/eval/reports/{p}.json" for p in MEDCODI_PROMPTING]]  # paper Tables 4-5
+            *[f"results/medcodi/eval/reports/{p}.json" for p in MEDCODI_PROMPTING],  # paper Tables 4-5
+            "results/reports/medcodi/medcodi.md"]  # rule report_medcodi
 
 
 def report_diffusion_state_dir(wildcards):

@@ -145,3 +145,60 @@ if MEDCODI_ENABLED:
         threads: 1
         script:
             "../scripts/medcodi/evaluate_medcodi_reports.py"
+
+    # --- report (issue 12): the consumers of the evaluation json files of the MedCoDi-M contract ---
+    def medcodi_report_evals(wildcards):
+        """The evaluation json files of the evaluation rules this workflow defines; the report says "not available"
+        for the others, so the DAG stands while an evaluation rule is switched off or not yet written."""
+        files = {}
+        if rules.has("evaluate_medcodi_images"):
+            files["image_evals"] = expand("results/medcodi/eval/images/{view}-{prompting}.json",
+                                          view=("frontal", "lateral"), prompting=MEDCODI_PROMPTING)
+        if rules.has("evaluate_medcodi_reports"):
+            files["report_evals"] = expand("results/medcodi/eval/reports/{prompting}.json",
+                                           prompting=MEDCODI_PROMPTING)
+        if rules.has("evaluate_joint_generation"):
+            files["joint"] = "results/medcodi/eval/joint.json"
+        return files
+
+    rule report_medcodi:
+        input:
+            unpack(medcodi_report_evals),
+            studies="results/medcodi/studies.json",
+            encoders=MEDCODI_PROMPT_ENCODERS,
+            text_vae=MEDCODI_TEXT_VAE,
+            report_models=expand("results/medcodi/report_diffusion/{prompting}", prompting=MEDCODI_PROMPTING),
+            view_models=expand("results/medcodi/ldm/{view}-{prompting}", view=("frontal", "lateral"),
+                               prompting=MEDCODI_PROMPTING),
+        output:
+            markdown=report(
+                "results/reports/medcodi/medcodi.md",
+                caption="../report/medcodi_report.rst",
+                category="7. MedCoDi-M (XGeM)",
+                labels={"content": "report"},
+            ),
+            summary="results/reports/medcodi/summary.md",
+            tables="results/reports/medcodi/medcodi.json",
+            fid=report(
+                "results/reports/medcodi/fid.png",
+                caption="../report/medcodi_fid.rst",
+                category="7. MedCoDi-M (XGeM)",
+                labels={"content": "FID per image direction (Table 2)"},
+            ),
+            hamming=report(
+                "results/reports/medcodi/hamming.png",
+                caption="../report/medcodi_hamming.rst",
+                category="7. MedCoDi-M (XGeM)",
+                labels={"content": "Hamming distances (Fig. 7)"},
+            ),
+            grids=report(
+                expand("results/reports/medcodi/grids/{view}-{prompting}.png", view=("frontal", "lateral"),
+                       prompting=MEDCODI_PROMPTING),
+                caption="../report/medcodi_grid.rst",
+                category="7. MedCoDi-M (XGeM)",
+            ),
+        log:
+            "results/logs/report_medcodi/report_medcodi.log",
+        threads: 1
+        script:
+            "../scripts/report/report_medcodi.py"
