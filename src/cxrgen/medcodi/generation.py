@@ -123,11 +123,12 @@ def generate_direction(model, autoencoder, conditions: np.ndarray, seeds: Sequen
     from cxrgen.medcodi.ldm import sample_view
     from cxrgen.models.diffusion import decode_latents
 
+    device = next(autoencoder.parameters()).device
     out = []
     for first in range(0, len(seeds), batch_size):
         part = slice(first, first + batch_size)
         latents = sample_view(None, conditions[part], list(seeds[part]), steps, guidance, eta=eta, model=model)
-        out.append(to_uint8(decode_latents(autoencoder, latents)))
+        out.append(to_uint8(decode_latents(autoencoder, latents.to(device))))
     if not out:
         size = int(autoencoder.config.sample_size)
         return np.zeros((0, size, size), np.uint8)

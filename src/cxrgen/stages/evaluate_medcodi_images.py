@@ -65,6 +65,8 @@ def evaluate_medcodi_images(*, generated: Path | str, studies: Path | str, index
     ``distribution.kid``, ``distribution.bootstrap_resamples`` and ``fidelity`` (F1 threshold rule). ``generated`` =
     the npz of rule generate_medcodi_images; real images come from the store (``index_path``) at the generated
     images' resolution. Writes ``out_json`` (the contract's layout) and ``out_grid``; returns the payload."""
+    import torch
+
     from cxrgen.evaluate.backbones import load_backbones
     from cxrgen.evaluate.classifier import load_evaluator
 
@@ -81,7 +83,7 @@ def evaluate_medcodi_images(*, generated: Path | str, studies: Path | str, index
     with tracked_job(tracking_json, job_name, params=params,
                      tags={"cxrgen.stage": f"medcodi:evaluate_images:{view}-{prompting}"}) as job:
         started = time.perf_counter()
-        evaluator = load_evaluator(evaluator_dir)
+        evaluator = load_evaluator(evaluator_dir, device="cuda" if torch.cuda.is_available() else "cpu")
         backbones, skipped = load_backbones(cfg["backbones"]["use"], cfg["backbones"], evaluator=evaluator)
         real, real_rows = _real_images(table, index_path, view, split, resolution)
         images = {d: as_float_images(g.images) for d, g in found.items()}
