@@ -104,7 +104,7 @@ def test_errors_name_the_key_and_allowed_values(patch, expected):
     ({"downstream": {"seeds": [5]}}, set()),
     ({"downstream": {"scarcity": {"total": 7}}}, set()),  # the job's own experiment is added in common.smk
     ({"downstream": {"views": ["PA"]}}, {"run_downstream"}),
-    ({"evaluation": {"fidelity": {"min_per_class": 5}}}, {"evaluate_fidelity"}),
+    ({"evaluation": {"fidelity": {"min_per_class": 5}}}, {"evaluate_fidelity", "evaluate_medcodi_images"}),
     ({"evaluation": {"memorisation": {"pairs_shown": 2}}}, {"evaluate_memorisation"}),
     ({"evaluation": {"memorisation": {"max_train": 50}}}, {"evaluate_memorisation", "extract_real_features"}),
     ({"clip": {"squeeze": {"max_steps": 7}}}, {"train_clip_avatls"}),

@@ -99,6 +99,8 @@ def test_every_rule_with_config_params_is_narrowed_by_the_table(base_params):
      {"write_summary", "report_training"}),
     ({"generate": {"n_per_finding": 2}}, {"write_summary", "build_prompts"}),
     ({"generate": {"steps": 3}}, {"write_summary", "generate"}),
+    # MedCoDi-M any-to-any images: the sampler settings regenerate the images; no LDM retrains
+    ({"medcodi": {"generation": {"steps": 3}}}, {"write_summary", "generate_medcodi_images"}),
     ({"ldm": {"views": ["PA"]}}, {"write_summary", "train_ldm", "train_dkim"}),
     # the sample grids are drawn from the saved models: new grid settings retrain nothing
     ({"ldm": {"sample_grid": {"steps": 7}}}, {"write_summary", "sample_ldm_grid"}),

@@ -326,6 +326,8 @@ def medcodi_targets():
             *[f"results/medcodi/report_diffusion/{p}" for p in MEDCODI_PROMPTING],
             *[f"results/medcodi/ldm/{view}-{p}" for view in ("frontal", "lateral") for p in MEDCODI_PROMPTING],
             *[f"results/medcodi/eval/reports/{p}.json" for p in MEDCODI_PROMPTING],  # paper Tables 4-5
+            *[f"results/medcodi/eval/images/{view}-{p}.json" for view in ("frontal", "lateral")
+              for p in MEDCODI_PROMPTING],  # paper Tables 2-3
             "results/reports/medcodi/medcodi.md"]  # rule report_medcodi
 
 

@@ -202,3 +202,42 @@ if MEDCODI_ENABLED:
         threads: 1
         script:
             "../scripts/report/report_medcodi.py"
+    # any-to-any image generation (paper §4.1, Tables 2-3): every test study's image of the view from the real inputs
+    # of each direction, then FID/KID per direction against the real test images of the view and (frontal) the
+    # evaluator's AUROC/F1 against the prompt study's labels
+    rule generate_medcodi_images:
+        input:
+            model="results/medcodi/ldm/{view}-{prompting}",
+            autoencoder="results/models/autoencoder",  # the LDM manifest's decoder
+            studies=MEDCODI_STUDIES,
+            embeddings=MEDCODI_EMBEDDINGS,
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            images="results/medcodi/generated/{view}-{prompting}.npz",
+        params:
+            cfg=rule_section(config, "generate_medcodi_images"),
+            seed=config["seed"],
+        log:
+            "results/logs/generate_medcodi_images/{view}-{prompting}.log",
+        threads: 1
+        script:
+            "../scripts/medcodi/generate_medcodi_images.py"
+
+    rule evaluate_medcodi_images:
+        input:
+            images="results/medcodi/generated/{view}-{prompting}.npz",
+            studies=MEDCODI_STUDIES,
+            index="results/store/index.parquet",
+            evaluator="results/models/evaluator",
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            results="results/medcodi/eval/images/{view}-{prompting}.json",
+            grid="results/medcodi/eval/images/{view}-{prompting}.png",
+        params:
+            cfg=rule_section(config, "evaluate_medcodi_images"),
+            seed=config["seed"],
+        log:
+            "results/logs/evaluate_medcodi_images/{view}-{prompting}.log",
+        threads: 1
+        script:
+            "../scripts/medcodi/evaluate_medcodi_images.py"
