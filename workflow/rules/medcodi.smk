@@ -202,6 +202,7 @@ if MEDCODI_ENABLED:
         threads: 1
         script:
             "../scripts/report/report_medcodi.py"
+
     # any-to-any image generation (paper §4.1, Tables 2-3): every test study's image of the view from the real inputs
     # of each direction, then FID/KID per direction against the real test images of the view and (frontal) the
     # evaluator's AUROC/F1 against the prompt study's labels
