@@ -25,3 +25,15 @@ def test_parent_child_runs_and_resume(tmp_path, monkeypatch):
     history = again.client.get_metric_history(job.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.25)]
     assert run.info.status == "FINISHED"
+
+
+def test_param_and_metric_keys_outside_mlflow_charset_are_made_valid(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_json = tmp_path / "tracking/run.json"
+    init_tracking(run_json, "cxrgen-test", tmp_path / "results")
+    job = JobRun(run_json, "generate_medcodi_images:", params={"n/L+T->F": 16, "view": "frontal"})
+    job.log_metrics({"fid/F+T->L": 12.5}, step=0)
+    job.finish()
+    run = job.client.get_run(job.run_id)
+    assert run.data.params["n/L_T-_F"] == "16" and run.data.params["view"] == "frontal"
+    assert run.data.metrics["fid/F_T-_L"] == 12.5

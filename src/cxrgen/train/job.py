@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrgen.train.outputs import publish_dir, staging_dir
+from cxrgen.train.tracking import mlflow_key
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,6 @@ def is_kill(error: BaseException) -> bool:
     from cxrgen.train.loop import Interrupted
 
     return isinstance(error, JobKilled | KeyboardInterrupt | Interrupted)
-
-
-def metric_key(name: str) -> str:
-    """An MLflow-valid metric key: alphanumerics and ``_ - . : /`` (spaces and anything else become ``_``)."""
-    return re.sub(r"[^\w\-.:/]", "_", name.replace(" → ", "_to_"))
 
 
 def json_default(value: Any) -> Any:
@@ -94,7 +89,7 @@ class TrackedJob:
         """Log the finite numeric values of ``metrics`` (others are skipped) under MLflow-valid keys."""
         if self.run is None:
             return
-        finite = {metric_key(prefix + k): float(v) for k, v in metrics.items()
+        finite = {mlflow_key(prefix + k): float(v) for k, v in metrics.items()
                   if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
         if finite:
             self.run.log_metrics(finite, step)

@@ -12,9 +12,17 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
+
+
+def mlflow_key(name: str) -> str:
+    """An MLflow-valid param or metric key: alphanumerics and ``_ - . : /`` (spaces and anything else, e.g. the ``>``
+    and ``+`` of the MedCoDi-M direction names ``L+T->F``, become ``_``)."""
+    return re.sub(r"[^\w\-.:/]", "_", name.replace(" → ", "_to_"))
+
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +95,7 @@ class JobRun:
         from mlflow.entities import Param
 
         flat = _flatten(params)
-        items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+        items = [Param(mlflow_key(k), str(v)[:6000]) for k, v in flat.items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
@@ -97,7 +105,7 @@ class JobRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self.client.log_batch(self.run_id, metrics=[Metric(mlflow_key(k), float(v), now, step) for k, v in metrics.items()])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():
