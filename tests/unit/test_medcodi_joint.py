@@ -1,0 +1,188 @@
+"""MedCoDi-M / XGeM joint generation (paper §2.3, Table 6, Fig. 7): the joint layers train while the generators stay
+frozen, an untrained (zero-gated) alignment samples exactly like independent generation, resume is exact, and the
+evaluation writes the contract's JSON and figure on a tiny setup."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from medcodi_ldm_helpers import DIM, medcodi_ldm_cfg, write_medcodi_inputs
+from medcodi_text_helpers import medcodi_cfg
+
+from cxrgen.config import validate_config
+from cxrgen.hashing import dir_digest
+from cxrgen.medcodi.joint import (
+    DIRECTIONS,
+    JointAlignment,
+    PairSettings,
+    hamming_counts,
+    load_generators,
+    load_joint,
+    sample_pair,
+)
+from cxrgen.stages.train_joint_alignment import train_joint_alignment
+from cxrgen.stages.train_medcodi_ldm import train_medcodi_ldm
+from cxrgen.stages.train_report_diffusion import train_report_diffusion
+from cxrgen.stages.train_text_vae import train_text_vae
+from cxrgen.train.loop import Interrupted
+
+RESOLUTION = 16  # tiny autoencoder: 3x8x8 latents <-> 16 px images
+
+
+def joint_cfg(**overrides) -> dict:
+    tiny = {"tokens": 2, "hidden": 16, "lr": 1e-2, "batch_size": 4, "max_steps": 3, "checkpoint_every": 1,
+            "log_every": 1, "sampling": {"steps": 3, "image_guidance": 2.0, "report_guidance": 2.0},
+            "evaluation": {"bootstrap_resamples": 50}}
+    return validate_config({"sources": {"nih": {}}, "medcodi": {"joint": {**tiny, **overrides}}})["medcodi"]["joint"]
+
+
+def _tiny_autoencoder(ae_dir, latents_dir) -> None:
+    """A real (untrained) AutoencoderKL in place of the helpers' stand-in, and the cache re-stamped with its digest."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=3, block_out_channels=(8, 8),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        layers_per_block=1, norm_num_groups=4, sample_size=RESOLUTION, scaling_factor=0.5)
+    (ae_dir / "config.json").unlink()
+    vae.save_pretrained(ae_dir, safe_serialization=True)
+    meta = json.loads((latents_dir / "meta.json").read_text())
+    meta["autoencoder_sha256"] = dir_digest(ae_dir)
+    (latents_dir / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Studies, embeddings, latent cache and real tiny AE; 2-step multi-prompt LDMs per view, report VAE and report
+    diffusion model; untrained tiny prompt encoders and evaluator."""
+    root = tmp_path_factory.mktemp("joint")
+    paths = write_medcodi_inputs(root)
+    _tiny_autoencoder(paths["ae"], paths["latents"])
+    for view in ("frontal", "lateral"):
+        paths[view] = root / f"ldm-{view}"
+        train_medcodi_ldm(studies=paths["studies"], embeddings=paths["embeddings"], latents_dir=paths["latents"],
+                          ae_dir=paths["ae"], cfg=medcodi_ldm_cfg(), view=view, prompting="multi", seed=0,
+                          out_dir=paths[view], state_dir=root / f"state-{view}")
+    paths["vae"], paths["report"] = root / "text_vae", root / "report"
+    train_text_vae(studies=paths["studies"], cfg=medcodi_cfg("text_vae"), seed=0, out_dir=paths["vae"],
+                   state_dir=root / "state-vae")
+    train_report_diffusion(studies=paths["studies"], embeddings=paths["embeddings"], vae_dir=paths["vae"],
+                           cfg=medcodi_cfg("report_diffusion", max_steps=2, val_max_items=1), prompting="multi",
+                           seed=0, out_dir=paths["report"], state_dir=root / "state-report")
+    paths["root"] = root
+    return paths
+
+
+def _train(setup, name: str, **kwargs) -> dict:
+    kwargs.setdefault("cfg", joint_cfg())
+    return train_joint_alignment(studies=setup["studies"], embeddings=setup["embeddings"],
+                                 latents_dir=setup["latents"], ae_dir=setup["ae"], frontal_dir=setup["frontal"],
+                                 lateral_dir=setup["lateral"], report_dir=setup["report"], vae_dir=setup["vae"],
+                                 seed=0, out_dir=setup["root"] / name, state_dir=setup["root"] / f"state-{name}",
+                                 **kwargs)
+
+
+def _generators(setup):
+    return load_generators(setup["frontal"], setup["lateral"], setup["report"])
+
+
+def _frozen_state(generators) -> dict[str, torch.Tensor]:
+    return {f"{m}.{k}": v.clone() for m, module in generators.frozen_modules().items()
+            for k, v in module.state_dict().items()}
+
+
+def test_training_moves_only_the_joint_layers(setup):
+    import pandas as pd
+
+    from cxrgen.data.latents import load_latents
+    from cxrgen.medcodi.joint import JointTrainer, joint_training_data
+    from cxrgen.medcodi.ldm import load_embeddings
+    from cxrgen.medcodi.text_vae import load_text_vae
+    from cxrgen.train.loop import seed_everything
+    from cxrgen.train.sections import loop_config
+
+    generators = _generators(setup)
+    before = _frozen_state(generators)
+    data = joint_training_data(pd.read_parquet(setup["studies"]), load_embeddings(setup["embeddings"]),
+                               load_latents(setup["latents"], ae_dir=setup["ae"]), load_text_vae(setup["vae"]),
+                               float(generators.report_manifest["latent_scale"]), ["train"])
+    cfg = joint_cfg()
+    seed_everything(0)
+    trainer = JointTrainer(cfg, generators, data)
+    initial = {k: v.clone() for k, v in trainer.joint.state_dict().items()}
+    trainer.fit(loop_config(cfg, 0), setup["root"] / "state-direct")
+    after = _frozen_state(generators)
+    assert before.keys() == after.keys()  # the joint processors are not registered inside the UNets
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    moved = [k for k, v in trainer.joint.state_dict().items() if not torch.equal(v, initial[k])]
+    assert any("gate" in k for k in moved) and any(k.startswith("env.") for k in moved)
+    # 3 steps = one round of the pairs: every V and both kinds of partner layers learned something
+    assert {k.split(".")[1] for k in moved if k.startswith("env.")} == {"frontal", "lateral", "report"}
+    assert any(k.startswith("report_partner.") for k in moved)
+    assert any(k.startswith("image_attention.frontal.") for k in moved)
+    assert any(k.startswith("image_attention.lateral.") for k in moved)
+
+
+def test_zero_gate_joint_sampling_equals_independent_sampling(setup):
+    generators = _generators(setup)
+    torch.manual_seed(1)
+    joint = JointAlignment.for_generators(generators, tokens=2, hidden=16)
+    with torch.no_grad():  # random V and partner projections: only the zero gates keep the flows apart
+        for name, p in joint.named_parameters():
+            if not (name.endswith("gate") or name.endswith("gates")):
+                p.normal_()
+    joint.install(generators.unets)
+    conditions = torch.nn.functional.normalize(torch.randn(3, DIM), dim=-1)
+    settings = PairSettings(steps=3, image_guidance=2.0, report_guidance=2.0, image_eta=1.0)
+    for pair in (("frontal", "lateral"), ("lateral", "report")):
+        seeds = {m: [10 + i + 7 * k for i in range(3)] for k, m in enumerate(pair)}
+        together = sample_pair(generators, joint, pair, conditions, seeds, settings, use_joint=True)
+        apart = sample_pair(generators, joint, pair, conditions, seeds, settings, use_joint=False)
+        for m in pair:
+            assert torch.equal(together[m], apart[m])
+        with torch.no_grad():
+            joint.image_attention[pair[0]][next(iter(joint.image_attention[pair[0]]))].gate.fill_(0.5)
+        coupled = sample_pair(generators, joint, pair, conditions, seeds, settings, use_joint=True)
+        assert not torch.allclose(coupled[pair[0]], apart[pair[0]])  # the comparison above could fail
+        with torch.no_grad():
+            for p in joint.parameters():
+                if p.ndim == 1 and p.shape == (1,):
+                    p.zero_()
+
+
+def test_independent_image_flow_matches_sample_view(setup):
+    from cxrgen.medcodi.ldm import sample_view
+
+    generators = _generators(setup)
+    conditions = torch.nn.functional.normalize(torch.randn(2, DIM), dim=-1)
+    settings = PairSettings(steps=3, image_guidance=2.0, report_guidance=2.0)
+    seeds = {"frontal": [3, 4], "lateral": [5, 6]}
+    apart = sample_pair(generators, None, ("frontal", "lateral"), conditions, seeds, settings, use_joint=False)
+    reference = sample_view(setup["frontal"], conditions, [3, 4], steps=3, guidance=2.0, eta=1.0)
+    assert torch.allclose(apart["frontal"], reference, atol=1e-5)
+
+
+def test_resume_equals_uninterrupted_run(setup):
+    full = _train(setup, "full", cfg=joint_cfg(max_steps=2))
+    with pytest.raises(Interrupted):
+        _train(setup, "resumed", cfg=joint_cfg(max_steps=2), stop_after_steps=1)
+    resumed = _train(setup, "resumed", cfg=joint_cfg(max_steps=2))
+    assert resumed["resumed_from"] == 1 and full["steps"] == resumed["steps"] == 2
+    from safetensors.torch import load_file
+
+    a = load_file(setup["root"] / "full" / "alignment" / "diffusion_pytorch_model.safetensors")
+    b = load_file(setup["root"] / "resumed" / "alignment" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    generators = _generators(setup)
+    joint = load_joint(setup["root"] / "full", generators)
+    assert float(joint.report_partner.gates.abs().sum()) > 0  # trained: the gates left zero
+
+
+def test_hamming_counts_on_a_hand_made_case():
+    a = np.array([[1, 0, 1], [0, 0, 0], [1, 1, 1]])
+    b = np.array([[1, 0, 1], [1, 1, 0], [0, 0, 1]])
+    assert hamming_counts(a, b) == {"0": 1, "2": 2}
+    assert set(DIRECTIONS) == {"T->F+L", "L->F+T", "F->L+T"}
