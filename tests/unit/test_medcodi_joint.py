@@ -186,3 +186,48 @@ def test_hamming_counts_on_a_hand_made_case():
     b = np.array([[1, 0, 1], [1, 1, 0], [0, 0, 1]])
     assert hamming_counts(a, b) == {"0": 1, "2": 2}
     assert set(DIRECTIONS) == {"T->F+L", "L->F+T", "F->L+T"}
+
+
+def test_evaluation_writes_table6_and_fig7(setup):
+    from cxrgen.evaluate.classifier import save_evaluator, tiny_evaluator
+    from cxrgen.medcodi.prompt_encoders import save_manifest
+    from cxrgen.models.clip import save_clip, scratch_clip
+    from cxrgen.stages.evaluate_joint_generation import evaluate_joint_generation
+    from cxrgen.train.loop import seed_everything
+
+    root = setup["root"]
+    if not (root / "full").exists():
+        _train(setup, "full", cfg=joint_cfg(max_steps=2))
+    seed_everything(0)
+    encoder_cfg = validate_config({"sources": {"nih": {}}, "medcodi": {"prompt_encoders": {
+        "embed_dim": DIM, "vision": {"width": 32, "layers": 1, "head_width": 16, "patch_size": 8},
+        "text": {"width": 32, "heads": 2, "layers": 1, "context_length": 16}}}})["medcodi"]["prompt_encoders"]
+    save_clip(scratch_clip(encoder_cfg, RESOLUTION), root / "encoders")
+    save_manifest(root / "encoders", resolution=RESOLUTION, embed_dim=DIM, pairs=[("frontal", "report")])
+    save_evaluator(tiny_evaluator(resolution=RESOLUTION), root / "evaluator")
+    kwargs = {"studies": setup["studies"], "embeddings": setup["embeddings"], "frontal_dir": setup["frontal"],
+              "lateral_dir": setup["lateral"], "report_dir": setup["report"], "vae_dir": setup["vae"],
+              "joint_dir": root / "full", "ae_dir": setup["ae"], "encoders_dir": root / "encoders",
+              "evaluator_dir": root / "evaluator", "cfg": joint_cfg(), "seed": 0}
+    payload = evaluate_joint_generation(**kwargs, out_json=root / "eval" / "joint.json",
+                                        out_png=root / "eval" / "hamming.png")
+    written = json.loads((root / "eval" / "joint.json").read_text())
+    assert (root / "eval" / "hamming.png").stat().st_size > 0
+    assert set(written["similarity"]) == set(DIRECTIONS)
+    n_test = 2  # write_medcodi_inputs: test studies 3, 7, 11, 15, 19, 23; with F, L and T: 3 and 19
+    for values in written["similarity"].values():
+        assert values["n"] == n_test
+        for mode in ("independent", "joint"):
+            assert -1.0 <= values[mode]["mean"] <= 1.0
+            assert values[mode]["ci"][0] <= values[mode]["mean"] <= values[mode]["ci"][1]
+        assert values["difference"]["mean"] == pytest.approx(values["joint"]["mean"] - values["independent"]["mean"])
+    hamming = written["hamming"]
+    assert hamming["pair"] == "L->F+T" and len(hamming["labels"]) == 14
+    for mode in ("independent", "joint"):
+        assert sum(hamming[mode].values()) == n_test
+        assert all(0 <= int(d) <= 14 for d in hamming[mode])
+    # the trained gates are non-zero, so joint and independent generation differ (the comparison is not vacuous)
+    assert payload["similarity"]["T->F+L"]["joint"]["mean"] != payload["similarity"]["T->F+L"]["independent"]["mean"]
+    again = evaluate_joint_generation(**kwargs, out_json=root / "eval2" / "joint.json",
+                                      out_png=root / "eval2" / "hamming.png")
+    assert again["similarity"] == payload["similarity"] and again["hamming"] == payload["hamming"]

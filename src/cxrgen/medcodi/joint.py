@@ -119,6 +119,15 @@ class _PartnerProcessor:
         return out + self.layer(attn, hidden_states, partner_tokens)
 
 
+class _PlainProcessor(AttnProcessor2_0):
+    """The default processor for the UNet's other attention layers; accepts (and ignores) ``partner_tokens``, which
+    diffusers hands to every layer."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 partner_tokens=None):
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
 class ReportPartner(nn.Module):
     """Per residual block of the report denoiser: gate_i · Linear(partner tokens, flattened) added to the features."""
 
@@ -185,7 +194,7 @@ class JointAlignment(ModelMixin, ConfigMixin):
     def install(self, unets: dict) -> None:
         """Route both view UNets' cross-attention layers through their :class:`PartnerAttention`."""
         for view in IMAGE_MODALITIES:
-            processors = dict(unets[view].attn_processors)
+            processors = {name: _PlainProcessor() for name in unets[view].attn_processors}
             for name, _, _ in self.config.attention_layers[view]:
                 processors[name] = _PartnerProcessor(self.image_attention[view][_safe(name)])
             unets[view].set_attn_processor(processors)
