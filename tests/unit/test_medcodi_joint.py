@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from evaluate_helpers import narrowed
 from medcodi_ldm_helpers import DIM, medcodi_ldm_cfg, write_medcodi_inputs
 from medcodi_text_helpers import medcodi_cfg
 
@@ -36,7 +37,13 @@ def joint_cfg(**overrides) -> dict:
     tiny = {"tokens": 2, "hidden": 16, "lr": 1e-2, "batch_size": 4, "max_steps": 3, "checkpoint_every": 1,
             "log_every": 1, "sampling": {"steps": 3, "image_guidance": 2.0, "report_guidance": 2.0},
             "evaluation": {"bootstrap_resamples": 50}}
-    return validate_config({"sources": {"nih": {}}, "medcodi": {"joint": {**tiny, **overrides}}})["medcodi"]["joint"]
+    section = validate_config({"sources": {"nih": {}}, "medcodi": {"joint": {**tiny, **overrides}}})["medcodi"]
+    return section["joint"]
+
+
+def rule_cfg(rule: str, **overrides) -> dict:
+    """What the workflow hands ``rule`` (workflow/config_sections.yaml) of the tiny ``medcodi.joint``."""
+    return narrowed({"joint": joint_cfg(**overrides)}, rule)["joint"]
 
 
 def _tiny_autoencoder(ae_dir, latents_dir) -> None:
@@ -77,7 +84,7 @@ def setup(tmp_path_factory):
 
 
 def _train(setup, name: str, **kwargs) -> dict:
-    kwargs.setdefault("cfg", joint_cfg())
+    kwargs.setdefault("cfg", rule_cfg("train_joint_alignment"))
     return train_joint_alignment(studies=setup["studies"], embeddings=setup["embeddings"],
                                  latents_dir=setup["latents"], ae_dir=setup["ae"], frontal_dir=setup["frontal"],
                                  lateral_dir=setup["lateral"], report_dir=setup["report"], vae_dir=setup["vae"],
@@ -109,7 +116,7 @@ def test_training_moves_only_the_joint_layers(setup):
     data = joint_training_data(pd.read_parquet(setup["studies"]), load_embeddings(setup["embeddings"]),
                                load_latents(setup["latents"], ae_dir=setup["ae"]), load_text_vae(setup["vae"]),
                                float(generators.report_manifest["latent_scale"]), ["train"])
-    cfg = joint_cfg()
+    cfg = rule_cfg("train_joint_alignment")
     seed_everything(0)
     trainer = JointTrainer(cfg, generators, data)
     initial = {k: v.clone() for k, v in trainer.joint.state_dict().items()}
@@ -166,10 +173,10 @@ def test_independent_image_flow_matches_sample_view(setup):
 
 
 def test_resume_equals_uninterrupted_run(setup):
-    full = _train(setup, "full", cfg=joint_cfg(max_steps=2))
+    full = _train(setup, "full", cfg=rule_cfg("train_joint_alignment", max_steps=2))
     with pytest.raises(Interrupted):
-        _train(setup, "resumed", cfg=joint_cfg(max_steps=2), stop_after_steps=1)
-    resumed = _train(setup, "resumed", cfg=joint_cfg(max_steps=2))
+        _train(setup, "resumed", cfg=rule_cfg("train_joint_alignment", max_steps=2), stop_after_steps=1)
+    resumed = _train(setup, "resumed", cfg=rule_cfg("train_joint_alignment", max_steps=2))
     assert resumed["resumed_from"] == 1 and full["steps"] == resumed["steps"] == 2
     from safetensors.torch import load_file
 
@@ -197,7 +204,7 @@ def test_evaluation_writes_table6_and_fig7(setup):
 
     root = setup["root"]
     if not (root / "full").exists():
-        _train(setup, "full", cfg=joint_cfg(max_steps=2))
+        _train(setup, "full", cfg=rule_cfg("train_joint_alignment", max_steps=2))
     seed_everything(0)
     encoder_cfg = validate_config({"sources": {"nih": {}}, "medcodi": {"prompt_encoders": {
         "embed_dim": DIM, "vision": {"width": 32, "layers": 1, "head_width": 16, "patch_size": 8},
@@ -208,7 +215,7 @@ def test_evaluation_writes_table6_and_fig7(setup):
     kwargs = {"studies": setup["studies"], "embeddings": setup["embeddings"], "frontal_dir": setup["frontal"],
               "lateral_dir": setup["lateral"], "report_dir": setup["report"], "vae_dir": setup["vae"],
               "joint_dir": root / "full", "ae_dir": setup["ae"], "encoders_dir": root / "encoders",
-              "evaluator_dir": root / "evaluator", "cfg": joint_cfg(), "seed": 0}
+              "evaluator_dir": root / "evaluator", "cfg": rule_cfg("evaluate_joint_generation"), "seed": 0}
     payload = evaluate_joint_generation(**kwargs, out_json=root / "eval" / "joint.json",
                                         out_png=root / "eval" / "hamming.png")
     written = json.loads((root / "eval" / "joint.json").read_text())

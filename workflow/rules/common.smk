@@ -323,7 +323,8 @@ def medcodi_targets():
         return []
     return [MEDCODI_STUDIES, MEDCODI_PROMPT_ENCODERS, MEDCODI_EMBEDDINGS, MEDCODI_TEXT_VAE,
             *[f"results/medcodi/report_diffusion/{p}" for p in MEDCODI_PROMPTING],
-            *[f"results/medcodi/ldm/{view}-{p}" for view in ("frontal", "lateral") for p in MEDCODI_PROMPTING]]
+            *[f"results/medcodi/ldm/{view}-{p}" for view in ("frontal", "lateral") for p in MEDCODI_PROMPTING],
+            "results/medcodi/eval/joint.json", "results/medcodi/eval/hamming.png"]  # joint generation (Table 6, Fig. 7)
 
 
 def report_diffusion_state_dir(wildcards):

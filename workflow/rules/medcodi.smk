@@ -109,3 +109,56 @@ if MEDCODI_ENABLED:
         threads: 1
         script:
             "../scripts/medcodi/train_medcodi_ldm.py"
+
+
+# MedCoDi-M joint generation (paper §2.3 cross-modal latent alignment; Table 6, Fig. 7): environment encoders and
+# cross-flow attention trained over the frozen multi-prompt generators, then joint vs independent sampling.
+if MEDCODI_ENABLED:
+
+    rule train_joint_alignment:
+        input:
+            studies=MEDCODI_STUDIES,
+            embeddings=MEDCODI_EMBEDDINGS,
+            latents="results/latents",
+            autoencoder="results/models/autoencoder",
+            frontal="results/medcodi/ldm/frontal-multi",
+            lateral="results/medcodi/ldm/lateral-multi",
+            report="results/medcodi/report_diffusion/multi",
+            vae=MEDCODI_TEXT_VAE,
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            model=protected(directory("results/medcodi/joint")),
+        params:
+            cfg=rule_section(config, "train_joint_alignment"),
+            seed=config["seed"],
+            state_dir="results/state/train_joint_alignment",
+        log:
+            "results/logs/train_joint_alignment/train_joint_alignment.log",
+        threads: 1
+        script:
+            "../scripts/medcodi/train_joint_alignment.py"
+
+    rule evaluate_joint_generation:
+        input:
+            studies=MEDCODI_STUDIES,
+            embeddings=MEDCODI_EMBEDDINGS,
+            frontal="results/medcodi/ldm/frontal-multi",
+            lateral="results/medcodi/ldm/lateral-multi",
+            report="results/medcodi/report_diffusion/multi",
+            vae=MEDCODI_TEXT_VAE,
+            joint="results/medcodi/joint",
+            autoencoder="results/models/autoencoder",
+            encoders=MEDCODI_PROMPT_ENCODERS,
+            evaluator="results/models/evaluator",
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            similarity="results/medcodi/eval/joint.json",
+            hamming="results/medcodi/eval/hamming.png",
+        params:
+            cfg=rule_section(config, "evaluate_joint_generation"),
+            seed=config["seed"],
+        log:
+            "results/logs/evaluate_joint_generation/evaluate_joint_generation.log",
+        threads: 1
+        script:
+            "../scripts/medcodi/evaluate_joint_generation.py"
