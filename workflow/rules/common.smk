@@ -274,6 +274,7 @@ def _trained_models():
             models[f"medcodi/report_{prompting}"] = f"results/medcodi/report_diffusion/{prompting}"
             models.update({f"medcodi/{view}_{prompting}": f"results/medcodi/ldm/{view}-{prompting}"
                            for view in ("frontal", "lateral")})
+        models["medcodi/joint"] = "results/medcodi/joint"  # joint-generation layers (rule train_joint_alignment)
     return models
 
 

@@ -364,7 +364,9 @@ class JointTrainer:
             scheduler = self.generators.scheduler(m)
             t[m] = (s * scheduler.config.num_train_timesteps).long().clamp(max=scheduler.config.num_train_timesteps - 1)
             noisy[m] = scheduler.add_noise(z, noise[m], t[m])
-        tokens = {m: self.joint.env[m](noisy[m].to(device), s.to(device)) for m in pair}
+        # V sees t_m / T_m, as in sampling (:func:`sample_pair`)
+        tokens = {m: self.joint.env[m](noisy[m].to(device), (t[m].float() / self.generators.scheduler(m).config
+                                                             .num_train_timesteps).to(device)) for m in pair}
         losses = {}
         for m, partner in (pair, pair[::-1]):
             out = predict(self.generators, self.joint, m, noisy[m].to(device), t[m].to(device), cond, tokens[partner])
