@@ -275,6 +275,7 @@ def _trained_models():
             models[f"medcodi/report_{prompting}"] = f"results/medcodi/report_diffusion/{prompting}"
             models.update({f"medcodi/{view}_{prompting}": f"results/medcodi/ldm/{view}-{prompting}"
                            for view in ("frontal", "lateral")})
+        models["medcodi/joint"] = "results/medcodi/joint"  # joint-generation layers (rule train_joint_alignment)
     return models
 
 
@@ -328,6 +329,7 @@ def medcodi_targets():
             *[f"results/medcodi/eval/reports/{p}.json" for p in MEDCODI_PROMPTING],  # paper Tables 4-5
             *[f"results/medcodi/eval/images/{view}-{p}.json" for view in ("frontal", "lateral")
               for p in MEDCODI_PROMPTING],  # paper Tables 2-3
+            "results/medcodi/eval/joint.json", "results/medcodi/eval/hamming.png",  # joint generation (Table 6, Fig. 7)
             "results/reports/medcodi/medcodi.md"]  # rule report_medcodi
 
 

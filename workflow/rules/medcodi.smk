@@ -146,24 +146,13 @@ if MEDCODI_ENABLED:
         script:
             "../scripts/medcodi/evaluate_medcodi_reports.py"
 
-    # --- report (issue 12): the consumers of the evaluation json files of the MedCoDi-M contract ---
-    def medcodi_report_evals(wildcards):
-        """The evaluation json files of the evaluation rules this workflow defines; the report says "not available"
-        for the others, so the DAG stands while an evaluation rule is switched off or not yet written."""
-        files = {}
-        if rules.has("evaluate_medcodi_images"):
-            files["image_evals"] = expand("results/medcodi/eval/images/{view}-{prompting}.json",
-                                          view=("frontal", "lateral"), prompting=MEDCODI_PROMPTING)
-        if rules.has("evaluate_medcodi_reports"):
-            files["report_evals"] = expand("results/medcodi/eval/reports/{prompting}.json",
-                                           prompting=MEDCODI_PROMPTING)
-        if rules.has("evaluate_joint_generation"):
-            files["joint"] = "results/medcodi/eval/joint.json"
-        return files
-
+    # --- report (issue 12): the tables of every evaluation rule of the branch ---
     rule report_medcodi:
         input:
-            unpack(medcodi_report_evals),
+            image_evals=expand("results/medcodi/eval/images/{view}-{prompting}.json", view=("frontal", "lateral"),
+                               prompting=MEDCODI_PROMPTING),
+            report_evals=expand("results/medcodi/eval/reports/{prompting}.json", prompting=MEDCODI_PROMPTING),
+            joint="results/medcodi/eval/joint.json",
             studies="results/medcodi/studies.json",
             encoders=MEDCODI_PROMPT_ENCODERS,
             text_vae=MEDCODI_TEXT_VAE,
@@ -242,3 +231,55 @@ if MEDCODI_ENABLED:
         threads: 1
         script:
             "../scripts/medcodi/evaluate_medcodi_images.py"
+
+# MedCoDi-M joint generation (paper §2.3 cross-modal latent alignment; Table 6, Fig. 7): environment encoders and
+# cross-flow attention trained over the frozen multi-prompt generators, then joint vs independent sampling.
+if MEDCODI_ENABLED:
+
+    rule train_joint_alignment:
+        input:
+            studies=MEDCODI_STUDIES,
+            embeddings=MEDCODI_EMBEDDINGS,
+            latents="results/latents",
+            autoencoder="results/models/autoencoder",
+            frontal="results/medcodi/ldm/frontal-multi",
+            lateral="results/medcodi/ldm/lateral-multi",
+            report="results/medcodi/report_diffusion/multi",
+            vae=MEDCODI_TEXT_VAE,
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            model=protected(directory("results/medcodi/joint")),
+        params:
+            cfg=rule_section(config, "train_joint_alignment"),
+            seed=config["seed"],
+            state_dir="results/state/train_joint_alignment",
+        log:
+            "results/logs/train_joint_alignment/train_joint_alignment.log",
+        threads: 1
+        script:
+            "../scripts/medcodi/train_joint_alignment.py"
+
+    rule evaluate_joint_generation:
+        input:
+            studies=MEDCODI_STUDIES,
+            embeddings=MEDCODI_EMBEDDINGS,
+            frontal="results/medcodi/ldm/frontal-multi",
+            lateral="results/medcodi/ldm/lateral-multi",
+            report="results/medcodi/report_diffusion/multi",
+            vae=MEDCODI_TEXT_VAE,
+            joint="results/medcodi/joint",
+            autoencoder="results/models/autoencoder",
+            encoders=MEDCODI_PROMPT_ENCODERS,
+            evaluator="results/models/evaluator",
+            tracking=ancient("results/tracking/run.json"),
+        output:
+            similarity="results/medcodi/eval/joint.json",
+            hamming="results/medcodi/eval/hamming.png",
+        params:
+            cfg=rule_section(config, "evaluate_joint_generation"),
+            seed=config["seed"],
+        log:
+            "results/logs/evaluate_joint_generation/evaluate_joint_generation.log",
+        threads: 1
+        script:
+            "../scripts/medcodi/evaluate_joint_generation.py"

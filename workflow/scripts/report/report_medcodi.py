@@ -17,11 +17,11 @@ def main(smk) -> None:
     models = {"text_vae": Path(smk.input.text_vae) / "metrics.json"}
     models |= {f"report_diffusion/{Path(d).name}": Path(d) / "metrics.json" for d in smk.input.report_models}
     models |= {f"ldm/{Path(d).name}": Path(d) / "metrics.json" for d in smk.input.view_models}
-    joint = getattr(smk.input, "joint", None)  # evaluation inputs are absent when their rule is not defined
+    joint = smk.input.joint
     report_medcodi(studies_json=smk.input.studies, encoders_metrics=Path(smk.input.encoders) / "metrics.json",
-                   model_metrics=models, image_evals={Path(p).stem: p for p in getattr(smk.input, "image_evals", [])},
-                   report_evals={Path(p).stem: p for p in getattr(smk.input, "report_evals", [])}, joint_json=joint,
-                   hamming_png=None if joint is None else Path(joint).with_name("hamming.png"),
+                   model_metrics=models, image_evals={Path(p).stem: p for p in smk.input.image_evals},
+                   report_evals={Path(p).stem: p for p in smk.input.report_evals}, joint_json=joint,
+                   hamming_png=Path(joint).with_name("hamming.png"),
                    out_md=smk.output.markdown,
                    out_summary=smk.output.summary, out_json=smk.output.tables, out_fid=smk.output.fid,
                    out_hamming=smk.output.hamming, out_grids={Path(p).stem: p for p in smk.output.grids})
