@@ -7,9 +7,12 @@ clearly abnormal): fluid overload, respiratory failure and infection. Each follo
 trend plus an Ornstein-Uhlenbeck wobble, so a later film sees a different state than an earlier one. The same state
 drives the vitals and labs (the observation model of :mod:`cxrgen.demo.mimic_iv`), the findings of every film (a
 finding is present while its driver is above the patient's own threshold, so effusion appears as fluid accumulates and
-resolves as it falls), in-hospital death (logistic in the state 36-60 h after ICU admission, partly after the last
-film a 48 h predictor may use, so the later image carries outcome signal) and the ICD diagnoses of the 25 benchmark
-phenotypes it explains. Laterality is fixed per patient and finding; a patient's films share one phantom seed, so
+resolves as it falls), in-hospital death and the ICD diagnoses of the 25 benchmark phenotypes it explains. Death is
+a Bernoulli draw at the MIMIC cohort's base rate from a logistic model of the severity and of the radiographic burden
+(the lung findings a film would show, which depend on the patient's own thresholds, not only on the charted state)
+36-60 h after ICU admission, partly after the last film a 48 h predictor may use, plus an unobserved frailty and a
+share of outcomes the state does not explain; diagnoses are coded with misses and spurious codes. So the task is
+learnable but not saturated, and the later image carries outcome signal the EHR does not. Laterality is fixed per patient and finding; a patient's films share one phantom seed, so
 anatomy is identical and only the findings change.
 
 Some admissions exist for the cohort filters to drop (DDL-CXR / mimic3-benchmarks rules): ICU stays under 48 h, minors,
@@ -34,10 +37,17 @@ _CAREUNITS = ("Medical Intensive Care Unit (MICU)", "Medical/Surgical Intensive 
               "Cardiac Vascular Intensive Care Unit (CVICU)", "Surgical Intensive Care Unit (SICU)",
               "Coronary Care Unit (CCU)", "Trauma SICU (TSICU)")
 _YEAR_GROUPS = ("2008 - 2010", "2011 - 2013", "2014 - 2016", "2017 - 2019")
-# admission kinds: most are cohort stays; the others exist for the cohort filters to drop
-_KINDS = {"standard": 0.76, "short": 0.12, "minor": 0.04, "second_stay": 0.04, "transfer": 0.04}
+# admission kinds: most are cohort stays; the others exist for the cohort filters to drop (a few per hundred is
+# enough to exercise each filter; every dropped admission still adds its films to the image stages)
+_KINDS = {"standard": 0.86, "short": 0.06, "minor": 0.02, "second_stay": 0.03, "transfer": 0.03}
 _OU_TAU_HOURS, _OU_SD = 10.0, 0.25
 _TREND_CAP = 2.5  # the trend saturates at +-2.5 (a state cannot drift without bound over a long stay)
+# death logit weights on plan-standardised late severity and radiographic burden; chosen so that even the true risk
+# ranks deaths at an AUROC near 0.85 (DDL-CXR's best mortality AUROC is 0.822, Uni-EHR 0.815), not near 1
+OUTCOME_WEIGHTS = {"severity": 1.2, "radiographic": 0.7, "age_per_decade": 0.2, "frailty": 0.4}
+OUTCOME_NOISE = 0.05  # share of outcomes drawn at the base rate whatever the state (label noise)
+# ICD coding noise of the state-driven phenotypes: a code its driver calls for is missed, one without it is added
+CODING_MISS, CODING_SPURIOUS = 0.1, 0.03
 
 # (ICD-10, ICD-9) codes with their titles, each listed under its HCUP CCS benchmark phenotype
 ICD_CODES: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
@@ -329,24 +339,32 @@ def film_report(findings: dict[str, str], prior: dict[str, str] | None, state: d
 
 
 def _diagnoses(rng: np.random.Generator, adm: IcuAdmission) -> list[str]:
+    """Phenotype keys coded for the admission: each state-driven code with a probability rising with its driver (not
+    a threshold), missed with probability CODING_MISS, and coded without its driver with probability CODING_SPURIOUS,
+    so no phenotype is a deterministic function of the charted state."""
     sev = adm.severity()
     traits = adm.traits
+
+    def coded(probability: float) -> bool:
+        p = CODING_SPURIOUS + (1.0 - CODING_MISS - CODING_SPURIOUS) * float(probability)
+        return bool(rng.random() < p)
+
     keys = []
-    if traits["infected"] and adm.infection.max() > 0.8:
+    if coded(traits["infected"] * _sigmoid(3.0 * (adm.infection.max() - 0.8))):
         keys.append("septicemia")
-    if adm.ventilated.any() or adm.resp.max() > 1.3:
+    if coded(max(0.9 * adm.ventilated.any(), _sigmoid(3.0 * (adm.resp.max() - 1.3)))):
         keys.append("respiratory_failure")
-    if traits["lung_focus"] and adm.infection.max() > 0.6:
+    if coded(traits["lung_focus"] * _sigmoid(3.0 * (adm.infection.max() - 0.6))):
         keys.append("pneumonia")
-    if sev.max() > 2.6:
+    if coded(_sigmoid(2.5 * (sev.max() - 2.6))):
         keys.append("septic_shock" if "septicemia" in keys else "shock")
-    if rng.random() < _sigmoid(1.5 * (sev.max() - 2.2)):
+    if coded(_sigmoid(1.5 * (sev.max() - 2.2))):
         keys.append("aki")
-    if traits["chf"]:
+    if coded(traits["chf"]):
         keys.append("chf")
-    if adm.fluid.max() > 1.2 and rng.random() < 0.7:
+    if coded(0.7 * _sigmoid(3.0 * (adm.fluid.max() - 1.2))):
         keys.append("fluid_electrolyte")
-    if any("Pleural Effusion" in f.findings for f in adm.films):
+    if coded(0.85 * any("Pleural Effusion" in f.findings for f in adm.films)):
         keys.append("pleural")
     if rng.random() < 0.15 + 0.25 * traits["chf"] + 0.04 * max(0, adm.age - 60) / 10:
         keys.append("dysrhythmia")
@@ -450,17 +468,37 @@ def plan_icu_stays(ctx: DemoContext, n_stays: int) -> IcuPlan:
     return IcuPlan(admissions)
 
 
+def radiographic_burden(adm: IcuAdmission) -> float:
+    """Mean number of lung findings (edema, consolidation, atelectasis, effusion) a film would show, hourly over the
+    late window: what the films add to the outcome beyond the charted state, through the patient's own thresholds."""
+    lung = ("Edema", "Consolidation", "Atelectasis", "Pleural Effusion")
+    window = _late(adm, adm.hours)
+    counts = [len(set(lung) & set(film_findings(adm.state(h), h, adm.traits))) for h in window]
+    return float(np.mean(counts))
+
+
+def _standardise(values: np.ndarray) -> np.ndarray:
+    spread = values.std()
+    return (values - values.mean()) / (spread if spread > 0 else 1.0)
+
+
 def _assign_outcomes(ctx: DemoContext, admissions: list[IcuAdmission]) -> None:
-    """Death ~ Bernoulli(sigmoid(b + 1.6 * late severity + 0.2 * (age - 65) / 10)); the intercept b makes the mean
-    probability over the plan equal TARGET_MORTALITY. A death ends the last ICU stay and the admission."""
-    late = np.array([a.late_severity for a in admissions])
+    """Death ~ Bernoulli(p): with probability OUTCOME_NOISE the outcome ignores the state (p = TARGET_MORTALITY: deaths
+    and survivals the trajectory does not explain), else p = sigmoid(b + logit), where the logit weighs the late
+    severity, the late radiographic burden (plan-standardised), age and an unobserved per-patient frailty; the
+    intercept b makes the mean probability over the plan equal TARGET_MORTALITY. A death ends the last ICU stay and
+    the admission."""
+    late = _standardise(np.array([a.late_severity for a in admissions]))
+    burden = _standardise(np.array([radiographic_burden(a) for a in admissions]))
     ages = np.array([a.age for a in admissions], float)
-    score = 1.6 * (late - late.mean()) + 0.2 * (ages - 65.0) / 10.0
+    frailty = np.array([ctx.rng("mimic", "icu", "frailty", a.hadm_id).standard_normal() for a in admissions])
+    score = (OUTCOME_WEIGHTS["severity"] * late + OUTCOME_WEIGHTS["radiographic"] * burden
+             + OUTCOME_WEIGHTS["age_per_decade"] * (ages - 65.0) / 10.0 + OUTCOME_WEIGHTS["frailty"] * frailty)
     lo, hi = -12.0, 12.0
     for _ in range(60):
         mid = (lo + hi) / 2.0
         lo, hi = (mid, hi) if _sigmoid(mid + score).mean() < TARGET_MORTALITY else (lo, mid)
-    probability = _sigmoid((lo + hi) / 2.0 + score)
+    probability = (1.0 - OUTCOME_NOISE) * _sigmoid((lo + hi) / 2.0 + score) + OUTCOME_NOISE * TARGET_MORTALITY
     for adm, p in zip(admissions, probability, strict=True):
         rng = ctx.rng("mimic", "icu", "outcome", adm.hadm_id)
         adm.death_probability = float(p)
