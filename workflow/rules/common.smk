@@ -323,7 +323,10 @@ def medcodi_targets():
         return []
     return [MEDCODI_STUDIES, MEDCODI_PROMPT_ENCODERS, MEDCODI_EMBEDDINGS, MEDCODI_TEXT_VAE,
             *[f"results/medcodi/report_diffusion/{p}" for p in MEDCODI_PROMPTING],
-            *[f"results/medcodi/ldm/{view}-{p}" for view in ("frontal", "lateral") for p in MEDCODI_PROMPTING]]
+            *[f"results/medcodi/ldm/{view}-{p}" for view in ("frontal", "lateral") for p in MEDCODI_PROMPTING],
+            # per-view utility experiments (rule evaluate_medcodi_utility)
+            *[f"results/medcodi/eval/utility/{view}.{ext}" for view in ("frontal", "lateral") for ext in ("json", "md")
+              if config["medcodi"]["utility"]["enabled"]]]
 
 
 def report_diffusion_state_dir(wildcards):
