@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from cxrgen.labels import LABEL_COLUMNS
-from cxrgen.medcodi.prompting import VIEWS, combine
 from cxrgen.medcodi.studies import FRONTAL_VIEWS, LATERAL_VIEWS
+
+if TYPE_CHECKING:
+    import torch
+
+# torch / diffusers are imported where sampling needs them: the table rule (evaluate_medcodi_utility) runs without them
+VIEWS = ("frontal", "lateral")  # as cxrgen.medcodi.prompting.VIEWS
 
 STORE_VIEWS = {"frontal": list(FRONTAL_VIEWS), "lateral": list(LATERAL_VIEWS)}
 DIRECTIONS = {"frontal": "T->F", "lateral": "T->L"}  # report impression -> the view (contract's direction keys)
@@ -60,6 +65,10 @@ def twin_studies(studies: pd.DataFrame, embeddings: dict[str, np.ndarray], *, vi
 def report_conditions(rows: pd.DataFrame, embeddings: dict[str, np.ndarray]) -> torch.Tensor:
     """[B, D] conditions of ``rows`` (from :func:`twin_studies`): the report embedding alone through the multi-prompt
     combination (paper Eq. 1 with one present modality = the L2-normalised report embedding)."""
+    import torch
+
+    from cxrgen.medcodi.prompting import combine
+
     report = torch.from_numpy(embeddings["report"][rows["embedding_row"].to_numpy(np.int64)].astype(np.float32))
     return combine(report[:, None, :], torch.ones((len(rows), 1), dtype=torch.bool))
 
