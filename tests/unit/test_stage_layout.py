@@ -18,17 +18,19 @@ KNOWN_STAGE_IMPORTS: set[tuple[str, str]] = set()
 
 
 # Rules that run another rule's entry function with other inputs: finetune_sr is train_sr in mode "decoded" (Cheff
-# §5 fine-tunes the same model), train_clip_avatls is train_clip with the squeeze attached (Diff-CXR AVA-TLS).
-KNOWN_RULES_WITHOUT_MODULE = {"finetune_sr", "train_clip_avatls"}
+# §5 fine-tunes the same model), train_clip_avatls is train_clip with the squeeze attached (Diff-CXR AVA-TLS),
+# run_view_downstream is run_downstream on one view's real images and MedCoDi-M twins (MedCoDi-M utility per view).
+KNOWN_RULES_WITHOUT_MODULE = {"finetune_sr", "train_clip_avatls", "run_view_downstream"}
 
 
 def rule_scripts() -> dict[str, Path]:
     """Every rule of workflow/rules/*.smk with its adapter script."""
     rules = {}
     for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
-        for block in re.split(r"^(?=rule \w+:)", smk.read_text(), flags=re.M):
-            name = re.match(r"rule (\w+):", block)
-            script = re.search(r"^    script:\s*\n\s*\"([^\"]+)\"", block, flags=re.M)
+        # rules may be indented (inside `if <branch>_ENABLED:` blocks)
+        for block in re.split(r"^(?=[ \t]*rule \w+:)", smk.read_text(), flags=re.M):
+            name = re.match(r"\s*rule (\w+):", block)
+            script = re.search(r"^[ \t]+script:\s*\n\s*\"([^\"]+)\"", block, flags=re.M)
             if name and script:
                 rules[name.group(1)] = (smk.parent / script.group(1)).resolve()
     return rules

@@ -78,7 +78,7 @@ def test_every_rule_with_config_params_is_narrowed_by_the_table(base_params):
     carriers = {(rule, param) for rule, param, _ in params if _carries_config(param)}
     assert {"train_ldm", "generate", "build_prompts", "run_downstream"} <= {rule for rule, _ in carriers}
     assert {_entry(rule, param) for rule, param in carriers} == set(RULE_SECTIONS)  # no missing, no stale entries
-    for (rule, param, _), value in params.items():
+    for (rule, param, combo), value in params.items():
         if not _carries_config(param):
             continue
         expected = section_for(config, RULE_SECTIONS, _entry(rule, param))
@@ -88,6 +88,10 @@ def test_every_rule_with_config_params_is_narrowed_by_the_table(base_params):
             assert {k: v for k, v in value.items() if k in expected} == expected
             assert set(value) - set(expected) == {e for e in config["downstream"]["experiments"] if e in value}
             assert len(set(value) - set(expected)) == 1
+        elif rule == "run_view_downstream" and param == "experiment_cfg":  # its own experiment's subsection only
+            experiment = dict(zip(sorted(("experiment", "seed", "view")), combo, strict=True))["experiment"]
+            if experiment in config["medcodi"]["utility"]["experiments"]:  # other combinations are no jobs
+                assert value == expected[experiment]
         else:
             assert value == expected, (rule, param)
 
@@ -108,7 +112,8 @@ def test_every_rule_with_config_params_is_narrowed_by_the_table(base_params):
     # the report labels' scoring re-evaluates the generated reports without redrawing them
     ({"medcodi": {"report_generation": {"evaluation": {"examples": 2}}}}, {"write_summary", "evaluate_medcodi_reports"}),
     ({"evaluator": {"views": ["PA"]}, "downstream": {"seeds": [0, 1], "scarcity": {"total": 40}}},
-     {"write_summary", "train_evaluator", "run_downstream:scarcity"}),
+     {"write_summary", "train_evaluator", "run_downstream:scarcity", "run_view_downstream:scarcity"}),
+    ({"medcodi": {"utility": {"twins": {"n": 3}}}}, {"write_summary", "generate_medcodi_twins"}),
 ])
 def test_changing_a_key_changes_only_the_params_of_rules_that_read_it(tmp_path, base_params, overlay, changed):
     _, before = base_params
@@ -116,5 +121,6 @@ def test_changing_a_key_changes_only_the_params_of_rules_that_read_it(tmp_path, 
     differing = set()
     for (rule, param, combo), value in before.items():
         if after[(rule, param, combo)] != value:
-            differing.add(rule if rule != "run_downstream" else f"{rule}:{combo[0]}")  # combo = (experiment, seed)
+            # combo = (experiment, seed[, view]): the downstream jobs are named by their experiment
+            differing.add(f"{rule}:{combo[0]}" if rule in ("run_downstream", "run_view_downstream") else rule)
     assert differing == changed

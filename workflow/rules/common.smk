@@ -330,6 +330,9 @@ def medcodi_targets():
             *[f"results/medcodi/eval/images/{view}-{p}.json" for view in ("frontal", "lateral")
               for p in MEDCODI_PROMPTING],  # paper Tables 2-3
             "results/medcodi/eval/joint.json", "results/medcodi/eval/hamming.png",  # joint generation (Table 6, Fig. 7)
+            # per-view utility experiments (rule evaluate_medcodi_utility)
+            *[f"results/medcodi/eval/utility/{view}.{ext}" for view in ("frontal", "lateral") for ext in ("json", "md")
+              if config["medcodi"]["utility"]["enabled"]],
             "results/reports/medcodi/medcodi.md"]  # rule report_medcodi
 
 

@@ -283,3 +283,76 @@ if MEDCODI_ENABLED:
         threads: 1
         script:
             "../scripts/medcodi/evaluate_joint_generation.py"
+    # ---- utility experiments per view (MedCoDi-M §4.5; issue 12 "Also"): the downstream harness' experiments run
+    # separately for frontal and lateral films, the synthetic pool = T->F / T->L twins of the multi-prompt view LDM.
+    if config["medcodi"]["utility"]["enabled"]:
+
+        def medcodi_utility_experiment_cfg(wildcards):
+            """The harness' settings of the job's own experiment (section downstream.<experiment>)."""
+            return config["downstream"][wildcards.experiment]
+
+        def medcodi_utility_state_dir(wildcards):
+            return f"results/state/run_view_downstream/{wildcards.view}/{wildcards.experiment}/{wildcards.seed}"
+
+        def medcodi_utility_metrics(wildcards):
+            return [f"results/medcodi/utility/{wildcards.view}/{e}/{s}/metrics.json"
+                    for e in config["medcodi"]["utility"]["experiments"] for s in config["medcodi"]["utility"]["seeds"]]
+
+        rule generate_medcodi_twins:
+            input:
+                studies=MEDCODI_STUDIES,
+                embeddings=MEDCODI_EMBEDDINGS,
+                index="results/store/index.parquet",
+                ldm="results/medcodi/ldm/{view}-multi",
+                autoencoder="results/models/autoencoder",
+                tracking=ancient("results/tracking/run.json"),
+            output:
+                store=directory("results/medcodi/twins/{view}"),
+            params:
+                cfg=rule_section(config, "generate_medcodi_twins"),
+                seed=config["seed"],
+                resolution=LOW_RES,
+            log:
+                "results/logs/generate_medcodi_twins/{view}.log",
+            threads: 1
+            script:
+                "../scripts/medcodi/generate_medcodi_twins.py"
+
+        rule run_view_downstream:
+            input:
+                index="results/store/index.parquet",
+                synthetic="results/medcodi/twins/{view}",
+                tracking=ancient("results/tracking/run.json"),
+            output:
+                metrics="results/medcodi/utility/{view}/{experiment}/{seed}/metrics.json",
+                curves="results/medcodi/utility/{view}/{experiment}/{seed}/curves.png",
+            params:
+                store_root=store_root_of_index,
+                resolution=LOW_RES,
+                cfg=rule_section(config, "run_view_downstream"),
+                experiment_cfg=medcodi_utility_experiment_cfg,
+                evaluator_cfg=rule_section(config, "run_view_downstream", "evaluator_cfg"),
+                base_seed=config["seed"],
+                state_dir=medcodi_utility_state_dir,
+            wildcard_constraints:
+                experiment="|".join(config["medcodi"]["utility"]["experiments"]),
+                seed=r"\d+",
+            log:
+                "results/logs/run_view_downstream/{view}/{experiment}/{seed}.log",
+            threads: 1
+            script:
+                "../scripts/medcodi/run_view_downstream.py"
+
+        rule evaluate_medcodi_utility:
+            input:
+                metrics=medcodi_utility_metrics,
+            output:
+                table="results/medcodi/eval/utility/{view}.json",
+                markdown="results/medcodi/eval/utility/{view}.md",
+            params:
+                demo=all(is_demo(s) for s in SOURCES),
+            log:
+                "results/logs/evaluate_medcodi_utility/{view}.log",
+            threads: 1
+            script:
+                "../scripts/medcodi/evaluate_medcodi_utility.py"

@@ -1,0 +1,35 @@
+"""Adapter for rule run_view_downstream: rule run_downstream's entry function for one view (MedCoDi-M utility
+experiments): real images of that view only, the view's MedCoDi-M twins as the synthetic pool.
+Data parallel over the job's GPUs like run_downstream: the profile's `gpu` resource (none: 1) is the number of ranks."""
+
+from typing import TYPE_CHECKING
+
+from cxrgen.logutil import setup_job
+from cxrgen.train.state import claim_job_state
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+
+def main(smk) -> None:
+    setup_job(smk.log[0], smk.threads)
+    claim_job_state(rule=smk.rule, wildcards=dict(smk.wildcards.items()), params=dict(smk.params.items()),
+                    inputs=dict(smk.input.items()), state_dir=smk.params.state_dir)  # changed job: fresh state
+    from cxrgen.medcodi.utility import view_downstream_cfg
+    from cxrgen.stages.run_downstream import run_downstream
+    from cxrgen.train.distributed import launch
+
+    gpus = int(smk.resources.get("gpu", 0) or 1)
+    view, experiment, seed = str(smk.wildcards.view), str(smk.wildcards.experiment), int(smk.wildcards.seed)
+    cfg = view_downstream_cfg(view, experiment, dict(smk.params.cfg["utility"]), dict(smk.params.experiment_cfg))
+    metrics = launch(run_downstream, gpus, real_index_path=str(smk.input.index),
+                     real_store_root=str(smk.params.store_root), synthetic_store_root=str(smk.input.synthetic),
+                     experiment=experiment, seed=seed, base_seed=int(smk.params.base_seed), cfg=cfg,
+                     evaluator_cfg=dict(smk.params.evaluator_cfg), resolution=int(smk.params.resolution),
+                     state_dir=str(smk.params.state_dir), out_path=str(smk.output.metrics),
+                     tracking_json=str(smk.input.tracking), job_name=f"{smk.rule}:{view}/{experiment}/{seed}")
+    print({arm: m["test"]["auroc"] for arm, m in metrics["arms"].items()})
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
