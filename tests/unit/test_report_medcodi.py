@@ -233,6 +233,12 @@ def test_nothing_available_says_so(tmp_path):
 
 
 
+def _text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
 def test_rule_adapter_maps_the_rule_files(tmp_path):
     """workflow/scripts/report/report_medcodi.py with the rule's input/output names reads every file it is given."""
     medcodi = tmp_path / "results" / "medcodi"
@@ -253,7 +259,9 @@ def test_rule_adapter_maps_the_rule_files(tmp_path):
                               view_models=[str(medcodi / "ldm" / n) for n in views],
                               image_evals=[str(medcodi / "eval" / "images" / f"{n}.json") for n in views],
                               report_evals=[str(medcodi / "eval" / "reports" / f"{p}.json") for p in ("multi", "single")],
-                              joint=str(_write(medcodi / "eval" / "joint.json", _joint()))),
+                              joint=str(_write(medcodi / "eval" / "joint.json", _joint())),
+                              utility=[str(_text(medcodi / "eval" / "utility" / "lateral.md",
+                                                 "# Utility\n\n| arm | AUROC |\n|---|---|\n| real | 0.61 |\n"))]),
         output=SimpleNamespace(markdown=str(out / "medcodi.md"), summary=str(out / "summary.md"),
                                tables=str(out / "medcodi.json"), fid=str(out / "fid.png"),
                                hamming=str(out / "hamming.png"),
@@ -271,6 +279,8 @@ def test_rule_adapter_maps_the_rule_files(tmp_path):
     assert _row(tables["Table 4: report generation (BLEU)"], "MedCoDi (single)", "L->T")["n"] == "7"
     assert "Study counts (studies.json) not available" in (out / "medcodi.md").read_text()
     assert all((out / "grids" / f"{n}.png").is_file() for n in views)
+    text = (out / "medcodi.md").read_text()
+    assert "### lateral\n\n### Utility" in text and "| real | 0.61 |" in text
 
 
 def test_a_direction_with_no_study_prints_dashes():

@@ -153,6 +153,8 @@ if MEDCODI_ENABLED:
                                prompting=MEDCODI_PROMPTING),
             report_evals=expand("results/medcodi/eval/reports/{prompting}.json", prompting=MEDCODI_PROMPTING),
             joint="results/medcodi/eval/joint.json",
+            utility=expand("results/medcodi/eval/utility/{view}.md", view=("frontal", "lateral"))
+            if config["medcodi"]["utility"]["enabled"] else [],
             studies="results/medcodi/studies.json",
             encoders=MEDCODI_PROMPT_ENCODERS,
             text_vae=MEDCODI_TEXT_VAE,

@@ -41,11 +41,13 @@ def report_medcodi(*, studies_json: Path | str | None, encoders_metrics: Path | 
                    model_metrics: dict[str, Path | str], image_evals: dict[str, Path | str],
                    report_evals: dict[str, Path | str], joint_json: Path | str | None, hamming_png: Path | str | None,
                    out_md: Path | str, out_summary: Path | str, out_json: Path | str, out_fid: Path | str,
-                   out_hamming: Path | str, out_grids: dict[str, Path | str] | None = None) -> str:
+                   out_hamming: Path | str, out_grids: dict[str, Path | str] | None = None,
+                   utility_fragments: dict[str, Path | str] | None = None) -> str:
     """Write the report files. ``model_metrics``: model name -> its metrics.json; ``image_evals``: ``{view}-
     {prompting}`` -> eval json (its sample grid is the ``.png`` next to it, copied to ``out_grids[name]``);
     ``report_evals``: prompting -> eval json; ``hamming_png``: rule evaluate_joint_generation's Fig. 7 (copied; drawn
-    from joint.json when absent). Returns the markdown."""
+    from joint.json when absent); ``utility_fragments``: view -> rule evaluate_medcodi_utility's markdown, appended as
+    the per-view utility section. Returns the markdown."""
     out_md = Path(out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     inputs = MedcodiInputs(studies=_read(studies_json), encoders=_read(encoders_metrics),
@@ -72,8 +74,22 @@ def report_medcodi(*, studies_json: Path | str | None, encoders_metrics: Path | 
             missing_figure(target, f"sample grid {name}")
         grids[name] = link(target)
     text = medcodi_markdown(inputs, hamming_figure=link(out_hamming), fid_figure=link(out_fid), grids=grids)
+    text += utility_section(utility_fragments or {})
     out_md.write_text(text, encoding="utf-8")
     Path(out_summary).write_text(summary_markdown(inputs, os.path.relpath(out_md, Path(out_summary).parent)),
                                  encoding="utf-8")
     Path(out_json).write_text(json.dumps(medcodi_summary_json(inputs), indent=1, ensure_ascii=False))
     return text
+
+
+def utility_section(fragments: dict[str, Path | str]) -> str:
+    """The per-view utility experiments (rule evaluate_medcodi_utility's markdown per view, headings demoted under one
+    section); empty when the experiments are switched off (medcodi.utility.enabled)."""
+    if not fragments:
+        return ""
+    parts = ["\n## Utility experiments per view (synthetic twins from the multi-prompt view LDMs)\n"]
+    for view, path in fragments.items():
+        body = Path(path).read_text(encoding="utf-8").strip()
+        body = "\n".join("##" + line if line.startswith("#") else line for line in body.splitlines())
+        parts.append(f"\n### {view}\n\n{body}\n")
+    return "".join(parts)

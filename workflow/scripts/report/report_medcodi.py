@@ -24,7 +24,8 @@ def main(smk) -> None:
                    hamming_png=Path(joint).with_name("hamming.png"),
                    out_md=smk.output.markdown,
                    out_summary=smk.output.summary, out_json=smk.output.tables, out_fid=smk.output.fid,
-                   out_hamming=smk.output.hamming, out_grids={Path(p).stem: p for p in smk.output.grids})
+                   out_hamming=smk.output.hamming, out_grids={Path(p).stem: p for p in smk.output.grids},
+                   utility_fragments={Path(p).stem: p for p in smk.input.utility})
 
 
 if "snakemake" in globals():
