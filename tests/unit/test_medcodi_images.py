@@ -225,3 +225,22 @@ def test_classification_scores_cover_the_table3_findings_only():
     worse = classification_scores(labels, 1.0 - probs, thresholds, resamples=10, confidence=0.9, seed=0,
                                   min_per_class=3)
     assert worse["auroc"]["macro"] == pytest.approx(0.0) and worse["f1"]["micro"] == pytest.approx(0.0)
+
+
+def test_no_study_with_the_inputs_reports_every_direction_with_n_zero(tmp_path):
+    """A small corpus may have no test lateral: the evaluation writes n = 0 per direction and a placeholder grid
+    instead of failing the DAG (the report then prints "–")."""
+    from cxrgen.medcodi.generation import GeneratedDirection, save_generated
+    from cxrgen.stages.evaluate_medcodi_images import evaluate_medcodi_images
+
+    empty = GeneratedDirection(np.zeros((0, 16, 16), np.uint8), [], [])
+    npz = tmp_path / "lateral-single.npz"
+    save_generated(npz, {d: empty for d in ("T->L", "F->L", "F+T->L")},
+                   {"view": "lateral", "prompting": "single", "split": "test", "seed": 0, "steps": 2,
+                    "guidance": 1.0, "eta": 1.0})
+    out_json, out_grid = tmp_path / "eval.json", tmp_path / "eval.png"
+    payload = evaluate_medcodi_images(generated=npz, studies=tmp_path / "unused.parquet", index_path=tmp_path / "x",
+                                      evaluator_dir=tmp_path / "none", cfg={}, seed=0, out_json=out_json,
+                                      out_grid=out_grid)
+    assert payload["directions"] == {"T->L": {"n": 0}, "F->L": {"n": 0}, "F+T->L": {"n": 0}}
+    assert json.loads(out_json.read_text())["directions"]["F+T->L"] == {"n": 0} and out_grid.stat().st_size > 0

@@ -340,6 +340,21 @@ def report_diffusion_state_dir(wildcards):
     return f"results/state/train_report_diffusion/{wildcards.prompting}"
 
 
+# MedCoDi-M per-view utility experiments (rules generate_medcodi_twins, run_view_downstream, evaluate_medcodi_utility)
+def medcodi_utility_experiment_cfg(wildcards):
+    """The harness' settings of the job's own experiment (section downstream.<experiment>)."""
+    return config["downstream"][wildcards.experiment]
+
+
+def medcodi_utility_state_dir(wildcards):
+    return f"results/state/run_view_downstream/{wildcards.view}/{wildcards.experiment}/{wildcards.seed}"
+
+
+def medcodi_utility_metrics(wildcards):
+    return [f"results/medcodi/utility/{wildcards.view}/{e}/{s}/metrics.json"
+            for e in config["medcodi"]["utility"]["experiments"] for s in config["medcodi"]["utility"]["seeds"]]
+
+
 # --- DDL-CXR ICU branch (workflow/rules/icu.smk) ---
 ICU_ENABLED = config["icu"]["enabled"]
 DEMO_MIMIC_IV = "results/sources/mimic-iv"  # rule build_demo_mimic_iv (workflow/rules/demo.smk)

@@ -285,20 +285,10 @@ if MEDCODI_ENABLED:
         threads: 1
         script:
             "../scripts/medcodi/evaluate_joint_generation.py"
+
     # ---- utility experiments per view (MedCoDi-M §4.5; issue 12 "Also"): the downstream harness' experiments run
     # separately for frontal and lateral films, the synthetic pool = T->F / T->L twins of the multi-prompt view LDM.
     if config["medcodi"]["utility"]["enabled"]:
-
-        def medcodi_utility_experiment_cfg(wildcards):
-            """The harness' settings of the job's own experiment (section downstream.<experiment>)."""
-            return config["downstream"][wildcards.experiment]
-
-        def medcodi_utility_state_dir(wildcards):
-            return f"results/state/run_view_downstream/{wildcards.view}/{wildcards.experiment}/{wildcards.seed}"
-
-        def medcodi_utility_metrics(wildcards):
-            return [f"results/medcodi/utility/{wildcards.view}/{e}/{s}/metrics.json"
-                    for e in config["medcodi"]["utility"]["experiments"] for s in config["medcodi"]["utility"]["seeds"]]
 
         rule generate_medcodi_twins:
             input:

@@ -72,13 +72,13 @@ def evaluate_medcodi_images(*, generated: Path | str, studies: Path | str, index
 
     found, meta = load_generated(generated)
     view, prompting, split = meta["view"], meta["prompting"], meta["split"]
+    resolution = next((int(g.images.shape[-1]) for g in found.values() if len(g.images)), None)
+    if resolution is None:
+        return _nothing_generated(found, view, prompting, split, out_json, out_grid)
     table = pd.read_parquet(studies)
     boot, dist, fidelity = cfg["bootstrap"], cfg["distribution"], cfg["fidelity"]
     resamples, confidence = int(boot["resamples"]), float(boot["confidence"])
     batch_size = int(cfg["batch_size"])
-    resolution = next((int(g.images.shape[-1]) for g in found.values() if len(g.images)), None)
-    if resolution is None:
-        raise ValueError(f"{generated}: no direction has a generated image (no {split} study has the inputs)")
     params = {"evaluation": cfg, "seed": seed, "view": view, "prompting": prompting, "split": split}
     with tracked_job(tracking_json, job_name, params=params,
                      tags={"cxrgen.stage": f"medcodi:evaluate_images:{view}-{prompting}"}) as job:
@@ -131,6 +131,22 @@ def evaluate_medcodi_images(*, generated: Path | str, studies: Path | str, index
         job.publish(staged_grid, out_grid)
         job.publish(staged_json, out_json, artifacts=[str(out_json), str(out_grid)])
     log.info("evaluated %s-%s in %.1f s", view, prompting, payload["seconds"])
+    return payload
+
+
+def _nothing_generated(found: dict, view: str, prompting: str, split: str, out_json: Path | str,
+                       out_grid: Path | str) -> dict:
+    """No study of ``split`` has a direction's inputs and target (a small corpus may have no {split} lateral): every
+    direction is reported with n = 0, so the report prints "–" instead of the DAG failing."""
+    from cxrgen.report.medcodi import missing_figure
+
+    note = f"no {split} study has the inputs and the real {view} image of any direction"
+    log.warning("%s-%s: %s", view, prompting, note)
+    payload = {"view": view, "prompting": prompting, "split": split, "note": note,
+               "directions": {d: {"n": 0} for d in found}}
+    Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+    missing_figure(out_grid, f"{view}-{prompting} samples ({note})")
+    write_json(out_json, payload)
     return payload
 
 
