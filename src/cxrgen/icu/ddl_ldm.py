@@ -37,6 +37,7 @@ from torch import nn
 
 from cxrgen.icu.ehr_encoder import EhrEncoder, EhrEncoding
 from cxrgen.models.diffusion import diffusion_target, make_ddim_scheduler, make_train_scheduler, unet_config
+from cxrgen.train.latent_diffusion import global_draws
 from cxrgen.train.loop import LoopConfig, attach_ema, index_batches, run_training
 from cxrgen.train.losses import masked_bce
 
@@ -285,8 +286,7 @@ class DdlLdmTrainer:
              data: PairData | None = None, autocast=None, ctx=None) -> LossTerms:
         """Loss terms for ``indices`` of ``data`` (default: the training pairs); every draw from ``generator``.
         ``ctx`` with several ranks: ``indices`` are this rank's share of the global batch (see train_ldm)."""
-        world_size = ctx.world_size if ctx is not None else 1
-        mine = ctx.local if ctx is not None else (lambda drawn: drawn)
+        world_size, mine = global_draws(ctx)
         batch, t, noise, delta = self._draw(data or self.data, indices, generator, mine, world_size)
         batch = DdlBatch(**{k: v.to(device) for k, v in batch.__dict__.items()})
         with autocast() if autocast else torch.autocast("cpu", enabled=False):

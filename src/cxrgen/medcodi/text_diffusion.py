@@ -40,6 +40,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from cxrgen.models.diffusion import diffusion_target, make_ddim_scheduler, make_train_scheduler
+from cxrgen.train.latent_diffusion import global_draws
 
 IMAGE_VIEWS = ("frontal", "lateral")
 PROMPTINGS = ("multi", "single")
@@ -215,8 +216,7 @@ class ReportDiffusionTrainer:
              autocast=None) -> torch.Tensor:
         """MSE to the prediction target (ε, or v) for the given studies; draws (subset uniform, CFG drop, t, ε) for the global batch from
         ``generator``, in this order, and keeps this rank's rows (``ctx.local``)."""
-        world_size = ctx.world_size if ctx is not None else 1
-        mine = ctx.local if ctx is not None else (lambda drawn: drawn)
+        world_size, mine = global_draws(ctx)
         n = len(indices) * world_size
         uniforms = mine(torch.rand(n, generator=generator))
         drop = mine(torch.rand(n, generator=generator) < float(self.cfg["cfg_dropout"]))

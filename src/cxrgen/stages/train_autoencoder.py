@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +27,8 @@ from cxrgen.models.autoencoder import (
 from cxrgen.report.figures import plot_loss_history
 from cxrgen.train.collectives import global_batch_norm, mean_over_ranks
 from cxrgen.train.data import StoreImages, select_rows
-from cxrgen.train.job import tracked_job, write_json
-from cxrgen.train.loop import StepBatchSampler, run_training, seed_everything
+from cxrgen.train.job import TrackedJob, Trained, tracked_training, write_json
+from cxrgen.train.loop import LoopResult, StepBatchSampler, run_training, seed_everything
 from cxrgen.train.sections import loop_config
 from cxrgen.train.tracking import config_digest
 
@@ -114,24 +113,18 @@ def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolut
             metrics.update(d_metrics)
         return metrics
 
-    def on_log(metrics: dict[str, float], step: int) -> None:
-        with open(state_dir / HISTORY_FILE, "a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
-        job.log_metrics(metrics, step, prefix="train/")
+    def fit(job: TrackedJob) -> LoopResult:
+        def on_log(metrics: dict[str, float], step: int) -> None:
+            with open(state_dir / HISTORY_FILE, "a") as f:
+                f.write(json.dumps({"step": step, **metrics}) + "\n")
+            job.log_metrics(metrics, step, prefix="train/")
 
-    params = {"autoencoder": cfg, "resolution": resolution, "seed": seed, "n_train": len(train_rows),
-              "n_val": len(val_rows)}
-    tags = {"snakemake.rule": "train_autoencoder", "config.sha256": config_digest(cfg),
-            "cxrgen.world_size": str(world.world_size)}
-    with tracked_job(tracking_json, job_name, params=params, state_dir=state_dir, tags=tags,
-                     main=world.is_main) as job:
-        started = time.perf_counter()
-        result = run_training(loop_cfg, modules=modules, optimizers=optimizers, loader_for=loader_for,
-                              train_step=train_step, state_dir=state_dir, on_log=on_log, extra_state=job.extra,
-                              desc="autoencoder", distributed_ready=True)
-        train_seconds = time.perf_counter() - started
-        if not world.is_main:  # rank 0 alone computes the scale factor, validates and writes
-            return {"rank": world.rank, "steps": result.steps_done}
+        return run_training(loop_cfg, modules=modules, optimizers=optimizers, loader_for=loader_for,
+                            train_step=train_step, state_dir=state_dir, on_log=on_log, extra_state=job.extra,
+                            desc="autoencoder", distributed_ready=True)
+
+    def publish(trained: Trained) -> dict:  # rank 0 alone computes the scale factor, validates and writes
+        job, result = trained.job, trained.result
         vae.eval()
         scale = _scale_factor(vae, train_set, cfg["scale_sample_size"], cfg["batch_size"], seed, device)
         vae.register_to_config(scaling_factor=scale)
@@ -144,8 +137,8 @@ def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolut
             "n_train_images": len(train_set), "resolution": resolution,
             "latent_shape": [vae.config.latent_channels, resolution // factor, resolution // factor],
             "parameters": config_summary(vae)["parameters"],
-            "seconds_per_step_this_run": train_seconds / max(1, result.steps_done - (result.resumed_from or 0)),
-            "mlflow_run_id": job.run_id, "world_size": world.world_size,
+            "seconds_per_step_this_run": trained.seconds_per_step,
+            "mlflow_run_id": job.run_id, "world_size": trained.world.world_size,
         }
         tmp = job.staging(out_dir)
         save_autoencoder(vae.cpu(), tmp)
@@ -156,7 +149,13 @@ def train_autoencoder(*, index_path: Path | str, store_root: Path | str, resolut
         job.log_metrics({"val/psnr": val["psnr"], "val/ssim": val["ssim"], "val/l1": val["l1"],
                          "scaling_factor": scale}, result.steps_done)
         job.publish(tmp, out_dir, artifacts=["recon_grid.png", "loss_curve.png", "metrics.json"])
-    return metrics
+        return metrics
+
+    params = {"autoencoder": cfg, "resolution": resolution, "seed": seed, "n_train": len(train_rows),
+              "n_val": len(val_rows)}
+    return tracked_training(tracking_json, job_name, world=world, params=params, state_dir=state_dir,
+                            tags={"snakemake.rule": "train_autoencoder", "config.sha256": config_digest(cfg)},
+                            fit=fit, publish=publish)
 
 
 def _posterior_sample(posterior, ctx) -> torch.Tensor:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -34,8 +33,8 @@ from cxrgen.models.clip import (
 from cxrgen.prompts import side_free_variants
 from cxrgen.report.figures import Panel, plot_curves, series
 from cxrgen.train.data import StoreImages, conditioning_texts, report_texts, select_rows
-from cxrgen.train.job import tracked_job, write_json
-from cxrgen.train.loop import StepBatchSampler, run_training, seed_everything
+from cxrgen.train.job import TrackedJob, Trained, tracked_training, write_json
+from cxrgen.train.loop import LoopResult, StepBatchSampler, run_training, seed_everything
 from cxrgen.train.sections import loop_config
 from cxrgen.train.tracking import config_digest
 
@@ -135,7 +134,7 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
         return {"loss": loss.item(), "logit_scale": float(model.logit_scale.detach().exp()), "grad_norm": grad_norm,
                 "lr": optimizer.param_groups[0]["lr"]}
 
-    def evaluate(step: int) -> dict[str, float]:
+    def evaluate(job: TrackedJob, step: int) -> dict[str, float]:
         features: dict[str, torch.Tensor] = {}  # image id -> embedding; retrieval and zero-shot share the images
         found = {f"{split}/{k}": v for split, ds in eval_sets.items()
                  for k, v in _retrieval(bundle, ds, cfg, features).items()}
@@ -146,31 +145,23 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
         job.log_metrics(found, step)
         return found
 
-    def on_log(metrics: dict[str, float], step: int) -> None:
-        job.record(metrics, step, prefix="train/")
-        if cfg["eval_every"] and step % cfg["eval_every"] == 0 and step < loop_cfg.max_steps:
-            job.extra["evals"].append({"step": step, **evaluate(step)})
+    def fit(job: TrackedJob) -> LoopResult:
+        def on_log(metrics: dict[str, float], step: int) -> None:
+            job.record(metrics, step, prefix="train/")
+            if cfg["eval_every"] and step % cfg["eval_every"] == 0 and step < loop_cfg.max_steps:
+                job.extra["evals"].append({"step": step, **evaluate(job, step)})
 
-    params = {"clip": cfg, "resolution": resolution, "seed": seed, "n_train_pairs": len(train_set),
-              "model_cfg": bundle.model_cfg, "parameters": _parameters(model),
-              "init_dir": str(init_dir) if init_dir else None,
-              "squeeze": bundle.squeeze.config if bundle.squeeze is not None else None}
-    tags = {"snakemake.rule": rule, "config.sha256": config_digest(cfg), "cxrgen.world_size": str(world.world_size)}
-    with tracked_job(tracking_json, job_name, params=params, state_dir=state_dir, tags=tags,
-                     main=world.is_main) as job:
         job.extra["evals"] = []
-        started = time.perf_counter()
-        result = run_training(loop_cfg, modules=modules, optimizers={"clip": optimizer},
-                              schedulers={"clip": scheduler}, loader_for=loader_for, train_step=train_step,
-                              state_dir=state_dir, on_log=on_log, extra_state=job.extra, desc="clip",
-                              distributed_ready=True)
-        train_seconds = time.perf_counter() - started
-        if not world.is_main:  # rank 0 alone evaluates and writes
-            return {"rank": world.rank, "steps": result.steps_done}
-        final = evaluate(result.steps_done)
+        return run_training(loop_cfg, modules=modules, optimizers={"clip": optimizer},
+                            schedulers={"clip": scheduler}, loader_for=loader_for, train_step=train_step,
+                            state_dir=state_dir, on_log=on_log, extra_state=job.extra, desc="clip",
+                            distributed_ready=True)
+
+    def publish(trained: Trained) -> dict:  # rank 0 alone evaluates and writes
+        job, result = trained.job, trained.result
+        final = evaluate(job, result.steps_done)
         trainable.eval()
         job.extra["evals"].append({"step": result.steps_done, **final})
-        steps_this_run = result.steps_done - (result.resumed_from or 0)
         history = job.extra["history"]
         metrics = {
             "steps": result.steps_done, "resumed_from": result.resumed_from,
@@ -178,13 +169,13 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
             "n_train_pairs": len(train_set),
             "n_train_report_pairs": n_report_pairs,
             "resolution": resolution, "parameters": _parameters(model),
-            "pretrained": pretrained, "seconds_per_step_this_run": train_seconds / max(1, steps_this_run),
+            "pretrained": pretrained, "seconds_per_step_this_run": trained.seconds_per_step,
             "retrieval": final, "mlflow_run_id": job.run_id,
             "init_dir": str(init_dir) if init_dir else None, "text_tokens": bundle.context_length,
             "squeeze": bundle.squeeze.config if bundle.squeeze is not None else None,
             "squeeze_parameters": _parameters(bundle.squeeze) if bundle.squeeze is not None else 0,
             "trained_parameters": sum(p.numel() for p in trainable.parameters() if p.requires_grad),
-            "world_size": world.world_size,
+            "world_size": trained.world.world_size,
         }
         tmp = job.staging(out_dir)
         trainable.cpu()
@@ -192,7 +183,15 @@ def train_clip(*, index_path: Path | str, store_root: Path | str, resolution: in
         write_json(tmp / "metrics.json", metrics)
         _save_curve(history, job.extra["evals"], tmp / "loss_curve.png")
         job.publish(tmp, out_dir, artifacts=["loss_curve.png", "metrics.json"])
-    return metrics
+        return metrics
+
+    params = {"clip": cfg, "resolution": resolution, "seed": seed, "n_train_pairs": len(train_set),
+              "model_cfg": bundle.model_cfg, "parameters": _parameters(model),
+              "init_dir": str(init_dir) if init_dir else None,
+              "squeeze": bundle.squeeze.config if bundle.squeeze is not None else None}
+    return tracked_training(tracking_json, job_name, world=world, params=params, state_dir=state_dir,
+                            tags={"snakemake.rule": rule, "config.sha256": config_digest(cfg)}, fit=fit,
+                            publish=publish)
 
 
 def train_clip_avatls(*, index_path: Path | str, store_root: Path | str, resolution: int, cfg: dict, seed: int,

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 
 from cxrgen.icu.ddl_ldm import DdlLdmTrainer, pair_data, save_ddl_ldm
 from cxrgen.icu.inputs import load_ehr, read_pairs
 from cxrgen.report.figures import plot_loss_history
-from cxrgen.train.job import tracked_job, write_json
+from cxrgen.train.job import Trained, tracked_training, write_json
 from cxrgen.train.loop import seed_everything
 from cxrgen.train.sections import loop_config
 
@@ -46,17 +45,9 @@ def train_ddl_ldm(*, cohort_dir: Path | str, latents_dir: Path | str, ae_dir: Pa
     loop = loop_config(cfg, seed, stop_after_steps=stop_after_steps)
     seed_everything(loop.seed)
     trainer = DdlLdmTrainer(cfg, train_data)
-    world = loop.resolved_world()
-    params = {"icu_ldm": cfg, "seed": seed, "n_train_pairs": len(train_pairs), "n_val_pairs": len(val_pairs)}
-    tags = {"cxrgen.stage": "ddl_cxr:ldm", "cxrgen.world_size": str(world.world_size)}
-    with tracked_job(tracking_json, job_name, params=params, tags=tags, state_dir=state_dir,
-                     main=world.is_main) as job:
-        started = time.perf_counter()
-        result = trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra)
-        train_seconds = time.perf_counter() - started
-        if not world.is_main:
-            return {"rank": world.rank, "steps": result.steps_done}
 
+    def publish(trained: Trained) -> dict:
+        job, result = trained.job, trained.result
         tmp = job.staging(out_dir)
         trainer.ema.copy_to(trainer.model.parameters())
         latent_shape = list(train_data.later_mean.shape[1:])
@@ -68,16 +59,21 @@ def train_ddl_ldm(*, cohort_dir: Path | str, latents_dir: Path | str, ae_dir: Pa
         history = job.extra["history"]
         plot_loss_history(history, tmp / "loss.png", title="DDL-CXR LDM training loss",
                           ylabel="ε-MSE + λ₁·label BCE + λ₂·contrastive")
-        ran = result.steps_done - (result.resumed_from or 0)
         metrics = {
             "steps": result.steps_done, "resumed_from": result.resumed_from, "n_train_pairs": len(train_pairs),
             "n_val_pairs": len(val_pairs), "parameters": sum(p.numel() for p in trainer.model.parameters()),
             "final_loss": history[-1]["loss"] if history else float("nan"),
             **{f"val_{k}_ema": v for k, v in val.items()},
-            "train_seconds_this_run": train_seconds, "seconds_per_step": train_seconds / max(1, ran),
-            "latent_shape": latent_shape, "mlflow_run_id": job.run_id, "world_size": world.world_size,
+            "train_seconds_this_run": trained.seconds, "seconds_per_step": trained.seconds_per_step,
+            "latent_shape": latent_shape, "mlflow_run_id": job.run_id, "world_size": trained.world.world_size,
         }
         write_json(tmp / "metrics.json", metrics)
         job.log_metrics({f"val_{k}_ema": v for k, v in val.items()}, result.steps_done)
         job.publish(tmp, out_dir, artifacts=["loss.png", "metrics.json"], tags={"cxrgen.weights": str(out_dir.resolve())})
-    return metrics
+        return metrics
+
+    params = {"icu_ldm": cfg, "seed": seed, "n_train_pairs": len(train_pairs), "n_val_pairs": len(val_pairs)}
+    return tracked_training(
+        tracking_json, job_name, world=loop.resolved_world(), params=params, tags={"cxrgen.stage": "ddl_cxr:ldm"},
+        state_dir=state_dir, fit=lambda job: trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra),
+        publish=publish)

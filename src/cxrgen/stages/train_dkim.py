@@ -24,13 +24,15 @@ import torch.nn.functional as F
 
 from cxrgen.hashing import dir_digest, module_digest
 from cxrgen.labels import CHEXPERT_LABELS, label_column
-from cxrgen.models.diffusion import cfg_drop_mask, denoise, diffusion_target, drop_condition, load_unet
+from cxrgen.models.diffusion import cfg_drop_mask, denoise, drop_condition, load_unet
 from cxrgen.models.dkim import DkimAdapter, build_controlnet, build_knowledge_bank, knowledge_states, save_dkim
 from cxrgen.pipeline import read_pipeline_json
 from cxrgen.report.figures import plot_loss_history
-from cxrgen.train.job import tracked_job, write_json
+from cxrgen.train.job import TrackedJob, Trained, tracked_training, write_json
+from cxrgen.train.latent_diffusion import draw_noised, global_draws
 from cxrgen.train.loop import (
     LoopConfig,
+    LoopResult,
     attach_ema,
     index_batches,
     latest_checkpoint,
@@ -67,18 +69,9 @@ class DkimTrainer:
         self.text_seconds = 0.0
 
     def _noisy(self, indices: list[int], generator: torch.Generator, ctx=None):
-        """Noisy latents, timesteps and targets of ``indices``. ``ctx`` with several ranks: ``indices`` are this
-        rank's share of the global batch; every draw is made for the whole global batch and this rank keeps its rows
-        (``ctx.local``), so the ranks together use the single-process run's random numbers."""
-        world_size = ctx.world_size if ctx is not None else 1
-        mine = ctx.local if ctx is not None else (lambda drawn: drawn)
-        n, shape = len(indices) * world_size, tuple(self.mean.shape[1:])
-        z = self.mean[indices]
-        if self.std is not None:
-            z = z + self.std[indices] * mine(torch.randn((n, *shape), generator=generator))
-        t = mine(torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=generator))
-        noise = mine(torch.randn((n, *shape), generator=generator))
-        return self.scheduler.add_noise(z, noise, t), t, diffusion_target(self.scheduler, z, noise, t)
+        """Noisy latents, timesteps and targets of ``indices``, drawn as the LDM trainer draws them
+        (:func:`~cxrgen.train.latent_diffusion.draw_noised`; for the global batch with several ranks)."""
+        return draw_noised(self.scheduler, self.mean, self.std, indices, generator, ctx)
 
     def _eps(self, noisy, t, indices: list[int], drop: torch.Tensor, device, use_adapter: bool = True):
         started = time.perf_counter()
@@ -98,9 +91,8 @@ class DkimTrainer:
         (posterior sample, t, ε, joint report/knowledge drop) from ``generator``, in the same order as the LDM
         trainer, drawn for the global batch with several ranks (``ctx``, see :meth:`_noisy`)."""
         noisy, t, target = self._noisy(indices, generator, ctx)
-        world_size = ctx.world_size if ctx is not None else 1
-        drop = cfg_drop_mask(len(indices) * world_size, float(self.cfg["cfg_dropout"]), generator)
-        drop = ctx.local(drop) if ctx is not None else drop
+        world_size, mine = global_draws(ctx)
+        drop = mine(cfg_drop_mask(len(indices) * world_size, float(self.cfg["cfg_dropout"]), generator))
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
             eps = self._eps(noisy, t, indices, drop, device)
         return F.mse_loss(eps.float(), target.to(device))
@@ -254,21 +246,16 @@ def train_dkim(*, ldm_dir: Path | str, latents_dir: Path | str, cfg: dict, ldm_c
         if saved.get("base_unet_sha") != base_sha:
             raise ValueError(f"the checkpoints in {state_dir} belong to base UNet {saved.get('base_unet_sha')}, not "
                              f"{base_sha} ({ldm_dir}); delete {state_dir} to retrain the adapter")
-    params = {"dkim": cfg, "seed": seed, "n_train": len(train_rows), "n_val": len(val_rows),
-              "base_unet_sha": base_sha}
-    world = loop.resolved_world()
-    tags = {"cxrgen.stage": "dkim", "cxrgen.world_size": str(world.world_size)}
-    with tracked_job(tracking_json, job_name, params=params, tags=tags, state_dir=state_dir,
-                     main=world.is_main) as job:
+
+    def fit(job: TrackedJob) -> LoopResult:
         job.extra["base_unet_sha"] = base_sha
-        started = time.perf_counter()
         result = trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra)
-        train_seconds = time.perf_counter() - started
         if module_digest(trainer.unet) != base_before:
             raise RuntimeError("the base UNet changed during DKIM training (it must stay frozen)")
-        if not world.is_main:  # rank 0 alone validates and writes
-            return {"rank": world.rank, "steps": result.steps_done}
+        return result
 
+    def publish(trained: Trained) -> dict:
+        job, result = trained.job, trained.result
         tmp = job.staging(out_dir)
         trainer.ema.copy_to(adapter.controlnet.parameters())
         adapter.controlnet.eval()
@@ -289,14 +276,18 @@ def train_dkim(*, ldm_dir: Path | str, latents_dir: Path | str, cfg: dict, ldm_c
             "base_unchanged": True, "final_loss": history[-1]["loss"] if history else float("nan"), **val,
             "train_positives_per_finding": positives,
             "train_fraction_diseased": float(_diseased(train_states, findings).float().mean()),
-            "train_seconds_this_run": train_seconds,
-            "seconds_per_step": train_seconds / max(1, result.steps_done - (result.resumed_from or 0)),
+            "train_seconds_this_run": trained.seconds, "seconds_per_step": trained.seconds_per_step,
             "text_encoding_seconds": trainer.text_seconds, "knowledge_tokens": len(findings),
-            "mlflow_run_id": job.run_id, "world_size": world.world_size,
+            "mlflow_run_id": job.run_id, "world_size": trained.world.world_size,
         }
         write_json(tmp / "metrics.json", metrics)
         job.log_metrics(val, result.steps_done)
         job.publish(tmp, out_dir, artifacts=["loss.png", "metrics.json"],
                     tags={"cxrgen.weights": str(out_dir.resolve())})
-    return metrics
+        return metrics
+
+    params = {"dkim": cfg, "seed": seed, "n_train": len(train_rows), "n_val": len(val_rows),
+              "base_unet_sha": base_sha}
+    return tracked_training(tracking_json, job_name, world=loop.resolved_world(), params=params,
+                            tags={"cxrgen.stage": "dkim"}, state_dir=state_dir, fit=fit, publish=publish)
 

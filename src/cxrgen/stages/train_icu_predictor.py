@@ -4,7 +4,6 @@ mortality and the 25 phenotypes (arXiv 2410.17918, prediction stage; library: :m
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from cxrgen.icu.inputs import (
 )
 from cxrgen.icu.predictor import PredictorTrainer, StayData, arm_inputs
 from cxrgen.report.figures import plot_loss_history
-from cxrgen.train.job import tracked_job, write_json
+from cxrgen.train.job import Trained, tracked_training, write_json
 from cxrgen.train.loop import seed_everything
 from cxrgen.train.sections import loop_config
 
@@ -90,17 +89,9 @@ def train_icu_predictor(*, cohort_dir: Path | str, arm: str, cfg: dict, seed: in
     loop = loop_config(cfg, seed, stop_after_steps=stop_after_steps)
     seed_everything(loop.seed)
     trainer = PredictorTrainer(cfg, arm, data, latent_shape=latent_shape)
-    world = loop.resolved_world()
-    params = {"icu_predictor": cfg, "arm": arm, "seed": seed, "n_train": len(trainer.train_index)}
-    tags = {"cxrgen.stage": f"ddl_cxr:predictor:{arm}", "cxrgen.world_size": str(world.world_size)}
-    with tracked_job(tracking_json, job_name or f"train_icu_predictor:{arm}:{seed}", params=params, tags=tags,
-                     state_dir=state_dir, main=world.is_main) as job:
-        started = time.perf_counter()
-        result = trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra)
-        train_seconds = time.perf_counter() - started
-        if not world.is_main:
-            return {"rank": world.rank, "steps": result.steps_done}
 
+    def publish(trained: Trained) -> dict:
+        job, result = trained.job, trained.result
         tmp = job.staging(out_dir)
         trainer.model.save_pretrained(tmp / "model")
         chosen = np.flatnonzero(np.isin(data.splits, list(cfg["predict_splits"])))
@@ -117,15 +108,21 @@ def train_icu_predictor(*, cohort_dir: Path | str, arm: str, cfg: dict, seed: in
         history = job.extra["history"]
         plot_loss_history(history, tmp / "loss.png", title=f"ICU predictor ({arm}) training loss",
                           ylabel="BCE (pos-weighted)")
-        ran = result.steps_done - (result.resumed_from or 0)
         metrics = {"arm": arm, "seed": int(seed), "steps": result.steps_done, "resumed_from": result.resumed_from,
                    "n_train": len(trainer.train_index), "n_predicted": len(chosen), "tasks": tasks,
                    "pos_weight": trainer.pos_weight.tolist(),
                    "parameters": sum(p.numel() for p in trainer.model.parameters()),
                    "final_loss": history[-1]["loss"] if history else float("nan"),
-                   "train_seconds_this_run": train_seconds, "seconds_per_step": train_seconds / max(1, ran),
-                   "mlflow_run_id": job.run_id, "world_size": world.world_size}
+                   "train_seconds_this_run": trained.seconds, "seconds_per_step": trained.seconds_per_step,
+                   "mlflow_run_id": job.run_id, "world_size": trained.world.world_size}
         write_json(tmp / "metrics.json", metrics)
         job.publish(tmp, out_dir, artifacts=["loss.png", "metrics.json", PREDICTIONS_FILE],
                     tags={"cxrgen.weights": str(out_dir.resolve())})
-    return metrics
+        return metrics
+
+    params = {"icu_predictor": cfg, "arm": arm, "seed": seed, "n_train": len(trainer.train_index)}
+    return tracked_training(
+        tracking_json, job_name or f"train_icu_predictor:{arm}:{seed}", world=loop.resolved_world(), params=params,
+        tags={"cxrgen.stage": f"ddl_cxr:predictor:{arm}"},
+        state_dir=state_dir, fit=lambda job: trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra),
+        publish=publish)

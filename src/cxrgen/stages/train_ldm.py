@@ -14,7 +14,6 @@ How to load the result with plain diffusers code: see :mod:`cxrgen.models.diffus
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 from cxrgen.pipeline import write_pipeline_json
 from cxrgen.report.figures import plot_loss_history
 from cxrgen.train.data import conditioning_texts
-from cxrgen.train.job import tracked_job, write_json
+from cxrgen.train.job import Trained, tracked_training, write_json
 from cxrgen.train.latent_diffusion import LatentDiffusionTrainer
 from cxrgen.train.loop import seed_everything
 from cxrgen.train.sections import loop_config
@@ -101,17 +100,9 @@ def train_ldm(*, latents_dir: Path | str, ae_dir: Path | str, clip_dir: Path | s
     seed_everything(loop.seed)
     trainer = LatentDiffusionTrainer(cfg, latent_mean=train_mean, latent_std=train_std, texts=texts,
                                      text_encoder=text_encoder)
-    params = {"ldm": cfg, "seed": seed, "n_train": len(train_rows), "n_val": len(val_rows)}
-    world = loop.resolved_world()
-    tags = {"cxrgen.stage": f"ldm:{cfg['conditioning']}", "cxrgen.world_size": str(world.world_size)}
-    with tracked_job(tracking_json, job_name, params=params, tags=tags, state_dir=state_dir,
-                     main=world.is_main) as job:
-        started = time.perf_counter()
-        result = trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra)
-        train_seconds = time.perf_counter() - started
-        if not world.is_main:  # rank 0 alone validates and writes
-            return {"rank": world.rank, "steps": result.steps_done}
 
+    def publish(trained: Trained) -> dict:
+        job, result = trained.job, trained.result
         tmp = job.staging(out_dir)
         if cfg["save_raw"]:
             trainer.unet.save_pretrained(tmp / "unet_raw")
@@ -129,15 +120,22 @@ def train_ldm(*, latents_dir: Path | str, ae_dir: Path | str, clip_dir: Path | s
             "steps": result.steps_done, "resumed_from": result.resumed_from, "n_train": len(train_rows),
             "n_val": len(val_rows), "parameters": sum(p.numel() for p in trainer.unet.parameters()),
             "final_loss": history[-1]["loss"] if history else float("nan"), "val_loss_ema": val_loss,
-            "train_seconds_this_run": train_seconds,
-            "seconds_per_step": train_seconds / max(1, result.steps_done - (result.resumed_from or 0)),
+            "train_seconds_this_run": trained.seconds,
+            "seconds_per_step": trained.seconds_per_step,
             "text_encoding_seconds": trainer.text_seconds,
             "latent_shape": list(train_mean.shape[1:]), "conditioning": cfg["conditioning"],
-            "mlflow_run_id": job.run_id, "world_size": world.world_size,
+            "mlflow_run_id": job.run_id, "world_size": trained.world.world_size,
         }
         write_json(tmp / "metrics.json", metrics)
         job.log_metrics({"val_loss_ema": val_loss}, result.steps_done)
         job.publish(tmp, out_dir, artifacts=["loss.png", "metrics.json"],
                     tags={"cxrgen.weights": str(out_dir.resolve())})
-    return metrics
+        return metrics
+
+    params = {"ldm": cfg, "seed": seed, "n_train": len(train_rows), "n_val": len(val_rows)}
+    return tracked_training(
+        tracking_json, job_name, world=loop.resolved_world(), params=params,
+        tags={"cxrgen.stage": f"ldm:{cfg['conditioning']}"},
+        state_dir=state_dir, fit=lambda job: trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra),
+        publish=publish)
 

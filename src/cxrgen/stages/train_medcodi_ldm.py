@@ -5,7 +5,6 @@ embeddings (library: :mod:`cxrgen.medcodi.ldm`, :mod:`cxrgen.medcodi.prompting`)
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +12,7 @@ import pandas as pd
 from cxrgen.medcodi.ldm import load_embeddings, manifest, save_view_ldm, view_trainer, view_training_data
 from cxrgen.medcodi.prompting import MultiPromptConditioner, prompt_modalities
 from cxrgen.report.figures import plot_loss_history
-from cxrgen.train.job import tracked_job, write_json
+from cxrgen.train.job import Trained, tracked_training, write_json
 from cxrgen.train.loop import seed_everything
 from cxrgen.train.sections import loop_config
 
@@ -49,17 +48,9 @@ def train_medcodi_ldm(*, studies: Path | str, embeddings: Path | str, latents_di
     loop = loop_config(cfg, seed, stop_after_steps=stop_after_steps)
     seed_everything(loop.seed)
     trainer = view_trainer(cfg, train, **common)
-    world = loop.resolved_world()
-    params = {"medcodi_ldm": cfg, "seed": seed, "n_train": len(train), "n_val": len(val), **common}
-    tags = {"cxrgen.stage": f"medcodi:ldm:{view}-{prompting}", "cxrgen.world_size": str(world.world_size)}
-    with tracked_job(tracking_json, job_name, params=params, tags=tags, state_dir=state_dir,
-                     main=world.is_main) as job:
-        started = time.perf_counter()
-        result = trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra)
-        train_seconds = time.perf_counter() - started
-        if not world.is_main:
-            return {"rank": world.rank, "steps": result.steps_done}
 
+    def publish(trained: Trained) -> dict:
+        job, result = trained.job, trained.result
         tmp = job.staging(out_dir)
         trainer.ema.copy_to(trainer.unet.parameters())
         latent_shape = list(train.mean.shape[1:])
@@ -76,18 +67,24 @@ def train_medcodi_ldm(*, studies: Path | str, embeddings: Path | str, latents_di
         history = job.extra["history"]
         plot_loss_history(history, tmp / "loss.png", title=f"MedCoDi-M {view} LDM ({prompting}-prompt) loss",
                           ylabel="MSE to the prediction target")
-        ran = result.steps_done - (result.resumed_from or 0)
         metrics = {
             "steps": result.steps_done, "resumed_from": result.resumed_from, "n_train": len(train),
             "n_val": len(val), "skipped_no_prompt": train.skipped_no_prompt + val.skipped_no_prompt,
             "parameters": sum(p.numel() for p in trainer.unet.parameters()),
             "final_loss": history[-1]["loss"] if history else float("nan"), "val_loss_ema": val_loss,
-            "train_seconds_this_run": train_seconds, "seconds_per_step": train_seconds / max(1, ran),
+            "train_seconds_this_run": trained.seconds, "seconds_per_step": trained.seconds_per_step,
             "latent_shape": latent_shape, "embedding_dim": trainer.conditioner.dim, "mlflow_run_id": job.run_id,
-            "world_size": world.world_size, **common,
+            "world_size": trained.world.world_size, **common,
         }
         write_json(tmp / "metrics.json", metrics)
         job.log_metrics({"val_loss_ema": val_loss}, result.steps_done)
         job.publish(tmp, out_dir, artifacts=["loss.png", "metrics.json"],
                     tags={"cxrgen.weights": str(out_dir.resolve())})
-    return metrics
+        return metrics
+
+    params = {"medcodi_ldm": cfg, "seed": seed, "n_train": len(train), "n_val": len(val), **common}
+    return tracked_training(
+        tracking_json, job_name, world=loop.resolved_world(), params=params,
+        tags={"cxrgen.stage": f"medcodi:ldm:{view}-{prompting}"},
+        state_dir=state_dir, fit=lambda job: trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra),
+        publish=publish)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -38,8 +38,8 @@ from cxrgen.models.clip import (
     warmup_cosine,
 )
 from cxrgen.report.figures import Panel, plot_curves, series
-from cxrgen.train.job import tracked_job, write_json
-from cxrgen.train.loop import run_training, seed_everything
+from cxrgen.train.job import TrackedJob, Trained, tracked_training, write_json
+from cxrgen.train.loop import LoopResult, run_training, seed_everything
 from cxrgen.train.sections import loop_config
 from cxrgen.train.tracking import config_digest
 
@@ -120,23 +120,14 @@ def train_prompt_encoders(*, studies_path: Path | str, index_path: Path | str, s
         return {"loss": loss.item(), **last_loss, "grad_norm": grad_norm,
                 "logit_scale": float(model.logit_scale.detach().exp()), "lr": optimizer.param_groups[0]["lr"]}
 
-    def on_log(metrics: dict[str, float], step: int) -> None:
-        job.record(metrics, step, prefix="train/")
+    def fit(job: TrackedJob) -> LoopResult:
+        return run_training(loop_cfg, modules={"clip": model}, optimizers={"clip": optimizer},
+                            schedulers={"clip": scheduler}, loader_for=loader_for, train_step=train_step,
+                            state_dir=state_dir, on_log=partial(job.record, prefix="train/"), extra_state=job.extra,
+                            desc="prompt_encoders", distributed_ready=True)
 
-    params = {"prompt_encoders": cfg, "resolution": resolution, "seed": seed, "model_cfg": bundle.model_cfg,
-              "pairs": {pair_name(p): len(r) for p, r in members.items()}}
-    tags = {"snakemake.rule": "train_prompt_encoders", "config.sha256": config_digest(cfg),
-            "cxrgen.world_size": str(world.world_size)}
-    with tracked_job(tracking_json, job_name, params=params, state_dir=state_dir, tags=tags,
-                     main=world.is_main) as job:
-        started = time.perf_counter()
-        result = run_training(loop_cfg, modules={"clip": model}, optimizers={"clip": optimizer},
-                              schedulers={"clip": scheduler}, loader_for=loader_for, train_step=train_step,
-                              state_dir=state_dir, on_log=on_log, extra_state=job.extra, desc="prompt_encoders",
-                              distributed_ready=True)
-        train_seconds = time.perf_counter() - started
-        if not world.is_main:
-            return {"rank": world.rank, "steps": result.steps_done}
+    def publish(trained: Trained) -> dict:
+        job, result = trained.job, trained.result
         model.eval()
         encoders = PromptEncoders(bundle, resolution)
         retrieval = {}
@@ -146,16 +137,15 @@ def train_prompt_encoders(*, studies_path: Path | str, index_path: Path | str, s
             retrieval[split] = retrieval_by_pair(embeddings, rows)
             job.log_metrics({f"{split}/{direction}/{k}": v for direction, r in retrieval[split].items()
                              for k, v in r.items() if "chance" not in k}, result.steps_done)
-        steps_this_run = result.steps_done - (result.resumed_from or 0)
         history = job.extra["history"]
         metrics = {"steps": result.steps_done, "resumed_from": result.resumed_from,
                    "final_train_loss": history[-1]["loss"] if history else None,
                    "train_pairs": {pair_name(p): int(len(r)) for p, r in members.items()},
                    "round_schedule": [pair_name(p) for p in rounds.pairs], "resolution": resolution,
                    "embed_dim": encoders.dim, "parameters": int(sum(p.numel() for p in model.parameters())),
-                   "pretrained": pretrained, "seconds_per_step_this_run": train_seconds / max(1, steps_this_run),
-                   "train_seconds_this_run": train_seconds, "retrieval": retrieval,
-                   "mlflow_run_id": job.run_id, "world_size": world.world_size}
+                   "pretrained": pretrained, "seconds_per_step_this_run": trained.seconds_per_step,
+                   "train_seconds_this_run": trained.seconds, "retrieval": retrieval,
+                   "mlflow_run_id": job.run_id, "world_size": trained.world.world_size}
         tmp = job.staging(out_dir)
         model.cpu()
         save_clip(bundle, tmp)
@@ -166,7 +156,13 @@ def train_prompt_encoders(*, studies_path: Path | str, index_path: Path | str, s
                                           + "\n".join(tables))
         _save_curve(history, rounds.pairs, tmp / "loss_curve.png")
         job.publish(tmp, out_dir, artifacts=["loss_curve.png", "metrics.json", "retrieval.md"])
-    return metrics
+        return metrics
+
+    params = {"prompt_encoders": cfg, "resolution": resolution, "seed": seed, "model_cfg": bundle.model_cfg,
+              "pairs": {pair_name(p): len(r) for p, r in members.items()}}
+    return tracked_training(tracking_json, job_name, world=world, params=params, state_dir=state_dir,
+                            tags={"snakemake.rule": "train_prompt_encoders", "config.sha256": config_digest(cfg)},
+                            fit=fit, publish=publish)
 
 
 def _save_curve(history: list[dict], pairs, path: Path) -> None:

@@ -25,7 +25,7 @@ from cxrgen.medcodi.text_diffusion import (
 )
 from cxrgen.medcodi.text_vae import load_text_vae
 from cxrgen.report.figures import plot_loss_history
-from cxrgen.train.job import tracked_job, write_json
+from cxrgen.train.job import Trained, tracked_training, write_json
 from cxrgen.train.loop import seed_everything
 from cxrgen.train.sections import loop_config
 
@@ -65,18 +65,9 @@ def train_report_diffusion(*, studies: Path | str, embeddings: Path | str, vae_d
     loop = loop_config(cfg, seed, stop_after_steps=stop_after_steps)
     seed_everything(loop.seed)
     trainer = ReportDiffusionTrainer(cfg, means * scale, options, counts)
-    world = loop.resolved_world()
-    params = {"report_diffusion": cfg, "prompting": prompting, "seed": seed, "n_train": len(train),
-              "latent_scale": scale}
-    tags = {"cxrgen.stage": f"medcodi:report_diffusion:{prompting}", "cxrgen.world_size": str(world.world_size)}
-    with tracked_job(tracking_json, job_name, params=params, tags=tags, state_dir=state_dir,
-                     main=world.is_main) as job:
-        started = time.perf_counter()
-        result = trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra)
-        train_seconds = time.perf_counter() - started
-        if not world.is_main:
-            return {"rank": world.rank, "steps": result.steps_done}
 
+    def publish(trained: Trained) -> dict:
+        job, result = trained.job, trained.result
         tmp = job.staging(out_dir)
         trainer.ema.copy_to(trainer.model.parameters())
         trainer.model.save_pretrained(tmp / "denoiser")
@@ -94,15 +85,23 @@ def train_report_diffusion(*, studies: Path | str, embeddings: Path | str, vae_d
             "n_train": len(train), "latent_scale": scale,
             "parameters": sum(p.numel() for p in trainer.model.parameters()),
             "final_loss": history[-1]["loss"] if history else float("nan"), "val": held_out,
-            "train_seconds_this_run": train_seconds, "validation_seconds": time.perf_counter() - started_val,
-            "seconds_per_step": train_seconds / max(1, result.steps_done - (result.resumed_from or 0)),
-            "mlflow_run_id": job.run_id, "world_size": world.world_size,
+            "train_seconds_this_run": trained.seconds, "validation_seconds": time.perf_counter() - started_val,
+            "seconds_per_step": trained.seconds_per_step,
+            "mlflow_run_id": job.run_id, "world_size": trained.world.world_size,
         }
         write_json(tmp / "metrics.json", metrics)
         job.log_metrics({k: v for k, v in held_out.items() if k != "n"}, result.steps_done, prefix="val_")
         job.publish(tmp, out_dir, artifacts=["loss.png", "metrics.json", "samples.json"],
                     tags={"cxrgen.weights": str(out_dir.resolve())})
-    return metrics
+        return metrics
+
+    params = {"report_diffusion": cfg, "prompting": prompting, "seed": seed, "n_train": len(train),
+              "latent_scale": scale}
+    return tracked_training(
+        tracking_json, job_name, world=loop.resolved_world(), params=params,
+        tags={"cxrgen.stage": f"medcodi:report_diffusion:{prompting}"},
+        state_dir=state_dir, fit=lambda job: trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra),
+        publish=publish)
 
 
 def _held_out_bleu(trainer: ReportDiffusionTrainer, vae, scale: float, studies, embeddings, cfg: dict,

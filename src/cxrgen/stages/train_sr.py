@@ -12,7 +12,6 @@ Both workflow rules call :func:`train_sr`; the ``mode`` argument picks the varia
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +32,8 @@ from cxrgen.models.sr import (
 )
 from cxrgen.report.figures import plot_loss_history
 from cxrgen.train.data import StoreImages, select_rows
-from cxrgen.train.job import tracked_job, write_json
-from cxrgen.train.loop import StepBatchSampler, attach_ema, run_training, seed_everything
+from cxrgen.train.job import TrackedJob, Trained, tracked_training, write_json
+from cxrgen.train.loop import LoopResult, StepBatchSampler, attach_ema, run_training, seed_everything
 from cxrgen.train.sections import loop_config
 
 log = logging.getLogger(__name__)
@@ -212,22 +211,14 @@ def train_sr(*, index_path: Path | str, store_root: Path | str, low_res: int, hi
         grad_norm = ctx.backward_step(loss, model.unet, optimizer)
         return {"loss": loss.item(), "grad_norm": grad_norm}
 
-    params = {"sr": cfg, "mode": mode, "low_res": low_res, "high_res": high_res, "seed": seed,
-              "n_train": len(train_rows), "n_params": count_parameters(model.unet),
-              "ae_dir": str(ae_dir), "init_dir": str(init_dir)}
-    tags = {"cxrgen.stage": f"sr:{mode}", "cxrgen.world_size": str(world.world_size)}
-    with tracked_job(tracking_json, job_name, params=params, tags=tags, state_dir=state_dir,
-                     main=world.is_main) as job:
-        started = time.perf_counter()
-        result = run_training(loop_cfg, modules={"unet": model.unet}, optimizers={"unet": optimizer},
-                              loader_for=loader_for, train_step=train_step, state_dir=state_dir,
-                              emas={"unet": ema} if ema else None, on_log=job.record, extra_state=job.extra,
-                              desc=f"sr-{mode}", distributed_ready=True)
-        if not world.is_main:  # rank 0 alone validates and writes
-            return {"rank": world.rank, "steps": result.steps_done}
-        steps_run = result.steps_done - (result.resumed_from or 0)
-        seconds_per_step = (time.perf_counter() - started) / max(1, steps_run)
+    def fit(job: TrackedJob) -> LoopResult:
+        return run_training(loop_cfg, modules={"unet": model.unet}, optimizers={"unet": optimizer},
+                            loader_for=loader_for, train_step=train_step, state_dir=state_dir,
+                            emas={"unet": ema} if ema else None, on_log=job.record, extra_state=job.extra,
+                            desc=f"sr-{mode}", distributed_ready=True)
 
+    def publish(trained: Trained) -> dict:
+        job, result = trained.job, trained.result
         final = _final_model(model, ema)
         val_metrics, columns = _validate(final, val_hr, val_lr, make_low, n_images=int(cfg["validation"]["images"]),
                                          steps=int(cfg["validation"]["steps"]), seed=int(seed), device=device)
@@ -235,9 +226,9 @@ def train_sr(*, index_path: Path | str, store_root: Path | str, low_res: int, hi
         metrics = {
             "mode": mode, "low_res": low_res, "high_res": high_res, "steps": result.steps_done,
             "final_loss": history[-1]["loss"] if history else float("nan"),
-            "seconds_per_step": seconds_per_step, "n_train": len(train_rows),
+            "seconds_per_step": trained.seconds_per_step, "n_train": len(train_rows),
             "n_params": count_parameters(final.unet), "validation_steps": int(cfg["validation"]["steps"]),
-            **val_metrics, "mlflow_run_id": job.run_id, "world_size": world.world_size,
+            **val_metrics, "mlflow_run_id": job.run_id, "world_size": trained.world.world_size,
         }
         tmp = job.staging(out_dir)
         final.unet.to("cpu")
@@ -249,6 +240,12 @@ def train_sr(*, index_path: Path | str, store_root: Path | str, low_res: int, hi
         job.log_metrics(val_metrics, result.steps_done)
         job.publish(tmp, out_dir, artifacts=["metrics.json", "val_grid.png", "loss_curve.png"],
                     tags={"cxrgen.weights": str(out_dir.resolve())})
-    log.info("SR %s: PSNR %.2f dB (bicubic %.2f), SSIM %.3f (bicubic %.3f)", mode, metrics["val_psnr_sr"],
-             metrics["val_psnr_bicubic"], metrics["val_ssim_sr"], metrics["val_ssim_bicubic"])
-    return metrics
+        log.info("SR %s: PSNR %.2f dB (bicubic %.2f), SSIM %.3f (bicubic %.3f)", mode, metrics["val_psnr_sr"],
+                 metrics["val_psnr_bicubic"], metrics["val_ssim_sr"], metrics["val_ssim_bicubic"])
+        return metrics
+
+    params = {"sr": cfg, "mode": mode, "low_res": low_res, "high_res": high_res, "seed": seed,
+              "n_train": len(train_rows), "n_params": count_parameters(model.unet),
+              "ae_dir": str(ae_dir), "init_dir": str(init_dir)}
+    return tracked_training(tracking_json, job_name, world=world, params=params, tags={"cxrgen.stage": f"sr:{mode}"},
+                            state_dir=state_dir, fit=fit, publish=publish)

@@ -4,7 +4,6 @@ the study table's training reports (library: :mod:`cxrgen.medcodi.text_vae`)."""
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from cxrgen.medcodi.text_vae import (
@@ -16,7 +15,7 @@ from cxrgen.medcodi.text_vae import (
     study_reports,
 )
 from cxrgen.report.figures import plot_loss_history
-from cxrgen.train.job import tracked_job, write_json
+from cxrgen.train.job import Trained, tracked_training, write_json
 from cxrgen.train.loop import seed_everything
 from cxrgen.train.sections import loop_config
 
@@ -47,18 +46,9 @@ def train_text_vae(*, studies: Path | str, cfg: dict, seed: int, out_dir: Path |
     loop = loop_config(cfg, seed, stop_after_steps=stop_after_steps)
     seed_everything(loop.seed)
     trainer = TextVAETrainer(cfg, tokenizer, texts)
-    world = loop.resolved_world()
-    params = {"text_vae": cfg, "seed": seed, "n_train": len(texts), "n_val": len(val_texts),
-              "vocab_size": len(tokenizer)}
-    tags = {"cxrgen.stage": "medcodi:text_vae", "cxrgen.world_size": str(world.world_size)}
-    with tracked_job(tracking_json, job_name, params=params, tags=tags, state_dir=state_dir,
-                     main=world.is_main) as job:
-        started = time.perf_counter()
-        result = trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra)
-        train_seconds = time.perf_counter() - started
-        if not world.is_main:
-            return {"rank": world.rank, "steps": result.steps_done}
 
+    def publish(trained: Trained) -> dict:
+        job, result = trained.job, trained.result
         tmp = job.staging(out_dir)
         trainer.model.save_pretrained(tmp)
         tokenizer.save(tmp)
@@ -77,12 +67,19 @@ def train_text_vae(*, studies: Path | str, cfg: dict, seed: int, out_dir: Path |
             "parameters": sum(p.numel() for p in trainer.model.parameters()),
             "final_loss": history[-1]["loss"] if history else float("nan"),
             "final_kl": history[-1]["kl"] if history else float("nan"),
-            "val": held_out, "train_seconds_this_run": train_seconds,
-            "seconds_per_step": train_seconds / max(1, result.steps_done - (result.resumed_from or 0)),
-            "mlflow_run_id": job.run_id, "world_size": world.world_size,
+            "val": held_out, "train_seconds_this_run": trained.seconds,
+            "seconds_per_step": trained.seconds_per_step,
+            "mlflow_run_id": job.run_id, "world_size": trained.world.world_size,
         }
         write_json(tmp / "metrics.json", metrics)
         job.log_metrics({k: v for k, v in held_out.items() if k != "n"}, result.steps_done, prefix="val_")
         job.publish(tmp, out_dir, artifacts=["loss.png", "metrics.json", "reconstructions.json"],
                     tags={"cxrgen.weights": str(out_dir.resolve())})
-    return metrics
+        return metrics
+
+    params = {"text_vae": cfg, "seed": seed, "n_train": len(texts), "n_val": len(val_texts),
+              "vocab_size": len(tokenizer)}
+    return tracked_training(
+        tracking_json, job_name, world=loop.resolved_world(), params=params, tags={"cxrgen.stage": "medcodi:text_vae"},
+        state_dir=state_dir, fit=lambda job: trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra),
+        publish=publish)

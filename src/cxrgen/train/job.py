@@ -17,6 +17,7 @@ SIGTERMs are logged and ignored, so that they cannot interrupt the recording of 
 
 Data-parallel training runs the job on every rank: rank 0 is the job (``main=True``, the default); the other ranks
 (``main=False``) train inside the same scaffold but open no run, keep no run id and may not publish.
+:func:`tracked_training` is that shape for a trainer: the job on every rank, a timed fit, then rank 0 alone publishes.
 """
 
 from __future__ import annotations
@@ -27,13 +28,19 @@ import math
 import os
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrgen.train.outputs import publish_dir, staging_dir
 from cxrgen.train.tracking import mlflow_key
+
+if TYPE_CHECKING:
+    from cxrgen.train.distributed import World
+    from cxrgen.train.loop import LoopResult
 
 log = logging.getLogger(__name__)
 
@@ -228,3 +235,39 @@ def tracked_job(tracking_json: Path | str | None, name: str, *, params: dict | N
         signals.stopping = True
         if run is not None:
             run.finish("FINISHED")
+
+
+@dataclass
+class Trained:
+    """What rank 0's ``publish`` gets from :func:`tracked_training`: the job, the fit's result, the world, and the
+    wall-clock seconds of this run's fit (a resumed run counts only the steps it ran itself)."""
+
+    job: TrackedJob
+    result: LoopResult
+    seconds: float
+    world: World
+
+    @property
+    def steps_this_run(self) -> int:
+        return self.result.steps_done - (self.result.resumed_from or 0)
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / max(1, self.steps_this_run)
+
+
+def tracked_training(tracking_json: Path | str | None, name: str, *, world: World,
+                     fit: Callable[[TrackedJob], LoopResult], publish: Callable[[Trained], dict],
+                     params: dict | None = None, tags: dict | None = None, state_dir: Path | str | None = None) -> dict:
+    """One data-parallel trainer's job on this rank: :func:`tracked_job` (tracked on rank 0 of ``world`` only; the
+    tags gain ``cxrgen.world_size``) around ``fit(job)``, timed, which trains (with the other ranks) and returns the
+    loop's result. Then rank 0 returns ``publish(Trained(...))`` (it writes and publishes the outputs and returns the
+    stage's metrics) and every other rank returns ``{"rank": r, "steps": n}``."""
+    tags = {**(tags or {}), "cxrgen.world_size": str(world.world_size)}
+    with tracked_job(tracking_json, name, params=params, tags=tags, state_dir=state_dir, main=world.is_main) as job:
+        started = time.perf_counter()
+        result = fit(job)
+        seconds = time.perf_counter() - started
+        if not world.is_main:
+            return {"rank": world.rank, "steps": result.steps_done}
+        return publish(Trained(job, result, seconds, world))

@@ -28,6 +28,32 @@ from cxrgen.models.diffusion import (
 from cxrgen.train.loop import LoopConfig, attach_ema, index_batches, run_training
 
 
+def global_draws(ctx=None) -> tuple[int, Callable[[torch.Tensor], torch.Tensor]]:
+    """(world size, ``mine``) for random numbers drawn for a step's global batch: ``mine(drawn)`` keeps this rank's
+    rows (``ctx.local`` of the loop's :class:`~cxrgen.train.loop.TrainContext`); without ``ctx``, one process
+    keeps every row."""
+    if ctx is None:
+        return 1, lambda drawn: drawn
+    return ctx.world_size, ctx.local
+
+
+def draw_noised(scheduler, mean: torch.Tensor, std: torch.Tensor | None, indices: list[int],
+                generator: torch.Generator, ctx=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy latents, timesteps, prediction target) of the items ``indices`` of the scaled latents ``mean``: from
+    ``generator``, in this order, z = mean + std·N(0, I) (a posterior sample; z = mean when ``std`` is None),
+    t ~ U{0, …, T−1}, ε ~ N(0, I); noisy = the ``scheduler``'s forward process at t, target = its prediction target
+    (ε, v or x₀). With ``ctx`` and several ranks, ``indices`` are this rank's share of the global batch; every draw
+    is made for the whole global batch, as one process makes it, and this rank keeps its rows."""
+    world_size, mine = global_draws(ctx)
+    n, shape = len(indices) * world_size, tuple(mean.shape[1:])
+    z = mean[indices]
+    if std is not None:
+        z = z + std[indices] * mine(torch.randn((n, *shape), generator=generator))
+    t = mine(torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator))
+    noise = mine(torch.randn((n, *shape), generator=generator))
+    return scheduler.add_noise(z, noise, t), t, diffusion_target(scheduler, z, noise, t)
+
+
 class Conditioner(Protocol):
     """The conditioning hook of :class:`LatentDiffusionTrainer`: ``dim`` = the cross-attention width, and a call
     ``(indices, n_global, generator, mine, drop) -> (context [b, L, dim], mask [b, L] or None)`` for this rank's items
@@ -96,15 +122,9 @@ class LatentDiffusionTrainer:
         ``ctx`` (the loop's :class:`~cxrgen.train.loop.TrainContext`) with several ranks: ``indices`` are this rank's
         share of the step's global batch; every draw is made for the whole global batch, as one process makes it, and
         this rank keeps its rows (``ctx.local``), so the ranks together use the single-process run's random numbers."""
-        world_size = ctx.world_size if ctx is not None else 1
-        mine = ctx.local if ctx is not None else (lambda drawn: drawn)
-        n, shape = len(indices) * world_size, tuple(self.mean.shape[1:])
-        z = self.mean[indices]
-        if self.std is not None:
-            z = z + self.std[indices] * mine(torch.randn((n, *shape), generator=generator))
-        t = mine(torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=generator))
-        noise = mine(torch.randn((n, *shape), generator=generator))
-        noisy = self.scheduler.add_noise(z, noise, t)
+        noisy, t, target = draw_noised(self.scheduler, self.mean, self.std, indices, generator, ctx)
+        world_size, mine = global_draws(ctx)
+        n = len(indices) * world_size
         context = mask = None
         if self.conditioner is not None:
             context, mask = self.conditioner(indices, n, generator, mine, drop)
@@ -118,7 +138,6 @@ class LatentDiffusionTrainer:
             context, mask = context.to(device), mask.to(device)
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
             eps = denoise(self.unet, noisy.to(device), t.to(device), context, mask)
-        target = diffusion_target(self.scheduler, z, noise, t)
         return F.mse_loss(eps.float(), target.to(device))
 
     def train_step(self, indices: list[int], ctx) -> dict[str, float]:
