@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from medcodi_joint_helpers import RESOLUTION, build_generators, rule_cfg
@@ -186,3 +187,12 @@ def test_evaluation_writes_table6_and_fig7(setup):
     again = evaluate_joint_generation(**kwargs, out_json=root / "eval2" / "joint.json",
                                       out_png=root / "eval2" / "hamming.png")
     assert again["similarity"] == payload["similarity"] and again["hamming"] == payload["hamming"]
+
+    # a corpus without a test study holding all three modalities: n = 0 everywhere, no failure
+    studies = pd.read_parquet(setup["studies"])
+    studies.loc[studies["split"] == "test", "lateral_image_id"] = None
+    studies.to_parquet(root / "no_test_lateral.parquet")
+    empty = evaluate_joint_generation(**{**kwargs, "studies": root / "no_test_lateral.parquet"},
+                                      out_json=root / "eval3" / "joint.json", out_png=root / "eval3" / "hamming.png")
+    assert {d: v["n"] for d, v in empty["similarity"].items()} == dict.fromkeys(DIRECTIONS, 0)
+    assert json.loads((root / "eval3" / "joint.json").read_text())["hamming"]["n"] == 0
