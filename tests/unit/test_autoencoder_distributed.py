@@ -11,13 +11,12 @@ import torch
 from distributed_helpers import (
     assert_close_weights,
     assert_identical_weights,
+    assert_killed_and_resumed,
     assert_rank0_published,
-    kill_and_resume_on_two_ranks,
     latest_state,
-    train_on_two_ranks,
+    train_kill_and_resume_on_two_ranks,
 )
 from test_autoencoder import RES, tiny_cfg, tiny_store
-from test_ldm import shared_tracking_json
 
 from cxrgen.models.autoencoder import FeaturePerceptualLoss, load_autoencoder
 from cxrgen.stages.train_autoencoder import HISTORY_FILE, train_autoencoder
@@ -60,12 +59,14 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_ranks(inputs, tmp_path_factory):
-    return train_on_two_ranks(train_autoencoder, inputs, tmp_path_factory, "train_autoencoder:ddp")
+    """Uninterrupted, and killed after 3 steps (during the adversarial phase) and resumed, in one launch."""
+    return train_kill_and_resume_on_two_ranks(train_autoencoder, inputs, tmp_path_factory, "train_autoencoder:ddp")
 
 
 def test_two_ranks_train_the_single_process_weights(inputs, two_ranks):
     kwargs, root = inputs
-    metrics, two, tracking = two_ranks
+    found, _, tracking = two_ranks
+    metrics, two = found["straight"], root / "two"
     single = train_autoencoder(**kwargs, out_dir=root / "one", state_dir=root / "one_state", tracking_json=None,
                                job_name="train_autoencoder")
     assert metrics["world_size"] == 2 and single["world_size"] == 1 and metrics["steps"] == single["steps"] == 4
@@ -89,13 +90,10 @@ def test_two_ranks_train_the_single_process_weights(inputs, two_ranks):
     assert_rank0_published(tracking, "train_autoencoder:ddp", metrics, two)
 
 
-def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(inputs, two_ranks, tmp_path_factory):
-    kwargs, root = inputs
-    _, straight, _ = two_ranks
-    tracking = shared_tracking_json(tmp_path_factory)
-    # stopped after step 3: during the adversarial phase
-    metrics = kill_and_resume_on_two_ranks(train_autoencoder, kwargs, root, tracking, "train_autoencoder:ddp-resumed")
-    assert metrics["resumed_from"] == 2 and metrics["steps"] == 4
-    assert_identical_weights(load_autoencoder(root / "resumed").state_dict(), load_autoencoder(straight).state_dict())
+def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(two_ranks):
+    found, root, tracking = two_ranks
+    assert_killed_and_resumed(found, root, tracking, "train_autoencoder:ddp-resumed")
+    assert_identical_weights(load_autoencoder(root / "resumed").state_dict(),
+                             load_autoencoder(root / "two").state_dict())
     assert_identical_weights(_modules(root / "resumed_state")["discriminator"],
                              _modules(root / "two_state")["discriminator"])

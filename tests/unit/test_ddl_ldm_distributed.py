@@ -9,11 +9,11 @@ from ddl_helpers import TINY_EHR, icu_cfg, write_cohort
 from distributed_helpers import (
     assert_close_weights,
     assert_identical_weights,
+    assert_killed_and_resumed,
     assert_rank0_published,
     assert_same_steps,
-    kill_and_resume_on_two_ranks,
     latest_state,
-    train_on_two_ranks,
+    train_kill_and_resume_on_two_ranks,
 )
 
 from cxrgen.icu.ddl_ldm import load_ddl_ldm
@@ -42,7 +42,8 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_ranks(inputs, tmp_path_factory):
-    return train_on_two_ranks(train_ddl_ldm, inputs, tmp_path_factory, "train_ddl_ldm:ddp")
+    """Uninterrupted, and killed after 3 steps and resumed, in one launch."""
+    return train_kill_and_resume_on_two_ranks(train_ddl_ldm, inputs, tmp_path_factory, "train_ddl_ldm:ddp")
 
 
 def _model_weights(model_dir):
@@ -52,7 +53,8 @@ def _model_weights(model_dir):
 
 def test_two_ranks_train_the_single_process_weights(inputs, two_ranks):
     kwargs, root = inputs
-    metrics, two, tracking = two_ranks
+    found, _, tracking = two_ranks
+    metrics, two = found["straight"], root / "two"
     single = train_ddl_ldm(**kwargs, out_dir=root / "one", state_dir=root / "one_state")
     assert metrics["world_size"] == 2 and single["world_size"] == 1 and metrics["steps"] == single["steps"] == 4
     parallel_log = latest_state(root / "two_state")["extra"]["history"]
@@ -63,11 +65,7 @@ def test_two_ranks_train_the_single_process_weights(inputs, two_ranks):
     assert_rank0_published(tracking, "train_ddl_ldm:ddp", metrics, two)
 
 
-def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(inputs, two_ranks, tmp_path_factory):
-    from test_ldm import shared_tracking_json
-
-    kwargs, root = inputs
-    _, straight, _ = two_ranks
-    kill_and_resume_on_two_ranks(train_ddl_ldm, kwargs, root, shared_tracking_json(tmp_path_factory),
-                                 "train_ddl_ldm:ddp-resumed")
-    assert_identical_weights(_model_weights(root / "resumed"), _model_weights(straight), "DDL-CXR LDM")
+def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(two_ranks):
+    found, root, tracking = two_ranks
+    assert_killed_and_resumed(found, root, tracking, "train_ddl_ldm:ddp-resumed")
+    assert_identical_weights(_model_weights(root / "resumed"), _model_weights(root / "two"), "DDL-CXR LDM")

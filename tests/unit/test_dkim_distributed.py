@@ -6,16 +6,16 @@ import pytest
 import torch
 from distributed_helpers import (
     assert_identical_weights,
+    assert_killed_and_resumed,
     assert_rank0_published,
     assert_same_steps,
     checkpoint_history,
-    kill_and_resume_on_two_ranks,
-    train_on_two_ranks,
+    train_kill_and_resume_on_two_ranks,
     weight_differences,
 )
 from safetensors.torch import load_file
 from test_dkim import dkim_cfg, make_base_ldm
-from test_ldm import ldm_cfg, shared_tracking_json
+from test_ldm import ldm_cfg
 
 from cxrgen.stages.train_dkim import train_dkim
 
@@ -47,12 +47,14 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_ranks(inputs, tmp_path_factory):
-    return train_on_two_ranks(train_dkim, inputs, tmp_path_factory, "train_dkim:ddp")
+    """Uninterrupted, and killed after 3 steps and resumed, in one launch."""
+    return train_kill_and_resume_on_two_ranks(train_dkim, inputs, tmp_path_factory, "train_dkim:ddp")
 
 
 def test_two_ranks_train_the_single_process_adapter(inputs, two_ranks):
     kwargs, root = inputs
-    metrics, two, tracking = two_ranks
+    found, _, tracking = two_ranks
+    metrics, two = found["straight"], root / "two"
     single = train_dkim(**kwargs, out_dir=root / "one", state_dir=root / "one_state")
     assert metrics["world_size"] == 2 and single["world_size"] == 1 and metrics["steps"] == single["steps"] == 4
     assert metrics["base_unchanged"] and metrics["base_unet_sha"] == single["base_unet_sha"]
@@ -76,12 +78,9 @@ def test_two_ranks_train_the_single_process_adapter(inputs, two_ranks):
     assert_rank0_published(tracking, "train_dkim:ddp", metrics, two)
 
 
-def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(inputs, two_ranks, tmp_path_factory):
-    kwargs, root = inputs
-    _, straight, _ = two_ranks
-    tracking = shared_tracking_json(tmp_path_factory)
-    metrics = kill_and_resume_on_two_ranks(train_dkim, kwargs, root, tracking, "train_dkim:ddp-resumed")
-    assert metrics["resumed_from"] == 2 and metrics["steps"] == 4
-    resumed, uninterrupted = load_file(root / "resumed" / WEIGHTS), load_file(straight / WEIGHTS)
+def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(two_ranks):
+    found, root, tracking = two_ranks
+    assert_killed_and_resumed(found, root, tracking, "train_dkim:ddp-resumed")
+    resumed, uninterrupted = load_file(root / "resumed" / WEIGHTS), load_file(root / "two" / WEIGHTS)
     assert resumed.keys() == uninterrupted.keys()
     assert_identical_weights(resumed, uninterrupted)

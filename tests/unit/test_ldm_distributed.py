@@ -6,14 +6,14 @@ import pytest
 from distributed_helpers import (
     assert_close_weights,
     assert_identical_weights,
+    assert_killed_and_resumed,
     assert_rank0_published,
     assert_same_steps,
     checkpoint_history,
-    kill_and_resume_on_two_ranks,
-    train_on_two_ranks,
+    train_kill_and_resume_on_two_ranks,
 )
 from safetensors.torch import load_file
-from test_ldm import ldm_cfg, make_clip, make_latent_cache, shared_tracking_json
+from test_ldm import ldm_cfg, make_clip, make_latent_cache
 
 from cxrgen.stages.train_ldm import train_ldm
 
@@ -42,12 +42,14 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_ranks(inputs, tmp_path_factory):
-    return train_on_two_ranks(train_ldm, inputs, tmp_path_factory, "train_ldm:ddp")
+    """Uninterrupted, and killed after 3 steps and resumed, in one launch."""
+    return train_kill_and_resume_on_two_ranks(train_ldm, inputs, tmp_path_factory, "train_ldm:ddp")
 
 
 def test_two_ranks_train_the_single_process_weights(inputs, two_ranks):
     kwargs, root = inputs
-    metrics, two, tracking = two_ranks
+    found, _, tracking = two_ranks
+    metrics, two = found["straight"], root / "two"
     single = train_ldm(**kwargs, out_dir=root / "one", state_dir=root / "one_state")
     assert metrics["world_size"] == 2 and single["world_size"] == 1 and metrics["steps"] == single["steps"] == 4
     # the logged loss is the mean over the ranks: the global batch's loss, step by step
@@ -59,11 +61,8 @@ def test_two_ranks_train_the_single_process_weights(inputs, two_ranks):
     assert_rank0_published(tracking, "train_ldm:ddp", metrics, two)
 
 
-def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(inputs, two_ranks, tmp_path_factory):
-    kwargs, root = inputs
-    _, straight, _ = two_ranks
-    tracking = shared_tracking_json(tmp_path_factory)
-    metrics = kill_and_resume_on_two_ranks(train_ldm, kwargs, root, tracking, "train_ldm:ddp-resumed")
-    assert metrics["resumed_from"] == 2 and metrics["steps"] == 4
+def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(two_ranks):
+    found, root, tracking = two_ranks
+    assert_killed_and_resumed(found, root, tracking, "train_ldm:ddp-resumed")
     for name in ("unet", "unet_raw"):
-        assert_identical_weights(_weights(root / "resumed", name), _weights(straight, name), name)
+        assert_identical_weights(_weights(root / "resumed", name), _weights(root / "two", name), name)

@@ -30,20 +30,28 @@ def root(tmp_path_factory):
     return root
 
 
+def on_two_ranks(vae_kwargs: dict, rd_kwargs: dict, root: str) -> tuple[dict, dict]:
+    """Both 2-rank trainings of this file in one launch (starting the ranks costs seconds of imports on shared
+    cores)."""
+    vae = train_text_vae(**vae_kwargs, out_dir=f"{root}/vae2", state_dir=f"{root}/vae2_state")
+    rd = train_report_diffusion(**rd_kwargs, out_dir=f"{root}/rd2", state_dir=f"{root}/rd2_state")
+    return vae, rd
+
+
 def test_two_ranks_train_the_single_process_weights(root):
     studies = str(root / "studies.parquet")
     vae_cfg = medcodi_cfg("text_vae", model={"dropout": 0.0}, max_steps=3)  # dropout draws are per rank
-    two = launch(train_text_vae, 2, studies=studies, cfg=vae_cfg, seed=0, out_dir=str(root / "vae2"),
-                 state_dir=str(root / "vae2_state"))
-    one = train_text_vae(studies=studies, cfg=vae_cfg, seed=0, out_dir=root / "vae1", state_dir=root / "vae1_state")
-    assert two["world_size"] == 2 and one["world_size"] == 1
+    vae_kwargs = {"studies": studies, "cfg": vae_cfg, "seed": 0}
+    # the report diffusion model of both runs encodes with the single process's VAE (trained before the launch)
+    one_vae = train_text_vae(**vae_kwargs, out_dir=root / "vae1", state_dir=root / "vae1_state")
+    rd_cfg = medcodi_cfg("report_diffusion", cfg_dropout=0.5, max_steps=3, val_max_items=0)
+    rd_kwargs = {"studies": studies, "embeddings": str(root / "embeddings.npz"), "vae_dir": str(root / "vae1"),
+                 "cfg": rd_cfg, "prompting": "multi", "seed": 0}
+    two_vae, two_rd = launch(on_two_ranks, 2, vae_kwargs, rd_kwargs, str(root))
+    assert two_vae["world_size"] == 2 and one_vae["world_size"] == 1
     _compare(root / "vae2" / "diffusion_pytorch_model.safetensors", root / "vae1" / "diffusion_pytorch_model.safetensors")
 
-    rd_cfg = medcodi_cfg("report_diffusion", cfg_dropout=0.5, max_steps=3, val_max_items=0)
-    kwargs = {"studies": studies, "embeddings": str(root / "embeddings.npz"), "vae_dir": str(root / "vae1"),
-              "cfg": rd_cfg, "prompting": "multi", "seed": 0}
-    two = launch(train_report_diffusion, 2, **kwargs, out_dir=str(root / "rd2"), state_dir=str(root / "rd2_state"))
-    one = train_report_diffusion(**kwargs, out_dir=root / "rd1", state_dir=root / "rd1_state")
-    assert two["world_size"] == 2 and one["world_size"] == 1
+    one_rd = train_report_diffusion(**rd_kwargs, out_dir=root / "rd1", state_dir=root / "rd1_state")
+    assert two_rd["world_size"] == 2 and one_rd["world_size"] == 1
     _compare(root / "rd2" / "denoiser" / "diffusion_pytorch_model.safetensors",
              root / "rd1" / "denoiser" / "diffusion_pytorch_model.safetensors")

@@ -3,17 +3,18 @@ CPU started by the launcher end with the weights of one process with the same gl
 and noise drawn for the global batch), a killed and resumed 2-rank run equals the uninterrupted one bit for bit, and
 rank 0 alone writes the output and the MLflow run."""
 
+from pathlib import Path
+
 import pytest
 from distributed_helpers import (
     assert_close_weights,
     assert_identical_weights,
+    assert_killed_and_resumed,
     assert_rank0_published,
     assert_same_steps,
-    kill_and_resume_on_two_ranks,
     latest_state,
-    train_on_two_ranks,
+    train_kill_and_resume_in_ranks,
 )
-from test_ldm import shared_tracking_json
 from test_sr import HIGH, LOW, make_autoencoder, make_store, tiny_cfg
 
 from cxrgen.models.sr import load_sr
@@ -30,18 +31,34 @@ CFG = tiny_cfg(batch_size=4, base={"max_steps": 4}, finetune={"max_steps": 4}, t
                loop={"checkpoint_every": 2, "log_every": 1})
 
 
+def finetune_kwargs(kwargs: dict, root) -> dict:
+    """Rule finetune_sr's arguments: low-resolution inputs through the autoencoder, weights from the base model."""
+    return {**kwargs, "cfg": {**CFG, "lr_source": "store"}, "mode": "decoded", "ae_dir": str(Path(root) / "autoencoder"),
+            "init_dir": str(Path(root) / "two"), "tracking_json": None, "job_name": "finetune_sr"}
+
+
+def on_two_ranks(kwargs: dict, root: str, tracking: str) -> dict:
+    """Every 2-rank run of this file, in one launch (starting the ranks costs seconds of imports on shared cores):
+    uninterrupted, killed after 3 steps (checkpoint at 2) and resumed, and rule finetune_sr from the first."""
+    root = Path(root)
+    found = train_kill_and_resume_in_ranks(train_sr, kwargs, root, tracking, "train_sr:ddp")
+    found["fine"] = train_sr(**finetune_kwargs(kwargs, root), out_dir=str(root / "fine_two"),
+                             state_dir=str(root / "fine_two_state"))
+    return found
+
+
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def runs(tmp_path_factory):
+    from test_ldm import shared_tracking_json
+
     root = tmp_path_factory.mktemp("sr_ddp")
     store = make_store(root / "store")
+    make_autoencoder(root / "autoencoder")
+    tracking = str(shared_tracking_json(tmp_path_factory))
     # plain str paths, as the adapter passes them: the ranks unpickle their arguments
-    return {"index_path": str(store / "index.parquet"), "store_root": str(store), "low_res": LOW, "high_res": HIGH,
-            "cfg": CFG, "seed": 7}, root
-
-
-@pytest.fixture(scope="module")
-def two_ranks(inputs, tmp_path_factory):
-    return train_on_two_ranks(train_sr, inputs, tmp_path_factory, "train_sr:ddp")
+    kwargs = {"index_path": str(store / "index.parquet"), "store_root": str(store), "low_res": LOW, "high_res": HIGH,
+              "cfg": CFG, "seed": 7}
+    return kwargs, root, tracking, launch(on_two_ranks, 2, kwargs, str(root), tracking)
 
 
 def _assert_same_training(root, parallel_state, single_state, parallel_dir, single_dir):
@@ -55,36 +72,31 @@ def _assert_same_training(root, parallel_state, single_state, parallel_dir, sing
                          load_sr(root / single_dir).unet.state_dict(), ATOL, MEDIAN_ATOL)
 
 
-def test_two_ranks_train_the_single_process_weights(inputs, two_ranks):
-    kwargs, root = inputs
-    metrics, two, tracking = two_ranks
+def test_two_ranks_train_the_single_process_weights(runs):
+    kwargs, root, tracking, found = runs
+    metrics = found["straight"]
     single = train_sr(**kwargs, out_dir=root / "one", state_dir=root / "one_state", tracking_json=None,
                       job_name="train_sr")
     assert metrics["world_size"] == 2 and single["world_size"] == 1 and metrics["steps"] == single["steps"] == 4
     _assert_same_training(root, "two_state", "one_state", "two", "one")
     # rank 0 alone opened the run, finished it and wrote the output
-    assert_rank0_published(tracking, "train_sr:ddp", metrics, two)
+    assert_rank0_published(tracking, "train_sr:ddp", metrics, root / "two")
 
 
-def test_finetune_on_decoded_images_two_ranks_equal_one_process(inputs, two_ranks):
+def test_finetune_on_decoded_images_two_ranks_equal_one_process(runs):
     """Rule finetune_sr: low-resolution inputs through the autoencoder, weights from the base model."""
-    kwargs, root = inputs
-    _, base, _ = two_ranks
-    ae_dir = make_autoencoder(root / "autoencoder")
-    fine = {**kwargs, "cfg": {**CFG, "lr_source": "store"}, "mode": "decoded", "ae_dir": str(ae_dir),
-            "init_dir": str(base), "tracking_json": None, "job_name": "finetune_sr"}
-    parallel = launch(train_sr, 2, **fine, out_dir=str(root / "fine_two"), state_dir=str(root / "fine_two_state"))
-    single = train_sr(**fine, out_dir=str(root / "fine_one"), state_dir=str(root / "fine_one_state"))
+    kwargs, root, _, found = runs
+    parallel = found["fine"]
+    single = train_sr(**finetune_kwargs(kwargs, root), out_dir=str(root / "fine_one"),
+                      state_dir=str(root / "fine_one_state"))
     assert parallel["mode"] == single["mode"] == "decoded" and parallel["world_size"] == 2
     _assert_same_training(root, "fine_two_state", "fine_one_state", "fine_two", "fine_one")
 
 
-def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(inputs, two_ranks, tmp_path_factory):
-    kwargs, root = inputs
-    _, straight, _ = two_ranks
-    tracking = shared_tracking_json(tmp_path_factory)
-    metrics = kill_and_resume_on_two_ranks(train_sr, kwargs, root, tracking, "train_sr:ddp-resumed")
-    assert metrics["steps"] == 4
-    assert_identical_weights(load_sr(root / "resumed").unet.state_dict(), load_sr(straight).unet.state_dict())
+def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(runs):
+    _, root, tracking, found = runs
+    # train_sr's metrics do not report the step it resumed from: the killed job's checkpoint 2 is checked
+    assert_killed_and_resumed(found, root, tracking, "train_sr:ddp-resumed", reports_resumed_from=False)
+    assert_identical_weights(load_sr(root / "resumed").unet.state_dict(), load_sr(root / "two").unet.state_dict())
     assert_identical_weights(latest_state(root / "resumed_state")["modules"]["unet"],
                              latest_state(root / "two_state")["modules"]["unet"])

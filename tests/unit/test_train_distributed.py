@@ -68,10 +68,25 @@ def train_tiny(state_dir, max_steps=10, stop_after=None, fail_on_rank=None, with
             "resumed_from": result.resumed_from}
 
 
+FP16 = {"mixed_precision": "fp16", "grad_scale_init": 2.0**24, "grad_scale_growth_interval": 2}
+
+
+def with_ema_and_in_fp16(root: Path) -> tuple[dict, dict]:
+    """The uninterrupted 2-rank trainings of this file in one launch (starting the ranks costs seconds of imports on
+    shared cores): with EMA into ``root/ema``, and in fp16 without EMA into ``root/fp16``."""
+    return train_tiny(root / "ema"), train_tiny(root / "fp16", with_ema=False, **FP16)
+
+
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    state_dir = tmp_path_factory.mktemp("two_ranks")
-    return launch(train_tiny, 2, state_dir), state_dir
+def launched(tmp_path_factory):
+    root = tmp_path_factory.mktemp("two_ranks")
+    return launch(with_ema_and_in_fp16, 2, root), root
+
+
+@pytest.fixture(scope="module")
+def two_ranks(launched):
+    (with_ema, _), root = launched
+    return with_ema, root / "ema"
 
 
 def test_two_ranks_train_the_single_process_weights(two_ranks, tmp_path):
@@ -89,14 +104,13 @@ def test_two_ranks_train_the_single_process_weights(two_ranks, tmp_path):
     assert not torch.equal(payload["rank_rngs"][0][0], payload["rank_rngs"][1][0])  # own dropout stream per rank
 
 
-def test_two_fp16_ranks_skip_overflowing_steps_together(tmp_path):
+def test_two_fp16_ranks_skip_overflowing_steps_together(launched):
     """GradScaler with summed gradients: an overflow on any rank reaches every rank, so all skip that step and the
     ranks stay identical (the scalers' checkpointing is the single-process code: test_train_precision)."""
-    loop = {"mixed_precision": "fp16", "grad_scale_init": 2.0**24, "grad_scale_growth_interval": 2}
-    run = launch(train_tiny, 2, tmp_path, with_ema=False, **loop)
+    (_, run), root = launched
     skipped = [not math.isfinite(h["grad_norm"]) for h in run["history"]]
     assert run["ranks_agree"] and any(skipped) and not all(skipped)
-    assert torch.load(latest_checkpoint(tmp_path), weights_only=False)["scalers"]["model"]["scale"] < 2.0**24
+    assert torch.load(latest_checkpoint(root / "fp16"), weights_only=False)["scalers"]["model"]["scale"] < 2.0**24
 
 
 def test_killed_and_resumed_two_ranks_equal_the_uninterrupted_run(two_ranks, tmp_path):
