@@ -3,24 +3,15 @@ by hours since the last CXR, image quality, computed notes) and its figures (lib
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 from pathlib import Path
 
+from cxrgen.report import read_section_json
 from cxrgen.report.icu import icu_figure, icu_markdown
 
 log = logging.getLogger(__name__)
-
-
-def _read(path: Path | str | None) -> dict | None:
-    """A json file's content, None when the file is not given or absent (its report section then says so)."""
-    if path is None or not Path(path).is_file():
-        if path is not None:
-            log.warning("%s is absent; its report section says so", path)
-        return None
-    return json.loads(Path(path).read_text())
 
 
 def report_icu(*, cohort_json: Path | str | None, results_json: Path | str | None, quality_json: Path | str | None,
@@ -30,7 +21,7 @@ def report_icu(*, cohort_json: Path | str | None, results_json: Path | str | Non
     the grid, ``out_grid`` is a figure saying the results are missing). Returns the markdown."""
     out_md, out_png = Path(out_md), Path(out_png)
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    cohort, results, quality = _read(cohort_json), _read(results_json), _read(quality_json)
+    cohort, results, quality = (read_section_json(path) for path in (cohort_json, results_json, quality_json))
     icu_figure(results, out_png)
     grid_link = None
     if out_grid is not None:

@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+from cxrgen.report import read_section_json
 from cxrgen.report.medcodi import (
     MedcodiInputs,
     fid_figure,
@@ -21,15 +22,6 @@ from cxrgen.report.medcodi import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def _read(path: Path | str | None) -> dict | None:
-    """A json file's content, None when the file is not given or absent (its report section then says so)."""
-    if path is None or not Path(path).is_file():
-        if path is not None:
-            log.warning("%s is absent; its report section says so", path)
-        return None
-    return json.loads(Path(path).read_text())
 
 
 def _view_prompting(name: str) -> tuple[str, str]:
@@ -50,11 +42,11 @@ def report_medcodi(*, studies_json: Path | str | None, encoders_metrics: Path | 
     the per-view utility section. Returns the markdown."""
     out_md = Path(out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    inputs = MedcodiInputs(studies=_read(studies_json), encoders=_read(encoders_metrics),
-                           models={name: _read(path) for name, path in model_metrics.items()},
-                           images={_view_prompting(name): _read(path) for name, path in image_evals.items()},
-                           reports={prompting: _read(path) for prompting, path in report_evals.items()},
-                           joint=_read(joint_json))
+    inputs = MedcodiInputs(studies=read_section_json(studies_json), encoders=read_section_json(encoders_metrics),
+                           models={name: read_section_json(path) for name, path in model_metrics.items()},
+                           images={_view_prompting(name): read_section_json(path) for name, path in image_evals.items()},
+                           reports={prompting: read_section_json(path) for prompting, path in report_evals.items()},
+                           joint=read_section_json(joint_json))
 
     def link(path: Path | str) -> str:
         return os.path.relpath(path, out_md.parent)
