@@ -27,6 +27,7 @@ rule train_dkim:
         state_dir=dkim_state_dir,
     log:
         "results/logs/train_dkim/{ldm_variant}.log",
+    priority: 10  # the Diff-CXR chain, the DAG's longest path (see train_clip)
     threads: 2
     script:
         "../scripts/train/train_dkim.py"

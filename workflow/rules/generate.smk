@@ -29,6 +29,7 @@ rule generate:
         cfg=generate_cfg,
     log:
         "results/logs/generate/{variant}.log",
+    priority: 10  # the Diff-CXR chain, the DAG's longest path (see train_clip)
     threads: 2
     script:
         "../scripts/generate/generate.py"

@@ -16,6 +16,8 @@ rule train_clip:
         state_dir="results/state/train_clip",
     log:
         "results/logs/train_clip/train_clip.log",
+    # the Diff-CXR chain (CLIP -> AVA-TLS -> LDM -> DKIM -> generation) is the DAG's longest path: start it first
+    priority: 10
     threads: 2
     script:
         "../scripts/train/train_clip.py"
@@ -36,6 +38,7 @@ rule train_clip_avatls:
         state_dir="results/state/train_clip_avatls",
     log:
         "results/logs/train_clip_avatls/train_clip_avatls.log",
+    priority: 10  # the Diff-CXR chain, the DAG's longest path (see train_clip)
     threads: 2
     script:
         "../scripts/train/train_clip_avatls.py"
@@ -86,6 +89,7 @@ rule train_ldm:
         state_dir=ldm_state_dir,
     log:
         "results/logs/train_ldm/{ldm_variant}.log",
+    priority: 10  # the Diff-CXR chain, the DAG's longest path (see train_clip)
     threads: 2
     script:
         "../scripts/train/train_ldm.py"
