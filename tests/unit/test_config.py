@@ -100,9 +100,12 @@ def test_errors_name_the_key_and_allowed_values(patch, expected):
     ({"ldm": {"views": ["PA"]}}, {"train_ldm", "train_dkim.ldm_cfg"}),
     ({"ldm": {"lr": 1e-3}}, {"train_ldm"}),
     ({"evaluator": {"views": ["PA"]}}, {"train_evaluator"}),
-    ({"evaluator": {"lr": 1e-3}}, {"train_evaluator", "run_downstream.evaluator_cfg"}),
+    ({"evaluator": {"lr": 1e-3}}, {"train_evaluator", "run_downstream.evaluator_cfg",
+                                   "run_view_downstream.evaluator_cfg"}),
     ({"downstream": {"seeds": [5]}}, set()),
-    ({"downstream": {"scarcity": {"total": 7}}}, set()),  # the job's own experiment is added in common.smk
+    # run_downstream gets the job's own experiment in common.smk; the per-view utility table entry names the three
+    # experiments and its rule narrows further to the job's own (medcodi_utility_experiment_cfg)
+    ({"downstream": {"scarcity": {"total": 7}}}, {"run_view_downstream.experiment_cfg"}),
     ({"downstream": {"views": ["PA"]}}, {"run_downstream"}),
     ({"evaluation": {"fidelity": {"min_per_class": 5}}}, {"evaluate_fidelity", "evaluate_medcodi_images"}),
     ({"evaluation": {"memorisation": {"pairs_shown": 2}}}, {"evaluate_memorisation"}),
