@@ -4,14 +4,13 @@ latent alignment): environment encoders and cross-flow attention for the frozen 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pandas as pd
 
 from cxrgen.medcodi.joint import PAIRS, JointTrainer, joint_training_data, load_generators, write_manifest
 from cxrgen.report.figures import plot_loss_history
-from cxrgen.train.job import tracked_job, write_json
+from cxrgen.train.job import Trained, tracked_training, write_json
 from cxrgen.train.loop import seed_everything
 from cxrgen.train.sections import loop_config
 
@@ -51,17 +50,10 @@ def train_joint_alignment(*, studies: Path | str, embeddings: Path | str, latent
     loop = loop_config(cfg, seed, stop_after_steps=stop_after_steps)
     seed_everything(loop.seed)
     trainer = JointTrainer(cfg, generators, data)
-    world = loop.resolved_world()
     params = {"joint": cfg, "seed": seed, "n_train": len(data)}
-    tags = {"cxrgen.stage": "medcodi:joint", "cxrgen.world_size": str(world.world_size)}
-    with tracked_job(tracking_json, job_name, params=params, tags=tags, state_dir=state_dir,
-                     main=world.is_main) as job:
-        started = time.perf_counter()
-        result = trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra)
-        train_seconds = time.perf_counter() - started
-        if not world.is_main:
-            return {"rank": world.rank, "steps": result.steps_done}
 
+    def publish(trained: Trained) -> dict:
+        job, result = trained.job, trained.result
         tmp = job.staging(out_dir)
         trainer.joint.save_pretrained(tmp / "alignment")
         write_manifest(tmp, final_dir=out_dir, generator_dirs={"frontal": frontal_dir, "lateral": lateral_dir,
@@ -70,7 +62,6 @@ def train_joint_alignment(*, studies: Path | str, embeddings: Path | str, latent
         history = job.extra["history"]
         plot_loss_history(history, tmp / "loss.png", title="MedCoDi-M joint alignment loss (sum of both flows)",
                           ylabel="MSE to the generators' targets")
-        ran = result.steps_done - (result.resumed_from or 0)
         gates = {name: float(p.detach().abs().mean()) for name, p in trainer.joint.named_parameters()
                  if name.endswith("gate") or name.endswith("gates")}
         metrics = {
@@ -79,10 +70,15 @@ def train_joint_alignment(*, studies: Path | str, embeddings: Path | str, latent
             "trainable_parameters": sum(p.numel() for p in trainer.joint.parameters()),
             "final_loss": history[-1]["loss"] if history else float("nan"),
             "mean_abs_gate": sum(gates.values()) / max(1, len(gates)),
-            "train_seconds_this_run": train_seconds, "seconds_per_step": train_seconds / max(1, ran),
-            "mlflow_run_id": job.run_id, "world_size": world.world_size,
+            "train_seconds_this_run": trained.seconds, "seconds_per_step": trained.seconds_per_step,
+            "mlflow_run_id": job.run_id, "world_size": trained.world.world_size,
         }
         write_json(tmp / "metrics.json", metrics)
         job.publish(tmp, out_dir, artifacts=["loss.png", "metrics.json"],
                     tags={"cxrgen.weights": str(out_dir.resolve())})
-    return metrics
+        return metrics
+
+    return tracked_training(
+        tracking_json, job_name, world=loop.resolved_world(), params=params, tags={"cxrgen.stage": "medcodi:joint"},
+        state_dir=state_dir, fit=lambda job: trainer.fit(loop, state_dir, on_log=job.record, extra_state=job.extra),
+        publish=publish)
