@@ -103,6 +103,7 @@ def test_known_latents_are_the_originals_and_results_are_deterministic(ldm_dir):
     first = inpaint(pipe.autoencoder, pipe.sampler, images, masks, ["No support devices.", ""], [0, 1], FAST)
     again = inpaint(pipe.autoencoder, pipe.sampler, images[1:], masks[1:], [""], [1], FAST)  # alone in its batch
     assert torch.allclose(first["images"][1:], again["images"], atol=1e-5)
+    assert (first["regenerated"] | ~masks).all() and first["regenerated"].shape == masks.shape
     other_seed = inpaint(pipe.autoencoder, pipe.sampler, images[1:], masks[1:], [""], [2], FAST)
     assert not torch.allclose(other_seed["images"], again["images"], atol=1e-3)
     # the decoder mixes neighbouring cells, but pixels far from the mask stay at the autoencoder round trip
@@ -148,7 +149,9 @@ def test_rule_writes_figure_metrics_and_markdown(ldm_dir, tmp_path):
                                                                    ("outpainting", 7)]
     assert payload["model_calls_per_sample"] == inpainting.model_calls(3, 1, 2) == 5
     first = payload["samples"][0]
-    assert 0 <= first["p_before"] <= 1 and 0 <= first["p_after"] <= 1 and "p_before" not in payload["samples"][2]
+    assert all(0 <= first[f"p_{when}"] <= 1 for when in ("before", "autoencoder", "after"))
+    assert "p_before" not in payload["samples"][2]  # no finding named
+    assert first["psnr_kept_cells_vs_autoencoder"] > first["psnr_outside"] > 0
     assert first["masked_fraction"] == pytest.approx(14 * 13 / 1024)  # columns 9-22, rows 3-15 (rounded outwards)
     assert payload["samples"][2]["masked_fraction"] == pytest.approx(1 - 16 * 16 / 1024)
     assert Image.open(tmp_path / "out" / "inpainting.png").size[1] > 200

@@ -114,6 +114,7 @@ def test_every_rule_with_config_params_is_narrowed_by_the_table(base_params):
     # the sample grids are drawn from the saved models: new grid settings retrain nothing
     ({"ldm": {"sample_grid": {"steps": 7}}}, {"write_summary", "sample_ldm_grid"}),
     ({"dkim": {"sample_grid": {"columns": 1}}}, {"write_summary", "sample_dkim_grid"}),
+    ({"inpainting": {"jump_n_sample": 3}}, {"write_summary", "inpaint_images"}),
     # the report labels' scoring re-evaluates the generated reports without redrawing them
     ({"medcodi": {"report_generation": {"evaluation": {"examples": 2}}}}, {"write_summary", "evaluate_medcodi_reports"}),
     ({"evaluator": {"views": ["PA"]}, "downstream": {"seeds": [0, 1], "scarcity": {"total": 40}}},

@@ -85,6 +85,7 @@ def final_targets():
         *medcodi_targets(),  # MedCoDi-M / XGeM branch when medcodi.enabled (workflow/rules/medcodi.smk)
         "results/summary.md",  # headline tables for terminal readers (rule write_summary)
         "results/reports/training/curves.png",  # every model's loss curve and sample grid (rule report_training)
+        *(["results/reports/inpainting/inpainting.png"] if INPAINT_ENABLED else []),  # rule inpaint_images
     ]
 
 
@@ -197,6 +198,7 @@ def summary_fragments(wildcards=None):
         "results/reports/labeler/labeler.md",
         *(["results/reports/icu/icu.md"] if ICU_ENABLED else []),  # DDL-CXR (rule report_icu)
         *(["results/reports/medcodi/summary.md"] if MEDCODI_ENABLED else []),  # MedCoDi-M (rule report_medcodi)
+        *(["results/reports/inpainting/inpainting.md"] if INPAINT_ENABLED else []),  # rule inpaint_images
     ]
 
 
@@ -290,6 +292,20 @@ def trained_model_names(wildcards=None):
 def sample_ldm_grid_inputs(wildcards):
     return {"ldm": f"results/models/ldm/{wildcards.ldm_variant}", "autoencoder": "results/models/autoencoder",
             "clip": clip_dir_of(wildcards.ldm_variant), "tracking": ancient("results/tracking/run.json")}
+
+
+# --- Cheff in/outpainting (rule inpaint_images in workflow/rules/generate.smk): the report-conditioned baseline LDM
+INPAINT_ENABLED = config["inpainting"]["enabled"]
+INPAINT_LDM = "cheff" if "cheff" in LDM_VARIANTS else LDM_VARIANTS[0]
+
+
+def inpaint_images_inputs(wildcards):
+    inputs = {"index": "results/store/index.parquet", "ldm": f"results/models/ldm/{INPAINT_LDM}",
+              "autoencoder": "results/models/autoencoder", "clip": clip_dir_of(INPAINT_LDM),
+              "tracking": ancient("results/tracking/run.json")}
+    if config["inpainting"]["evaluator_findings"]:
+        inputs["evaluator"] = "results/models/evaluator"
+    return inputs
 
 
 def sample_dkim_grid_inputs(wildcards):

@@ -33,3 +33,26 @@ rule generate:
     threads: 2
     script:
         "../scripts/generate/generate.py"
+
+
+# Cheff §5 in- and outpainting with the report-conditioned LDM (config section inpainting; on when inpainting.enabled)
+rule inpaint_images:
+    input:
+        unpack(inpaint_images_inputs),
+    output:
+        grid=report(
+            "results/reports/inpainting/inpainting.png",
+            caption="../report/inpainting.rst",
+            category="2. Generation",
+            subcategory="Inpainting",
+        ),
+        metrics="results/reports/inpainting/metrics.json",
+        markdown="results/reports/inpainting/inpainting.md",
+    params:
+        cfg=rule_section(config, "inpaint_images"),
+        seed=config["seed"],
+    log:
+        "results/logs/inpaint_images/inpaint_images.log",
+    threads: 2
+    script:
+        "../scripts/generate/inpaint_images.py"

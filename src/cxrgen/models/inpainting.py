@@ -239,18 +239,21 @@ def inpaint(autoencoder, sampler: LatentSampler, images: torch.Tensor, masks: to
             seeds: Sequence[int], settings: InpaintSettings) -> dict:
     """Inpaint ``images`` [B, 1, H, W] in [-1, 1] where ``masks`` [B, 1, H, W] (bool) is True. Returns ``images``
     (results in [-1, 1]), ``reconstructions`` (the autoencoder round trip of the originals: what the known region
-    can at best look like without pasting), ``latent_masks`` and ``model_calls`` (per sample)."""
+    can at best look like without pasting), ``latent_masks`` [B, 1, h, w], ``regenerated`` (the latent mask at pixel
+    resolution: every pixel of an unknown cell, a superset of ``masks``) and ``model_calls`` (per sample)."""
     if images.shape != masks.shape or images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(f"images and masks must both be [B, 1, H, W], got {tuple(images.shape)} and "
                          f"{tuple(masks.shape)}")
-    unknown = latent_mask(masks.bool(), autoencoder_factor(autoencoder), settings.latent_dilation)
+    factor = autoencoder_factor(autoencoder)
+    unknown = latent_mask(masks.bool(), factor, settings.latent_dilation)
     known = encode_images(autoencoder, images)
     latents, calls = inpaint_latents(sampler, known, unknown, prompts, seeds, settings)
     out = decode_latents(autoencoder, latents.cpu())
     if settings.paste_known:
         out = torch.where(masks.bool(), out, images)
+    regenerated = unknown.cpu().repeat_interleave(factor, -2).repeat_interleave(factor, -1)
     return {"images": out, "reconstructions": decode_latents(autoencoder, known.cpu()), "latent_masks": unknown,
-            "model_calls": calls}
+            "regenerated": regenerated, "model_calls": calls}
 
 
 def outside_mask_fidelity(before: torch.Tensor, after: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
