@@ -58,7 +58,9 @@ def inpainting_markdown(payload: dict, figure_name: str) -> str:
              f"({payload['model_calls_per_sample']} denoiser calls per sample), guidance {s['guidance_scale']}, "
              f"known pixels pasted back: {'yes' if s['paste_known'] else 'no'}. Outside the mask a result can at best "
              "match the autoencoder round trip of the original (\"AE\" column); the latent cells inpainting keeps "
-             "should decode to that round trip (\"kept cells\"; the cells next to the mask are regenerated too). "
+             "should decode to that round trip (\"kept cells\"; the cells next to the mask are regenerated too; the "
+             "decoder's group normalisation pools statistics over the whole image, so a large regenerated region can "
+             "shift the kept region's intensity). "
              "p: the in-domain evaluator's probability of the edit's finding on the original, its round trip and the "
              "result.", "",
              f"![in/outpainting]({figure_name})", "",
