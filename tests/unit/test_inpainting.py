@@ -127,7 +127,11 @@ def test_select_image_by_finding():
     edit = {"name": "x", "select": {"finding": "Support Devices"}, "mask": {"border": 0.1}}
     assert select_image(index, edit, "e") == "a"
     assert select_image(index, {**edit, "select": {"finding": "Support Devices", "nth": 1}}, "e") == "c"
-    with pytest.raises(ValueError, match=r"e.select: 2 images match .* no nth=2"):
+    index.loc[1, "lbl_support_devices"] = 0.0
+    assert select_image(index, edit, "e") == "c"
+    assert select_image(index, {**edit, "select": {"finding": "Support Devices", "value": 0}}, "e") == "a"
+    assert select_image(index, {**edit, "select": {"split": "train", "views": []}}, "e") == "b"
+    with pytest.raises(ValueError, match=r"e.select: 1 images match .* no nth=2"):
         select_image(index, {**edit, "select": {"finding": "Support Devices", "nth": 2}}, "e")
     with pytest.raises(ValueError, match="e.image_id: 'zz' is not in the store index"):
         select_image(index, {**edit, "image_id": "zz"}, "e")

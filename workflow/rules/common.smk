@@ -294,7 +294,7 @@ def sample_ldm_grid_inputs(wildcards):
             "clip": clip_dir_of(wildcards.ldm_variant), "tracking": ancient("results/tracking/run.json")}
 
 
-# --- Cheff in/outpainting (rule inpaint_images in workflow/rules/generate.smk): the report-conditioned baseline LDM
+# --- Cheff in/outpainting, workflow/rules/generate.smk (inpaint_images) edits with the report-conditioned baseline LDM
 INPAINT_ENABLED = config["inpainting"]["enabled"]
 INPAINT_LDM = "cheff" if "cheff" in LDM_VARIANTS else LDM_VARIANTS[0]
 

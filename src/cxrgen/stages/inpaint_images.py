@@ -33,16 +33,16 @@ def inpaint_settings(cfg: dict) -> InpaintSettings:
 
 
 def select_image(index: pd.DataFrame, edit: dict, key: str) -> str:
-    """The image id an edit names: ``image_id``, or the ``select`` rule's nth match (by image id)."""
+    """The image id an edit names: ``image_id``, or the ``select`` rule's nth match (by image id; without a finding,
+    the nth image of the split and views)."""
     if edit.get("image_id"):
         if not (index["image_id"] == edit["image_id"]).any():
             raise ValueError(f"{key}.image_id: {edit['image_id']!r} is not in the store index")
         return str(edit["image_id"])
     select = edit.get("select") or {}
-    if not select.get("finding"):
-        raise ValueError(f"{key}: give image_id or select.finding")
-    keep = (index["split"] == select.get("split", "test")) & (index[label_column(select["finding"])]
-                                                             == float(select.get("value", 1)))
+    keep = index["split"] == select.get("split", "test")
+    if select.get("finding"):
+        keep &= index[label_column(select["finding"])] == float(select.get("value", 1))
     if select.get("views", ["PA", "AP"]):
         keep &= index["view"].isin(select.get("views", ["PA", "AP"]))
     ids = sorted(index.loc[keep, "image_id"])
