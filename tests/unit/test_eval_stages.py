@@ -103,9 +103,10 @@ def stores(tmp_path_factory):
 def cfg():
     return validate_config({"sources": {"nih": {}}, "evaluation": {
         "n": 40, "batch_size": 8, "bootstrap": {"resamples": 40},
-        "backbones": {"use": ["evaluator", "xrv", "inception"], "xrv": {"cache_dir": "/nonexistent/xrv"}},
+        "backbones": {"use": ["evaluator", "xrv", "inception", "rad_dino"], "xrv": {"cache_dir": "/nonexistent/xrv"}},
         "distribution": {"sets": [], "bootstrap_resamples": 10,
-                         "kid": {"subset_size": 6, "subsets": 5, "bootstrap_subsets": 2}},
+                         "kid": {"subset_size": 6, "subsets": 5, "bootstrap_subsets": 2},
+                         "prdc": {"k": 2, "bootstrap_resamples": 5}, "per_pathology": {"min_n": 5}},
         "memorisation": {"pixel_resolution": 16, "threshold_sample": None, "pairs_shown": 3},
         "diversity": {"random_pairs": 10},
         "reconstruction": {"n": 3, "sr_steps": 2, "batch_size": 2, "examples": 2}}})["evaluation"]
@@ -160,7 +161,7 @@ def feature_dirs(stores, cfg, tracking, tmp_path_factory):
 def test_feature_sets_hold_features_probs_and_skipped_backbones(feature_dirs):
     real, meta = load_feature_sets(feature_dirs[0])
     assert meta["resolution"] == HIGH and list(meta["backbones"]) == ["evaluator"]
-    assert {s["backbone"] for s in meta["skipped"]} == {"xrv", "inception"}
+    assert {s["backbone"] for s in meta["skipped"]} == {"xrv", "inception", "rad_dino"}
     assert real["reference"].features["evaluator"].shape[0] == 12 and real["reference"].probs.shape == (12, 14)
     assert real["val"].probs.shape == (8, 14) and "evaluator" not in real["val"].features
     assert set(real["reference"].rows["split"]) == {"test"}
@@ -199,6 +200,23 @@ def test_distribution_stage(feature_dirs, cfg, tmp_path):
     assert "<table>" in (tmp_path / "d.html").read_text()
     assert (tmp_path / "d.png").stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["d.html", "d.json", "d.md", "d.png", "md"]  # no staging
+    assert "rad_dino: skipped — evaluation.backbones.rad_dino.dir is not set" in markdown
+    prdc = rows["generated vs real"]["prdc"]
+    assert set(prdc) == {"precision", "recall", "density", "coverage"} and "k=2" in prdc["coverage"]["ci_method"]
+    # class_balanced prompts: 5 cardiomegaly, 5 no finding; the 12 real test PA images split 6 / 6
+    pathology = saved["per_pathology"]["evaluator"]
+    assert list(pathology) == ["No Finding", "Cardiomegaly"]
+    assert pathology["Cardiomegaly"]["n_generated"] == 5 and pathology["Cardiomegaly"]["n_real"] == 6
+    assert pathology["Cardiomegaly"]["fid"]["value"] >= 0
+    assert "Benchmark table (CheXGenBench-style) — cheff: generated n=14 vs real test" in markdown
+    assert f"images read at {HIGH} px" in markdown
+    assert "| evaluator (32 px) | 14, 12 |" in markdown and "coverage [CI]" in markdown
+    assert "Per-pathology FID / KID — cheff" in markdown and "FID evaluator (32 px)" in markdown
+    small = {**cfg, "distribution": {**cfg["distribution"],
+                                     "per_pathology": {**cfg["distribution"]["per_pathology"], "min_n": 6}}}
+    again = distribution(feature_dirs, small, tmp_path / "small")
+    assert again["per_pathology"]["evaluator"]["Cardiomegaly"]["skipped"] == "n too small"
+    assert "| Cardiomegaly | 5 | 6 | n too small | n too small |" in (tmp_path / "small/md/d.md").read_text()
 
 
 def test_tracked_distribution_job_logs_its_run_and_writes_the_same_outputs(feature_dirs, cfg, tracking, tmp_path):
