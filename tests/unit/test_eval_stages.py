@@ -20,6 +20,7 @@ from cxrgen.config import validate_config
 from cxrgen.evaluate.classifier import save_evaluator, tiny_evaluator
 from cxrgen.evaluate.features import load_feature_sets
 from cxrgen.labels import LABEL_COLUMNS
+from cxrgen.models.clip import save_clip, scratch_clip
 from cxrgen.stages.evaluate_distribution import evaluate_distribution
 from cxrgen.stages.evaluate_fidelity import evaluate_fidelity
 from cxrgen.stages.evaluate_memorisation import evaluate_memorisation
@@ -77,7 +78,8 @@ def stores(tmp_path_factory):
         bright = i % 2 == 0
         rows.append({"image_id": f"img-{i:03d}", "source": "nih", "shard": 0, "split": split,
                      "view": "LATERAL" if i >= 48 else "PA", "patient_pid": f"p{i // 2:03d}",
-                     "report_findings": "", "report_impression": "", **labels_for(rng, float(bright))})
+                     "report_findings": "", "report_impression": "The heart is enlarged." if i % 4 == 0 else "",
+                     **labels_for(rng, float(bright))})
         images.append(phantom(rng, bright))
     real = write_store(real_root, rows, images, "nih")
 
@@ -147,14 +149,20 @@ def feature_dirs(stores, cfg, tracking, tmp_path_factory):
     real_root, _, syn_root = stores
     out = tmp_path_factory.mktemp("features")
     evaluator_dir = save_evaluator(tiny_evaluator(LOW), out / "evaluator")
+    torch.manual_seed(0)
+    clip_cfg = validate_config({"sources": {"nih": {}}, "medcodi": {"prompt_encoders": {
+        "embed_dim": 16, "vision": {"width": 32, "layers": 1, "head_width": 16, "patch_size": 8},
+        "text": {"width": 32, "heads": 2, "layers": 1, "context_length": 16}}}})["medcodi"]["prompt_encoders"]
+    clip_dir = save_clip(scratch_clip(clip_cfg, LOW), out / "clip")
     counts = extract_real_features(index_path=real_root / "index.parquet", store_root=real_root,
                                    evaluator_dir=evaluator_dir, cfg=narrowed(cfg, "extract_real_features"),
-                                   resolution=HIGH, seed=1, out_dir=out / "real", tracking_json=tracking)
+                                   resolution=HIGH, seed=1, out_dir=out / "real", tracking_json=tracking,
+                                   clip_dir=clip_dir)
     assert counts == {"reference": 12, "train": 28, "val": 8}  # laterals left out
     extract_generated_features(synthetic_root=syn_root, evaluator_dir=evaluator_dir,
                                cfg=narrowed(cfg, "extract_generated_features"), resolution=HIGH,
                                out_dir=out / "generated", tracking_json=tracking,
-                               job_name="extract_generated_features:cheff")
+                               job_name="extract_generated_features:cheff", clip_dir=clip_dir)
     return out / "real", out / "generated"
 
 
@@ -212,6 +220,16 @@ def test_distribution_stage(feature_dirs, cfg, tmp_path):
     assert f"images read at {HIGH} px" in markdown
     assert "| evaluator (32 px) | 14, 12 |" in markdown and "coverage [CI]" in markdown
     assert "Per-pathology FID / KID — cheff" in markdown and "FID evaluator (32 px)" in markdown
+    # image-text alignment: real reference images with a report (every 4th image of the store) are the reference
+    real_sets, _ = load_feature_sets(feature_dirs[0])
+    has_report = real_sets["reference"].rows["report_impression"].str.len().to_numpy() > 0
+    assert np.isfinite(real_sets["reference"].clip_scores).tolist() == has_report.tolist()
+    aligned = saved["alignment"]
+    assert aligned["real reference vs its report"]["n"] == int(has_report.sum()) > 0
+    assert aligned["generated (class_balanced) vs its prompt"]["n"] == 10
+    assert aligned["generated (test_reports) vs its prompt"]["n"] == 4
+    assert all(-1 <= e["ci_low"] <= e["value"] <= e["ci_high"] <= 1 for e in aligned.values())
+    assert "Image–text alignment — cheff" in markdown
     small = {**cfg, "distribution": {**cfg["distribution"],
                                      "per_pathology": {**cfg["distribution"]["per_pathology"], "min_n": 6}}}
     again = distribution(feature_dirs, small, tmp_path / "small")

@@ -91,6 +91,8 @@ def evaluate_distribution(*, real_dir: Path | str, generated_dir: Path | str, cf
                          "per_pathology": f"generated images of single-finding prompts (sets {pcfg['sets']}) per "
                                           "finding vs the real reference images positive for it; groups with fewer "
                                           f"than {pcfg['min_n']} images on either side: '{TOO_SMALL}'"}}
+        payload["alignment"] = alignment(generated, reference, resamples=int(cfg["bootstrap"]["resamples"]),
+                                         confidence=confidence, seed=seed)
         files = StagedFiles(job, {"json": out_json, "table": out_html, "figure": out_figure,
                                   "markdown": out_markdown})
         fragment = _distribution_fragment(payload, variant)
@@ -112,6 +114,24 @@ def evaluate_distribution(*, real_dir: Path | str, generated_dir: Path | str, cf
         write_json(files["json"], payload)
         files.publish(artifacts=["json", "figure"])
     return payload
+
+
+def alignment(generated: FeatureSet, reference: FeatureSet, *, resamples: int, confidence: float, seed: int
+              ) -> dict | None:
+    """Mean CLIP score (cosine similarity in the project's CLIP) of generated images with their prompts, per prompt
+    set, and of real reference images with their own reports (the reference), each with a bootstrap interval over
+    images; None when the feature sets carry no CLIP scores."""
+    if generated.clip_scores is None or reference.clip_scores is None:
+        return None
+    groups = {f"generated ({name}) vs its prompt": generated.clip_scores[(generated.rows["set"] == name).to_numpy()]
+              for name in sorted(generated.rows["set"].unique())}
+    groups["real reference vs its report"] = reference.clip_scores
+    out = {}
+    for k, (name, scores) in enumerate(groups.items()):
+        finite = scores[np.isfinite(scores)]
+        out[name] = {"n": int(len(finite)),
+                     **M.mean_interval(finite, resamples=resamples, confidence=confidence, seed=seed + k).as_dict()}
+    return out
 
 
 def _skipped_lines(meta: dict) -> list[str]:
@@ -156,6 +176,12 @@ def _distribution_fragment(payload: dict, variant: str) -> Fragment:
     else:
         fragment.para("No backbone was available.")
     _pathology_table(fragment, payload, variant)
+    if payload.get("alignment"):
+        fragment.table(pd.DataFrame([{"pairs": name, "n": entry["n"], "CLIP score [CI]": with_ci(entry, 3)}
+                                     for name, entry in payload["alignment"].items()]), caption=(
+            f"Image–text alignment — {variant}: cosine similarity in the project's CLIP (rule train_clip, its own "
+            f"preprocessing) of each image with its text; images read at {protocol['resolution']} px; real pairs "
+            "are the reference (a generator that follows its prompts scores near them)"))
     for line in payload["skipped_backbones"]:
         fragment.para(f"Backbone {line}")
     return fragment
