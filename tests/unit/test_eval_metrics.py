@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from cxrgen.evaluate import metrics as M
-from cxrgen.evaluate.distribution import COMPARISONS, distribution_metrics
+from cxrgen.evaluate.distribution import COMPARISONS, compare, distribution_metrics, finding_groups, per_pathology
 
 KID_CFG = {"subset_size": 50, "subsets": 20, "degree": 3, "bootstrap_subsets": 2}
 
@@ -52,9 +53,65 @@ def test_polynomial_mmd_matches_torchmetrics():
     a, b = features(60, 32, 7), features(60, 32, 8, shift=0.5)
     expected = float(poly_mmd(torch.tensor(a), torch.tensor(b), degree=3, gamma=None, coef=1.0))
     assert M.polynomial_mmd2(a, b) == pytest.approx(expected, rel=1e-9)
-    # KID with one subset covering every sample is the plain MMD (the subset order does not change it)
-    kid, std, size = M.kernel_inception_distance(a, b, subset_size=1000, subsets=1, seed=0)
-    assert size == 60 and std == 0.0 and kid == pytest.approx(expected, rel=1e-9)
+    # KID of one subset is the plain MMD of the subsets drawn
+    rng = np.random.default_rng(0)
+    kid, std, size = M.kernel_inception_distance(a, b, subset_size=30, subsets=1, seed=0)
+    subset_mmd = M.polynomial_mmd2(a[rng.choice(60, 30, replace=False)], b[rng.choice(60, 30, replace=False)])
+    assert size == 30 and std == 0.0 and kid == pytest.approx(subset_mmd, rel=1e-12)
+
+
+@pytest.mark.parametrize(("subset_size", "n_a", "n_b", "expected"),
+                         [(1000, 60, 80, 59), (1000, 80, 60, 59), (50, 60, 80, 50), (60, 60, 60, 59), (2, 3, 3, 2)])
+def test_kid_subsets_are_smaller_than_both_sets(subset_size, n_a, n_b, expected):
+    assert M.kid_subset_size(subset_size, n_a, n_b) == expected
+    a, b = features(n_a, 4, 1), features(n_b, 4, 2)
+    _, std, size = M.kernel_inception_distance(a, b, subset_size=subset_size, subsets=5, seed=0)
+    assert size == expected and size < min(n_a, n_b)
+    assert std > 0  # subsets differ, so their spread is informative
+
+
+def test_kid_refuses_sets_too_small_to_leave_an_image_out():
+    with pytest.raises(ValueError, match="at least 3"):
+        M.kid_subset_size(100, 2, 50)
+
+
+# ---------------------------------------------------------------------------------------------- PRDC
+
+
+def test_prdc_of_identical_sets_is_perfect():
+    x = features(40, 6, 3)
+    out = M.prdc(x, x.copy(), k=5)
+    assert out["precision"] == 1.0 and out["recall"] == 1.0 and out["coverage"] == 1.0
+    assert out["density"] >= 1.0 / 5  # each point lies in at least its own ball
+
+
+def test_prdc_of_disjoint_far_sets_is_zero():
+    real = features(40, 6, 3)
+    fake = features(40, 6, 4, shift=100.0)
+    assert M.prdc(real, fake, k=5) == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+
+
+def test_prdc_hand_built_points():
+    """Real points at 0, 1, 2, 3 on a line (k=1: every real ball has radius 1; "inside" is strict); fakes at 0.5 and
+    0.6 (inside the balls of 0 and 1; their own balls have radius 0.1), 4.0 (exactly on the ball of 3, so outside; its
+    ball, radius 3.4, holds 1, 2 and 3) and a far pair at 100, 100.2."""
+    real = np.array([[0.0], [1.0], [2.0], [3.0]])
+    fake = np.array([[0.5], [0.6], [4.0], [100.0], [100.2]])
+    out = M.prdc(real, fake, k=1)
+    assert out["precision"] == pytest.approx(2 / 5)
+    assert out["density"] == pytest.approx(4 / 5)  # 0.5 and 0.6 are in two real balls each
+    assert out["coverage"] == pytest.approx(2 / 4)  # the balls of 0 and 1 (not 3: 4.0 is on its edge)
+    assert out["recall"] == pytest.approx(3 / 4)  # 1, 2 and 3 lie in the ball of 4.0
+    assert M.prdc(real, fake, k=1, chunk=1) == out  # chunking does not change it
+
+
+def test_prdc_copies_in_a_resample_are_not_neighbours():
+    x = np.array([[0.0], [1.0], [3.0], [6.0]])
+    doubled = np.repeat(x, 2, axis=0)
+    assert np.array_equal(M.knn_radii(doubled, 1, ids=np.repeat(np.arange(4), 2)), np.repeat([1.0, 1.0, 2.0, 3.0], 2))
+    assert np.array_equal(M.knn_radii(doubled, 1), np.zeros(8))  # without ids the copy is the neighbour
+    with pytest.raises(ValueError, match="distinct"):
+        M.knn_radii(doubled, 4, ids=np.repeat(np.arange(4), 2))
 
 
 def test_kid_is_unbiased_near_zero_for_one_distribution():
@@ -92,6 +149,52 @@ def test_distribution_metrics_floor_and_protocol():
     for entry in (out_good[COMPARISONS[1]]["fid"], out_bad[COMPARISONS[0]]["kid"]):
         assert entry["ci_low"] <= entry["ci_high"] and "bootstrap" in entry["ci_method"]
     assert out_bad[COMPARISONS[1]]["fid"]["ci_low"] > out_good[COMPARISONS[1]]["fid"]["ci_high"]
+
+
+def test_distribution_metrics_prdc_with_intervals():
+    reference = features(120, 8, 12)
+    groups = np.repeat(np.arange(60), 2)
+    prdc_cfg = {"k": 5, "bootstrap_resamples": 20}
+    good = distribution_metrics(features(120, 8, 13), reference, groups, n=None, kid_cfg=KID_CFG, resamples=5,
+                                confidence=0.9, seed=0, prdc_cfg=prdc_cfg)
+    bad = distribution_metrics(features(120, 8, 14, shift=1.5), reference, groups, n=None, kid_cfg=KID_CFG,
+                               resamples=5, confidence=0.9, seed=0, prdc_cfg=prdc_cfg)
+    for comparison in COMPARISONS:
+        for name in ("precision", "recall", "density", "coverage"):
+            entry = good[comparison]["prdc"][name]
+            assert entry["ci_low"] <= entry["value"] <= entry["ci_high"] and "k=5" in entry["ci_method"]
+    assert good[COMPARISONS[0]]["prdc"]["precision"]["value"] > 0.5
+    assert bad[COMPARISONS[0]]["prdc"]["coverage"]["ci_high"] < good[COMPARISONS[0]]["prdc"]["coverage"]["ci_low"]
+
+
+def test_compare_with_two_images_scores_fid_but_not_kid():
+    out = compare(features(2, 4, 1), features(5, 4, 2), kid_cfg=KID_CFG, resamples=5, confidence=0.9, seed=0)
+    assert out["fid"]["value"] >= 0 and out["kid"]["value"] is None and out["kid"]["subset_size"] == 0
+
+
+def test_per_pathology_groups_single_finding_prompts_and_flags_small_groups():
+    from cxrgen.labels import LABEL_COLUMNS
+
+    def rows(labels: list[dict], sets: list[str] | None = None) -> pd.DataFrame:
+        frame = pd.DataFrame([{c: np.nan for c in LABEL_COLUMNS} | d for d in labels])
+        frame["set"] = sets or ["class_balanced"] * len(labels)
+        return frame
+
+    cardio, effusion = {"lbl_cardiomegaly": 1.0}, {"lbl_pleural_effusion": 1.0}
+    both = {"lbl_cardiomegaly": 1.0, "lbl_pleural_effusion": 1.0}
+    generated = rows([cardio] * 8 + [effusion] * 2 + [both] * 3 + [cardio] * 4,
+                     ["class_balanced"] * 13 + ["test_reports"] * 4)
+    reference = rows([cardio] * 6 + [both] * 4 + [{"lbl_cardiomegaly": 0.0}] * 5)
+    groups = finding_groups(generated, reference)
+    assert list(groups) == ["Cardiomegaly", "Pleural Effusion"]  # CheXpert order, only findings with prompts
+    assert np.array_equal(groups["Cardiomegaly"][0], np.arange(8))  # one-finding class-balanced prompts only
+    assert np.array_equal(groups["Cardiomegaly"][1], np.arange(10))  # real images positive for it
+    assert np.array_equal(groups["Pleural Effusion"][0], [8, 9])
+    gen, ref = features(17, 4, 1), features(15, 4, 2)
+    out = per_pathology(gen, ref, groups, min_n=5, kid_cfg=KID_CFG, resamples=5, confidence=0.9, seed=0)
+    assert out["Cardiomegaly"]["n_generated"] == 8 and out["Cardiomegaly"]["n_real"] == 10
+    assert out["Cardiomegaly"]["fid"]["value"] > 0 and out["Cardiomegaly"]["kid"]["subset_size"] == 7
+    assert out["Pleural Effusion"] == {"n_generated": 2, "n_real": 4, "skipped": "n too small"}
 
 
 # ---------------------------------------------------------------------------------------------- bootstrap

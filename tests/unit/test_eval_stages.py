@@ -20,6 +20,7 @@ from cxrgen.config import validate_config
 from cxrgen.evaluate.classifier import save_evaluator, tiny_evaluator
 from cxrgen.evaluate.features import load_feature_sets
 from cxrgen.labels import LABEL_COLUMNS
+from cxrgen.models.clip import save_clip, scratch_clip
 from cxrgen.stages.evaluate_distribution import evaluate_distribution
 from cxrgen.stages.evaluate_fidelity import evaluate_fidelity
 from cxrgen.stages.evaluate_memorisation import evaluate_memorisation
@@ -77,7 +78,8 @@ def stores(tmp_path_factory):
         bright = i % 2 == 0
         rows.append({"image_id": f"img-{i:03d}", "source": "nih", "shard": 0, "split": split,
                      "view": "LATERAL" if i >= 48 else "PA", "patient_pid": f"p{i // 2:03d}",
-                     "report_findings": "", "report_impression": "", **labels_for(rng, float(bright))})
+                     "report_findings": "", "report_impression": "The heart is enlarged." if i % 4 == 0 else "",
+                     **labels_for(rng, float(bright))})
         images.append(phantom(rng, bright))
     real = write_store(real_root, rows, images, "nih")
 
@@ -103,9 +105,10 @@ def stores(tmp_path_factory):
 def cfg():
     return validate_config({"sources": {"nih": {}}, "evaluation": {
         "n": 40, "batch_size": 8, "bootstrap": {"resamples": 40},
-        "backbones": {"use": ["evaluator", "xrv", "inception"], "xrv": {"cache_dir": "/nonexistent/xrv"}},
+        "backbones": {"use": ["evaluator", "xrv", "inception", "rad_dino"], "xrv": {"cache_dir": "/nonexistent/xrv"}},
         "distribution": {"sets": [], "bootstrap_resamples": 10,
-                         "kid": {"subset_size": 6, "subsets": 5, "bootstrap_subsets": 2}},
+                         "kid": {"subset_size": 6, "subsets": 5, "bootstrap_subsets": 2},
+                         "prdc": {"k": 2, "bootstrap_resamples": 5}, "per_pathology": {"min_n": 5}},
         "memorisation": {"pixel_resolution": 16, "threshold_sample": None, "pairs_shown": 3},
         "diversity": {"random_pairs": 10},
         "reconstruction": {"n": 3, "sr_steps": 2, "batch_size": 2, "examples": 2}}})["evaluation"]
@@ -146,21 +149,27 @@ def feature_dirs(stores, cfg, tracking, tmp_path_factory):
     real_root, _, syn_root = stores
     out = tmp_path_factory.mktemp("features")
     evaluator_dir = save_evaluator(tiny_evaluator(LOW), out / "evaluator")
+    torch.manual_seed(0)
+    clip_cfg = validate_config({"sources": {"nih": {}}, "medcodi": {"prompt_encoders": {
+        "embed_dim": 16, "vision": {"width": 32, "layers": 1, "head_width": 16, "patch_size": 8},
+        "text": {"width": 32, "heads": 2, "layers": 1, "context_length": 16}}}})["medcodi"]["prompt_encoders"]
+    clip_dir = save_clip(scratch_clip(clip_cfg, LOW), out / "clip")
     counts = extract_real_features(index_path=real_root / "index.parquet", store_root=real_root,
                                    evaluator_dir=evaluator_dir, cfg=narrowed(cfg, "extract_real_features"),
-                                   resolution=HIGH, seed=1, out_dir=out / "real", tracking_json=tracking)
+                                   resolution=HIGH, seed=1, out_dir=out / "real", tracking_json=tracking,
+                                   clip_dir=clip_dir)
     assert counts == {"reference": 12, "train": 28, "val": 8}  # laterals left out
     extract_generated_features(synthetic_root=syn_root, evaluator_dir=evaluator_dir,
                                cfg=narrowed(cfg, "extract_generated_features"), resolution=HIGH,
                                out_dir=out / "generated", tracking_json=tracking,
-                               job_name="extract_generated_features:cheff")
+                               job_name="extract_generated_features:cheff", clip_dir=clip_dir)
     return out / "real", out / "generated"
 
 
 def test_feature_sets_hold_features_probs_and_skipped_backbones(feature_dirs):
     real, meta = load_feature_sets(feature_dirs[0])
     assert meta["resolution"] == HIGH and list(meta["backbones"]) == ["evaluator"]
-    assert {s["backbone"] for s in meta["skipped"]} == {"xrv", "inception"}
+    assert {s["backbone"] for s in meta["skipped"]} == {"xrv", "inception", "rad_dino"}
     assert real["reference"].features["evaluator"].shape[0] == 12 and real["reference"].probs.shape == (12, 14)
     assert real["val"].probs.shape == (8, 14) and "evaluator" not in real["val"].features
     assert set(real["reference"].rows["split"]) == {"test"}
@@ -199,6 +208,33 @@ def test_distribution_stage(feature_dirs, cfg, tmp_path):
     assert "<table>" in (tmp_path / "d.html").read_text()
     assert (tmp_path / "d.png").stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["d.html", "d.json", "d.md", "d.png", "md"]  # no staging
+    assert "rad_dino: skipped — evaluation.backbones.rad_dino.dir is not set" in markdown
+    prdc = rows["generated vs real"]["prdc"]
+    assert set(prdc) == {"precision", "recall", "density", "coverage"} and "k=2" in prdc["coverage"]["ci_method"]
+    # class_balanced prompts: 5 cardiomegaly, 5 no finding; the 12 real test PA images split 6 / 6
+    pathology = saved["per_pathology"]["evaluator"]
+    assert list(pathology) == ["No Finding", "Cardiomegaly"]
+    assert pathology["Cardiomegaly"]["n_generated"] == 5 and pathology["Cardiomegaly"]["n_real"] == 6
+    assert pathology["Cardiomegaly"]["fid"]["value"] >= 0
+    assert "Benchmark table (CheXGenBench-style) — cheff: generated n=14 vs real test" in markdown
+    assert f"images read at {HIGH} px" in markdown
+    assert "| evaluator (32 px) | 14, 12 |" in markdown and "coverage [CI]" in markdown
+    assert "Per-pathology FID / KID — cheff" in markdown and "FID evaluator (32 px)" in markdown
+    # image-text alignment: real reference images with a report (every 4th image of the store) are the reference
+    real_sets, _ = load_feature_sets(feature_dirs[0])
+    has_report = real_sets["reference"].rows["report_impression"].str.len().to_numpy() > 0
+    assert np.isfinite(real_sets["reference"].clip_scores).tolist() == has_report.tolist()
+    aligned = saved["alignment"]
+    assert aligned["real reference vs its report"]["n"] == int(has_report.sum()) > 0
+    assert aligned["generated (class_balanced) vs its prompt"]["n"] == 10
+    assert aligned["generated (test_reports) vs its prompt"]["n"] == 4
+    assert all(-1 <= e["ci_low"] <= e["value"] <= e["ci_high"] <= 1 for e in aligned.values())
+    assert "Image–text alignment — cheff" in markdown
+    small = {**cfg, "distribution": {**cfg["distribution"],
+                                     "per_pathology": {**cfg["distribution"]["per_pathology"], "min_n": 6}}}
+    again = distribution(feature_dirs, small, tmp_path / "small")
+    assert again["per_pathology"]["evaluator"]["Cardiomegaly"]["skipped"] == "n too small"
+    assert "| Cardiomegaly | 5 | 6 | n too small | n too small |" in (tmp_path / "small/md/d.md").read_text()
 
 
 def test_tracked_distribution_job_logs_its_run_and_writes_the_same_outputs(feature_dirs, cfg, tracking, tmp_path):

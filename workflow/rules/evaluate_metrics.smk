@@ -3,12 +3,15 @@
 # Every number carries its protocol (backbone, n, resolution, reference split, CI) in its json, table and fragment.
 
 EVAL_VARIANT = "|".join(eval_variants())
+# the project's CLIP scores image-text alignment during feature extraction (evaluation.alignment.enabled)
+ALIGNMENT_CLIP = ["results/models/clip"] if config["evaluation"]["alignment"]["enabled"] else []
 
 
 rule extract_real_features:
     input:
         index="results/store/index.parquet",
         evaluator="results/models/evaluator",
+        clip=ALIGNMENT_CLIP,
         tracking=ancient("results/tracking/run.json"),
     output:
         features=directory("results/eval/real/features"),
@@ -28,6 +31,7 @@ rule extract_generated_features:
     input:
         store="results/synthetic/{variant}/store",
         evaluator="results/models/evaluator",
+        clip=ALIGNMENT_CLIP,
         tracking=ancient("results/tracking/run.json"),
     output:
         features=directory("results/eval/{variant}/features"),

@@ -12,14 +12,44 @@ preprocessing:
 * ``inception`` — torch-fidelity's Inception-V3 (2048-d pool features, the FID standard): grey replicated to RGB,
   uint8, resized to 299 px inside the network. Used only when the configured weights file exists.
 
+* ``rad_dino`` — RAD-DINO (Pérez-García et al. 2025; microsoft/rad-dino, a DINOv2 ViT-B/14 trained on chest X-rays,
+  the backbone of CheXGenBench's FID): 768-d CLS token after the final layer norm (the HF ``pooler_output``). Built
+  with timm (no ``transformers``) from a local folder ``evaluation.backbones.rad_dino.dir`` holding the files of the
+  Hugging Face repository: ``config.json`` (Dinov2 config: hidden_size, num_hidden_layers, num_attention_heads,
+  patch_size, image_size, mlp_ratio, layerscale_value, layer_norm_eps), ``model.safetensors`` (HF Dinov2 key names,
+  mapped onto timm's ViT at load time; timm key names load as they are) and optionally ``preprocessor_config.json``
+  (image_mean / image_std / crop_size; defaults are RAD-DINO's).
+* ``biomedclip`` — BiomedCLIP (Zhang et al. 2023; microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224) image
+  tower only: 512-d projected image embedding (not normalised). Built with open_clip's vision-tower builder (the text
+  tower, PubMedBERT, would need ``transformers``, and is not needed) from a local folder
+  ``evaluation.backbones.biomedclip.dir`` holding ``open_clip_config.json`` (``model_cfg.embed_dim``,
+  ``model_cfg.vision_cfg``, ``preprocess_cfg.mean/std``) and ``open_clip_pytorch_model.bin`` or
+  ``open_clip_model.safetensors`` (the ``visual.*`` weights are used).
+
+Resize and normalisation per backbone (images arrive grey ``[B, 1, R, R]`` in [0, 1] at the store resolution R; our
+resizes are ``torch.nn.functional.interpolate(..., antialias=True, align_corners=False)``, skipped when the size
+already matches; the images are square, so "shortest edge + centre crop" of the reference processors is a plain
+resize)::
+
+    backbone    input    resize                         intensity / normalisation              channels
+    evaluator   its own  antialiased bilinear           [-1, 1] (classifier.prepare)           1 (grey)
+    xrv         224 px   antialiased bilinear           x * 2048 - 1024 (torchxrayvision)      1 (grey), features2
+    inception   299 px   torch-fidelity's TF1-style      uint8 0..255                           3 (grey replicated)
+                         bilinear inside the network
+                         (not antialiased: the FID
+                         standard)
+    rad_dino    518 px   antialiased bicubic            (x - 0.5307) / 0.2583 (RAD-DINO)       3 (grey replicated)
+    biomedclip  224 px   antialiased bicubic            (x - CLIP mean) / CLIP std per channel 3 (grey replicated)
+
 A backbone that cannot be used is returned as :class:`Skipped` (backbone name + reason): the report prints that line
-instead of its numbers, the pipeline never fails on it.
+instead of its numbers, the pipeline never fails on it. A missing local file names the config key that points to it.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -27,8 +57,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-BACKBONES = ("evaluator", "xrv", "inception")
+BACKBONES = ("evaluator", "xrv", "inception", "rad_dino", "biomedclip")
 XRV_WEIGHTS = "densenet121-res224-all"
+# RAD-DINO's preprocessor_config.json (microsoft/rad-dino): crop 518, bicubic, mean 0.5307, std 0.2583 per channel
+RAD_DINO_DEFAULTS = {"crop_size": 518, "image_mean": [0.5307] * 3, "image_std": [0.2583] * 3}
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -53,6 +87,7 @@ class Backbone(Protocol):
 
 
 def _resize(images: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
+    """Antialiased resize to ``size`` × ``size`` (a no-op when already that size)."""
     if tuple(images.shape[-2:]) == (size, size):
         return images
     return F.interpolate(images, size=(size, size), mode=mode, antialias=True, align_corners=False)
@@ -113,6 +148,151 @@ class InceptionBackbone:
             out = self.model(x)
         out = out[0] if isinstance(out, tuple | list) else out
         return out.reshape(len(x), -1).numpy().astype(np.float32)
+
+
+class RadDinoBackbone:
+    """RAD-DINO CLS features (timm ViT built from the Hugging Face Dinov2 config)."""
+
+    name = "rad_dino"
+
+    def __init__(self, model: torch.nn.Module, *, size: int, mean, std, source: str):
+        self.model = model.eval()
+        self.size = int(size)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.description = (f"RAD-DINO ({source}) CLS token after the final norm ({model.embed_dim}-d), grey replicated "
+                            f"to RGB, antialiased bicubic resize to {self.size} px, (x - {mean[0]:.4f}) / "
+                            f"{std[0]:.4f}")
+
+    def features(self, images: torch.Tensor) -> np.ndarray:
+        x = _resize(_check_images(images), self.size, "bicubic").repeat(1, 3, 1, 1)
+        with torch.no_grad():
+            return self.model((x - self.mean) / self.std).numpy().astype(np.float32)
+
+
+class BiomedClipBackbone:
+    """BiomedCLIP image-tower embeddings (open_clip vision tower)."""
+
+    name = "biomedclip"
+
+    def __init__(self, visual: torch.nn.Module, *, size: int, mean, std, source: str):
+        self.visual = visual.eval()
+        self.size = int(size)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.description = (f"BiomedCLIP image tower ({source}), projected embedding (not normalised), grey "
+                            f"replicated to RGB, antialiased bicubic resize to {self.size} px, per-channel CLIP "
+                            "mean/std normalisation")
+
+    def features(self, images: torch.Tensor) -> np.ndarray:
+        x = _resize(_check_images(images), self.size, "bicubic").repeat(1, 3, 1, 1)
+        with torch.no_grad():
+            return self.visual((x - self.mean) / self.std).numpy().astype(np.float32)
+
+
+def _local_dir(cfg: dict, backbone: str, key: str, needed: tuple[str, ...]) -> Path | Skipped:
+    """The configured local folder of a backbone, or the one Skipped line naming the config key."""
+    directory = cfg.get(key)
+    config_key = f"evaluation.backbones.{backbone}.{key}"
+    if not directory:
+        return Skipped(backbone, f"{config_key} is not set (a local folder with {', '.join(needed)}; nothing is "
+                                 "downloaded)")
+    directory = Path(os.path.expanduser(str(directory)))
+    missing = [name for name in needed if not (directory / name).is_file()]
+    if missing:
+        return Skipped(backbone, f"{config_key} = {directory} lacks {', '.join(missing)}")
+    return directory
+
+
+def hf_dinov2_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hugging Face ``Dinov2Model`` weights renamed onto timm's ``VisionTransformer`` (query/key/value stacked into
+    qkv; the mask token, used only for masked pre-training, dropped). Weights already in timm's layout pass as they
+    are."""
+    state = {k.removeprefix("dinov2."): v for k, v in state.items()}
+    if "cls_token" in state:
+        return state
+    renames = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed",
+               "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+               "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+               "layernorm.weight": "norm.weight", "layernorm.bias": "norm.bias"}
+    block_parts = {"norm1": "norm1", "norm2": "norm2", "attention.output.dense": "attn.proj", "mlp.fc1": "mlp.fc1",
+                   "mlp.fc2": "mlp.fc2"}
+    out = {new: state[old] for old, new in renames.items() if old in state}
+    depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layer."))
+    for i in range(depth):
+        hf, tm = f"encoder.layer.{i}.", f"blocks.{i}."
+        for part, target in block_parts.items():
+            for kind in ("weight", "bias"):
+                out[f"{tm}{target}.{kind}"] = state[f"{hf}{part}.{kind}"]
+        for kind in ("weight", "bias"):
+            out[f"{tm}attn.qkv.{kind}"] = torch.cat([state[f"{hf}attention.attention.{q}.{kind}"]
+                                                     for q in ("query", "key", "value")])
+        out[f"{tm}ls1.gamma"] = state[f"{hf}layer_scale1.lambda1"]
+        out[f"{tm}ls2.gamma"] = state[f"{hf}layer_scale2.lambda1"]
+    return out
+
+
+def load_rad_dino(cfg: dict) -> RadDinoBackbone | Skipped:
+    import json
+
+    from safetensors.torch import load_file
+    from timm.models.vision_transformer import VisionTransformer
+
+    directory = _local_dir(cfg, "rad_dino", "dir", ("config.json", "model.safetensors"))
+    if isinstance(directory, Skipped):
+        return directory
+    config = json.loads((directory / "config.json").read_text())
+    processor_file = directory / "preprocessor_config.json"
+    processor = {**RAD_DINO_DEFAULTS, **(json.loads(processor_file.read_text()) if processor_file.is_file() else {})}
+    crop = processor["crop_size"]
+    size = int(crop["height"] if isinstance(crop, dict) else crop)
+    model = VisionTransformer(
+        img_size=int(config.get("image_size", 518)), patch_size=int(config["patch_size"]),
+        embed_dim=int(config["hidden_size"]), depth=int(config["num_hidden_layers"]),
+        num_heads=int(config["num_attention_heads"]), mlp_ratio=float(config.get("mlp_ratio", 4)),
+        init_values=float(config.get("layerscale_value", 1.0)), qkv_bias=bool(config.get("qkv_bias", True)),
+        norm_layer=partial(torch.nn.LayerNorm, eps=float(config.get("layer_norm_eps", 1e-6))),
+        global_pool="token", num_classes=0, dynamic_img_size=True)
+    state = hf_dinov2_to_timm(load_file(str(directory / "model.safetensors")))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or [k for k in unexpected if k != "embeddings.mask_token"]:
+        return Skipped("rad_dino", f"evaluation.backbones.rad_dino.dir = {directory}: weights do not match the config "
+                                   f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return RadDinoBackbone(model, size=size, mean=processor["image_mean"], std=processor["image_std"],
+                           source=directory.name)
+
+
+def load_biomedclip(cfg: dict) -> BiomedClipBackbone | Skipped:
+    import json
+
+    from open_clip.model import _build_vision_tower
+
+    directory = _local_dir(cfg, "biomedclip", "dir", ("open_clip_config.json",))
+    if isinstance(directory, Skipped):
+        return directory
+    weights = [directory / name for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+               if (directory / name).is_file()]
+    if not weights:
+        return Skipped("biomedclip", f"evaluation.backbones.biomedclip.dir = {directory} lacks "
+                                     "open_clip_model.safetensors / open_clip_pytorch_model.bin")
+    config = json.loads((directory / "open_clip_config.json").read_text())
+    model_cfg, preprocess = config["model_cfg"], config.get("preprocess_cfg", {})
+    visual = _build_vision_tower(int(model_cfg["embed_dim"]), dict(model_cfg["vision_cfg"]))
+    if weights[0].suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights[0]))
+    else:
+        state = torch.load(weights[0], map_location="cpu", weights_only=True)
+    state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    missing, unexpected = visual.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        return Skipped("biomedclip", f"evaluation.backbones.biomedclip.dir = {directory}: weights do not match "
+                                     f"open_clip_config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    size = model_cfg["vision_cfg"].get("image_size", 224)
+    return BiomedClipBackbone(visual, size=size[0] if isinstance(size, list | tuple) else size,
+                              mean=preprocess.get("mean", OPENAI_CLIP_MEAN), std=preprocess.get("std", OPENAI_CLIP_STD),
+                              source=directory.name)
 
 
 def xrv_weights_file(cache_dir: str | Path | None = None, weights: str = XRV_WEIGHTS) -> Path:
@@ -177,6 +357,10 @@ def load_backbones(names: list[str], cfg: dict, *, evaluator=None, evaluator_dir
             found = EvaluatorBackbone(evaluator) if evaluator is not None else load_evaluator_backbone(evaluator_dir)
         elif name == "xrv":
             found = load_xrv(cfg.get("xrv", {}))
+        elif name == "rad_dino":
+            found = load_rad_dino(cfg.get("rad_dino", {}))
+        elif name == "biomedclip":
+            found = load_biomedclip(cfg.get("biomedclip", {}))
         else:
             found = load_inception(cfg.get("inception", {}))
         (skipped if isinstance(found, Skipped) else usable).append(found)

@@ -5,7 +5,9 @@ A *feature set* is a directory::
     meta.json                 resolution, backbones used (name → protocol description), skipped backbones, set sizes
     <set>.parquet             the store rows of each image set (with a ``store_root`` column), in feature order
     features.npz              ``<set>__<backbone>`` [N, D] float32 features; ``<set>__probs`` [N, 14] evaluator
-                              probabilities (columns in CheXpert order)
+                              probabilities (columns in CheXpert order); ``<set>__clip_score`` [N] cosine similarity of
+                              each image with its text in the project's CLIP (generated: its prompt; real: its report;
+                              NaN without text), when a CLIP model is given
 
 Real sets (``reference`` = the held-out split(s) the generated images are compared with, ``train`` for the
 memorisation search, ``val`` for decision thresholds) come from the unified store; the generated set
@@ -40,6 +42,7 @@ class FeatureSet:
     rows: pd.DataFrame
     features: dict[str, np.ndarray] = field(default_factory=dict)
     probs: np.ndarray | None = None
+    clip_scores: np.ndarray | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -99,18 +102,34 @@ def images_at(rows: pd.DataFrame, positions, resolution: int) -> np.ndarray:
 
 
 def extract(rows: pd.DataFrame, *, backbones: list[Backbone], evaluator, resolution: int, batch_size: int,
-            name: str, with_features: bool = True) -> FeatureSet:
-    """Features of every backbone (when ``with_features``) and the evaluator's probabilities for ``rows``."""
+            name: str, with_features: bool = True, clip=None, texts: pd.Series | None = None) -> FeatureSet:
+    """Features of every backbone (when ``with_features``) and the evaluator's probabilities for ``rows``; with a
+    CLIP bundle (:func:`cxrgen.models.clip.load_clip`) and one text per row, each image's CLIP score."""
     feats: dict[str, list[np.ndarray]] = {b.name: [] for b in backbones} if with_features else {}
     probs: list[np.ndarray] = []
-    for images in iter_images(rows, resolution, batch_size, desc=f"features {name}"):
+    scores: list[np.ndarray] = []
+    for k, images in enumerate(iter_images(rows, resolution, batch_size, desc=f"features {name}")):
         for backbone in backbones if with_features else []:
             feats[backbone.name].append(backbone.features(images))
         if evaluator is not None:
             probs.append(np.asarray(evaluator.predict_proba(images), dtype=np.float32))
+        if clip is not None and texts is not None:
+            scores.append(clip_scores(clip, images, list(texts.iloc[k * batch_size: k * batch_size + len(images)])))
     return FeatureSet(name, rows.reset_index(drop=True),
                       {k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in feats.items()},
-                      np.concatenate(probs) if probs else None)
+                      np.concatenate(probs) if probs else None, np.concatenate(scores) if scores else None)
+
+
+def clip_scores(clip, images: torch.Tensor, texts: list[str]) -> np.ndarray:
+    """Cosine similarity of each image (``[B, 1, H, W]`` in [0, 1]) with its text in a CLIP's joint space (the image
+    preprocessing is the CLIP's own, :func:`cxrgen.models.clip.prepare_images`); NaN where the text is empty."""
+    from cxrgen.models.clip import encode_images, encode_texts
+
+    with torch.no_grad():
+        image_emb = encode_images(clip, images * 2.0 - 1.0)  # the store-wide model convention: [-1, 1]
+        text_emb = encode_texts(clip, [t if t else " " for t in texts])
+    score = (image_emb * text_emb).sum(-1).numpy().astype(np.float32)
+    return np.where([bool(t) for t in texts], score, np.nan).astype(np.float32)
 
 
 def save_feature_sets(out_dir: str | Path, sets: list[FeatureSet], *, resolution: int, backbones: list[Backbone],
@@ -124,6 +143,8 @@ def save_feature_sets(out_dir: str | Path, sets: list[FeatureSet], *, resolution
             arrays[f"{s.name}__{backbone}"] = values
         if s.probs is not None:
             arrays[f"{s.name}__probs"] = s.probs
+        if s.clip_scores is not None:
+            arrays[f"{s.name}__clip_score"] = s.clip_scores
     np.savez(out_dir / FEATURES, **arrays)
     meta = {"resolution": int(resolution), "backbones": {b.name: b.description for b in backbones},
             "skipped": [s.as_dict() for s in skipped], "sets": {s.name: len(s.rows) for s in sets}, **(extra or {})}
@@ -140,5 +161,6 @@ def load_feature_sets(directory: str | Path) -> tuple[dict[str, FeatureSet], dic
         rows = pd.read_parquet(directory / f"{name}.parquet")
         features = {b: arrays[f"{name}__{b}"] for b in meta["backbones"] if f"{name}__{b}" in arrays.files}
         probs = arrays[f"{name}__probs"] if f"{name}__probs" in arrays.files else None
-        sets[name] = FeatureSet(name, rows, features, probs)
+        scores = arrays[f"{name}__clip_score"] if f"{name}__clip_score" in arrays.files else None
+        sets[name] = FeatureSet(name, rows, features, probs, scores)
     return sets, meta

@@ -1,7 +1,9 @@
 """Metric implementations of the evaluation harness: pure functions on arrays, no I/O.
 
 * Distribution: Fréchet distance (FID when the features are Inception's) and KID (unbiased polynomial-kernel MMD²
-  averaged over random subsets) on feature arrays ``[N, D]``; a real-vs-real floor from two disjoint halves.
+  averaged over random subsets, each subset smaller than both sets) on feature arrays ``[N, D]``; precision, recall,
+  density and coverage (PRDC, Naeem et al. 2020, k-NN balls; CheXGenBench 2025 reports them with k=5); a
+  real-vs-real floor from two disjoint halves.
 * Uncertainty: percentile bootstrap over independently resampled sets (seeded, configurable resamples).
 * Pixel fidelity: MSE, PSNR, SSIM and MS-SSIM per image (images in [0, 1], data range 1; SSIM and MS-SSIM by
   torchmetrics); MS-SSIM only when the image is large enough for its scales (:func:`ms_ssim_unavailable_reason`).
@@ -81,14 +83,74 @@ def polynomial_mmd2(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float 
 def kernel_inception_distance(features_a: np.ndarray, features_b: np.ndarray, *, subset_size: int, subsets: int,
                               seed: int, degree: int = 3) -> tuple[float, float, int]:
     """KID: mean and standard deviation of :func:`polynomial_mmd2` over ``subsets`` random subsets (drawn without
-    replacement within a subset) of ``min(subset_size, N_a, N_b)`` samples of each set. Returns (mean, std, the
-    subset size used)."""
+    replacement within a subset) of :func:`kid_subset_size` samples of each set. Returns (mean, std, the subset size
+    used)."""
     rng = np.random.default_rng(seed)
-    size = min(int(subset_size), len(features_a), len(features_b))
+    size = kid_subset_size(subset_size, len(features_a), len(features_b))
     values = [polynomial_mmd2(features_a[rng.choice(len(features_a), size, replace=False)],
                               features_b[rng.choice(len(features_b), size, replace=False)], degree=degree)
               for _ in range(int(subsets))]
     return float(np.mean(values)), float(np.std(values)), size
+
+
+def kid_subset_size(subset_size: int, n_a: int, n_b: int) -> int:
+    """The KID subset size: ``subset_size`` clipped to one less than the smaller set, so every subset leaves images
+    out (a subset equal to a whole set is the same every time, and the spread over subsets says nothing). Sets of
+    fewer than 3 images cannot be scored."""
+    size = min(int(subset_size), int(n_a) - 1, int(n_b) - 1)
+    if size < 2:
+        raise ValueError(f"KID needs sets of at least 3 images (subsets of >= 2 that leave one out), got {n_a} and "
+                         f"{n_b}")
+    return size
+
+
+def knn_radii(features: np.ndarray, k: int, ids: np.ndarray | None = None, chunk: int = 1024) -> np.ndarray:
+    """Distance of every point to its ``k``-th nearest neighbour in the same set, ignoring points with the same id
+    (itself, and its copies in a bootstrap resample: a copy at distance 0 would shrink the ball to nothing)."""
+    x = np.asarray(features, dtype=np.float64)
+    ids = np.arange(len(x)) if ids is None else np.asarray(ids)
+    if len(np.unique(ids)) <= k:
+        raise ValueError(f"k-NN radius with k={k} needs more than k distinct points, got {len(np.unique(ids))}")
+    radii = np.empty(len(x))
+    for start in range(0, len(x), chunk):
+        d = _distances(x[start:start + chunk], x)
+        d[ids[start:start + chunk, None] == ids[None, :]] = np.inf
+        radii[start:start + chunk] = np.partition(d, k - 1, axis=1)[:, k - 1]
+    return radii
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.clip(squared, 0.0, None))
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5, *, real_ids: np.ndarray | None = None,
+         fake_ids: np.ndarray | None = None, chunk: int = 1024) -> dict[str, float]:
+    """Precision, recall, density and coverage of Naeem et al. 2020 (k-NN balls in feature space, Euclidean):
+
+    * precision: share of fake points inside some real point's ball (radius = its k-th real neighbour);
+    * recall: share of real points inside some fake point's ball;
+    * density: mean number of real balls holding a fake point, divided by k (1 in expectation for matching sets);
+    * coverage: share of real points whose ball holds at least one fake point.
+
+    ``real_ids`` / ``fake_ids`` name the source image of each row (bootstrap resamples repeat rows; copies are not
+    each other's neighbours, see :func:`knn_radii`)."""
+    real, fake = np.asarray(real, dtype=np.float64), np.asarray(fake, dtype=np.float64)
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"feature dimensions differ: {real.shape[1]} vs {fake.shape[1]}")
+    real_radii = knn_radii(real, k, real_ids, chunk)
+    fake_radii = knn_radii(fake, k, fake_ids, chunk)
+    in_real_balls = np.zeros(len(fake))  # per fake point: how many real balls hold it
+    real_covered = np.zeros(len(real), dtype=bool)  # per real point: its ball holds a fake point
+    real_recalled = np.zeros(len(real), dtype=bool)  # per real point: inside some fake ball
+    for start in range(0, len(fake), chunk):
+        d = _distances(fake[start:start + chunk], real)  # [fake chunk, real]
+        inside = d < real_radii[None, :]
+        in_real_balls[start:start + chunk] = inside.sum(1)
+        real_covered |= inside.any(0)
+        real_recalled |= (d < fake_radii[start:start + chunk, None]).any(0)
+    return {"precision": float((in_real_balls > 0).mean()), "recall": float(real_recalled.mean()),
+            "density": float(in_real_balls.mean() / k), "coverage": float(real_covered.mean())}
 
 
 def disjoint_halves(groups: Sequence, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,10 +17,13 @@ log = logging.getLogger(__name__)
 
 def extract_generated_features(*, synthetic_root: Path | str, evaluator_dir: Path | str, cfg: dict, resolution: int,
                                out_dir: Path | str, tracking_json: Path | str | None = None,
-                               job_name: str = "extract_generated_features") -> dict:
-    """Every image of a synthetic store (``generated`` set): features of every usable backbone and evaluator
-    probabilities into the feature-set directory ``out_dir``, as one tracked job."""
+                               job_name: str = "extract_generated_features", clip_dir: Path | str | None = None
+                               ) -> dict:
+    """Every image of a synthetic store (``generated`` set): features of every usable backbone, evaluator
+    probabilities and (with ``clip_dir``) the CLIP score of each image with its prompt into the feature-set directory
+    ``out_dir``, as one tracked job."""
     from cxrgen.evaluate.classifier import load_evaluator
+    from cxrgen.models.clip import load_clip
 
     with tracked_job(tracking_json, job_name, params={"evaluation": cfg, "resolution": resolution},
                      tags={"cxrgen.stage": "extract_generated_features"}) as job:
@@ -31,13 +34,15 @@ def extract_generated_features(*, synthetic_root: Path | str, evaluator_dir: Pat
             log.warning("backbone %s", s.line())
         rows = with_root(pd.read_parquet(Path(synthetic_root) / "index.parquet").sort_values("image_id"),
                          synthetic_root)
+        clip = load_clip(clip_dir) if clip_dir else None
         generated = extract(rows, backbones=backbones, evaluator=evaluator, resolution=resolution,
-                            batch_size=int(cfg["batch_size"]), name="generated")
+                            batch_size=int(cfg["batch_size"]), name="generated", clip=clip,
+                            texts=rows["prompt"].fillna("").astype(str))
         seconds = time.perf_counter() - started
         tmp = job.staging(out_dir)
         save_feature_sets(tmp, [generated], resolution=resolution, backbones=backbones, skipped=skipped,
                           extra={"evaluator_dir": str(evaluator_dir), "synthetic_root": str(synthetic_root),
-                                 "seconds": seconds})
+                                 "clip_dir": str(clip_dir) if clip_dir else None, "seconds": seconds})
         job.log_metrics({"images/generated": len(rows), "seconds": seconds})
         job.set_tags({"cxrgen.backbones": ",".join(b.name for b in backbones)})
         job.publish(tmp, out_dir, artifacts=[META])

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 def main(smk) -> None:
     setup_job(smk.log[0], smk.threads)
     common = {"evaluator_dir": smk.input.evaluator, "cfg": dict(smk.params.cfg), "resolution": smk.params.resolution,
-              "out_dir": smk.output.features, "tracking_json": smk.input.tracking}
+              "out_dir": smk.output.features, "tracking_json": smk.input.tracking,
+              "clip_dir": smk.input.clip[0] if smk.input.clip else None}
     if smk.rule == "extract_real_features":
         from cxrgen.stages.extract_real_features import extract_real_features
 
