@@ -61,6 +61,8 @@ def real_store(root: Path | str, n: int = 60, resolutions=(32,), seed: int = 0,
     ids = [f"real-{i:04d}" for i in range(n)]
     extra = {"split": [splits[i % len(splits)] for i in range(n)], "view": ["PA"] * n,
              "patient_pid": [f"p{i // 2:04d}" for i in range(n)],
+             "sex": [("F", "M", "U")[(i // 2) % 3] for i in range(n)],  # per patient, "U" = not recorded
+             "age_bucket": [("40-59", "60-79", "unknown")[(i // 2) % 3] for i in range(n)],
              "report_findings": [f"Report {i}." for i in range(n)], "report_impression": [""] * n}
     return write_store(root, ids, labels, source="mimic", resolutions=resolutions, extra=extra, seed=seed)
 

@@ -153,7 +153,16 @@ def test_low_data_arms(pools):
     index, real, pool, _ = pools
     cfg = downstream_cfg(low_data={"real_fraction": 0.1, "synthetic_images": 30})["low_data"]
     arms = {a.name: a for a in build_arms("low_data", real, pool, cfg, seed=3, real_index=index)}
-    assert set(arms) == {"real_100pct", "real_10pct", "real_10pct+synthetic"}
+    assert set(arms) == {"real_100pct", "real_10pct", "real_10pct+synthetic", "synthetic->real_10pct"}
+    # pre-train on the mixing arm's synthetic images, fine-tune on the same small real set
+    pretrained = arms["synthetic->real_10pct"]
+    mix = arms["real_10pct+synthetic"]
+    assert pretrained.rows["image_id"].tolist() == arms["real_10pct"].rows["image_id"].tolist()
+    assert set(pretrained.pretrain["image_id"]) == set(mix.rows.loc[mix.rows["origin"] == "synthetic", "image_id"])
+    assert (pretrained.n_real, pretrained.n_synthetic) == (mix.n_real, mix.n_synthetic)
+    assert all(a.pretrain is None for name, a in arms.items() if name != "synthetic->real_10pct")
+    without = build_arms("low_data", real, pool, {**cfg, "pretrain_finetune": False}, seed=3)
+    assert [a.name for a in without] == ["real_100pct", "real_10pct", "real_10pct+synthetic"]
     assert len(arms["real_100pct"].rows) == len(real)
     n_small = int(np.floor(0.1 * len(real) + 0.5))
     assert arms["real_10pct"].n_real == arms["real_10pct+synthetic"].n_real == n_small

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -69,6 +70,19 @@ def test_scarcity_job_trains_every_arm_and_resumes_after_a_kill(stores, tmp_path
     assert again["arms"] == resumed["arms"]
 
 
+def test_a_kill_during_pretraining_resumes_to_the_same_result(stores, tmp_path):
+    root, _, _ = stores
+    straight = _run(root, "low_data", 0, tmp_path / "a")
+    arm_dir = tmp_path / "a/state/synthetic_then_real_25pct"
+    shutil.rmtree(arm_dir)  # the other arms stay finished: the rerun trains this arm only
+    with pytest.raises(Interrupted):  # killed after 1 of the 2 pre-training steps
+        _run(root, "low_data", 0, tmp_path / "a", stop_after_steps=1)
+    assert not (arm_dir / "result.json").exists()
+    resumed = _run(root, "low_data", 0, tmp_path / "a")
+    for name, result in straight["arms"].items():
+        assert resumed["arms"][name]["test"] == result["test"], name  # bit-exact CPU training
+
+
 def test_synthetic_images_prompted_from_test_images_are_excluded(stores, tmp_path):
     root, _, _ = stores
     metrics = _run(root, "anonymisation", 1, tmp_path, synthetic="leaky")
@@ -90,7 +104,14 @@ def test_imbalance_and_low_data_jobs_with_tracking_and_report(stores, tmp_path, 
     findings = imbalance["arms"]["real"]["task_findings"]
     assert len(findings) == 3 and set(imbalance["arms"]["real"]["test"]["per_finding"]) == set(findings)
     assert imbalance["arms"]["real+synthetic"]["n_synthetic"] > 0
-    assert set(metrics["arms"]) == {"real_100pct", "real_25pct", "real_25pct+synthetic"}
+    assert set(metrics["arms"]) == {"real_100pct", "real_25pct", "real_25pct+synthetic", "synthetic->real_25pct"}
+    finetuned, scratch = metrics["arms"]["synthetic->real_25pct"], metrics["arms"]["real_25pct"]
+    assert finetuned["pretrain"]["steps"] == 2 and finetuned["pretrain"]["n"] == finetuned["n_synthetic"] > 0
+    assert finetuned["n"] == scratch["n"]  # the same real rows, trained from the pre-trained weights
+    assert finetuned["test"]["per_finding"] != scratch["test"]["per_finding"]
+    sexes = finetuned["subgroups"]["sex"]
+    assert set(sexes["groups"]) == {"F", "M", "U"}
+    assert sum(g["n"] for g in sexes["groups"].values()) == metrics["n_test"]
 
     from mlflow.tracking import MlflowClient
 

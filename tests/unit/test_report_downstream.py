@@ -58,3 +58,21 @@ def test_mean_ci_matches_a_t_interval():
     mean, half = mean_ci([0.6, 0.7, 0.8])
     assert mean == pytest.approx(0.7) and half == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
     assert mean_ci([0.7]) == (0.7, None)
+
+
+def test_interval_overlap_is_stated_against_the_reference_arm(tmp_path):
+    runs = [result("low_data", s, {"real_100pct": arm(40, 0, 0.80 + 0.01 * s, []),
+                                   "real_25pct": arm(10, 0, 0.55 + 0.01 * s, []),
+                                   "real_25pct+synthetic": arm(10, 30, 0.79 + 0.01 * s, [])}) for s in range(3)]
+    paths = []
+    for k, payload in enumerate(runs):
+        paths.append(tmp_path / f"{k}.json")
+        paths[-1].write_text(json.dumps(payload))
+    report_downstream(metrics_paths=paths, out_md=tmp_path / "r.md", out_png=tmp_path / "r.png",
+                      out_json=tmp_path / "r.json")
+    md = (tmp_path / "r.md").read_text()
+    assert ("Macro AUROC against `real_100pct`: the 95 % intervals of `real_25pct+synthetic` overlap it (no "
+            "difference shown); those of `real_25pct` do not.") in md
+    report_downstream(metrics_paths=paths[:1], out_md=tmp_path / "one.md", out_png=tmp_path / "one.png",
+                      out_json=tmp_path / "one.json")
+    assert "fewer than 2 seeds" in (tmp_path / "one.md").read_text()

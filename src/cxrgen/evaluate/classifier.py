@@ -325,7 +325,8 @@ def finding_mask(task_findings: list[str] | None) -> np.ndarray:
 def train_classifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, seed: int, state_dir: Path | str,
                      val_rows: pd.DataFrame | None = None, task_findings: list[str] | None = None,
                      extra_state: dict | None = None, on_log=None, on_eval=None,
-                     stop_after_steps: int | None = None, desc: str = "classifier") -> TrainedClassifier:
+                     stop_after_steps: int | None = None, desc: str = "classifier",
+                     init_state: dict | None = None) -> TrainedClassifier:
     """Train (or resume) a classifier on ``train_rows`` (store rows with ``store_root``) with the shared loop.
 
     ``cfg`` = the validated ``evaluator`` section (model, optimiser, steps, augmentation, selection); the data order
@@ -334,6 +335,8 @@ def train_classifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, se
     finding; ``selection: best_val_auroc`` returns the weights of the best macro AUROC (else the last weights).
     ``task_findings`` restricts the loss (and the model-selection AUROC) to those findings.
     ``on_log(metrics, step)`` / ``on_eval(metrics, step)`` receive the training / validation metrics (MLflow).
+    ``init_state``: a state dict of the same architecture to start from (fine-tuning) instead of the seeded random
+    initialisation; a checkpoint in ``state_dir`` still takes precedence (resume).
 
     Data parallel (ranks of :func:`cxrgen.train.distributed.launch` or torchrun): each rank trains on its slice of
     every global batch of ``batch_size`` images, augmentations are drawn for the global batch, the loss is the global
@@ -360,6 +363,8 @@ def train_classifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, se
     world = loop_cfg.resolved_world()
     seed_everything(seed)
     model = build_classifier(cfg["model"])
+    if init_state is not None:
+        model.load_state_dict(init_state, strict=True)
     if world.world_size > 1:
         # per-rank batch statistics would normalise each rank's rows by its own share of the batch (2 of 4 images
         # in the tests), and the running statistics would be rank 0's: the weights would drift from the single

@@ -11,8 +11,9 @@ rows with ``store_root`` and ``origin`` ("real" | "synthetic") columns, ready fo
   the classifier is trained and scored on those findings only (a 5-class task, as in MedCoDi-M).
 * ``scarcity``: fixed total size T with 0, 25, 50, 75, 90, 95 % synthetic images (nested: each arm's real part is a
   prefix of one seeded permutation, and so is its synthetic part).
-* ``low_data``: a fraction p of the real training images (Diff-CXR: 1 %), that fraction plus synthetic images, and
-  100 % real.
+* ``low_data``: a fraction p of the real training images (Diff-CXR: 1 %), that fraction plus synthetic images
+  (mixing), the same synthetic images as pre-training followed by fine-tuning on that fraction (CheXGenBench's
+  "pretrain on synthetic, fine-tune on real"), and 100 % real.
 
 Leakage rules: real rows come only from the real train split; a synthetic row whose prompt came from a real image
 (``source_image_id``) is used only when that image is in the train split; template prompts (no source image) carry
@@ -43,18 +44,26 @@ class LeakageError(AssertionError):
 
 @dataclass
 class Arm:
+    """One training set. ``pretrain``: rows a first model is trained on before it is fine-tuned on ``rows``
+    (None = trained on ``rows`` from scratch)."""
+
     name: str
     rows: pd.DataFrame
     description: str
     task_findings: list[str] = field(default_factory=lambda: list(CHEXPERT_LABELS))
+    pretrain: pd.DataFrame | None = None
+
+    def _count(self, origin: str) -> int:
+        frames = [self.rows] + ([self.pretrain] if self.pretrain is not None else [])
+        return sum(int((frame["origin"] == origin).sum()) for frame in frames)
 
     @property
     def n_real(self) -> int:
-        return int((self.rows["origin"] == "real").sum())
+        return self._count("real")
 
     @property
     def n_synthetic(self) -> int:
-        return int((self.rows["origin"] == "synthetic").sum())
+        return self._count("synthetic")
 
 
 def _rng(seed: int, experiment: str) -> np.random.Generator:
@@ -249,10 +258,14 @@ def low_data_arms(real: pd.DataFrame, pool: pd.DataFrame, cfg: dict, seed: int) 
     small = _shuffled(real, rng).head(n_small)
     synthetic = _shuffled(pool, rng).head(n_syn)
     tag = _pct(fraction)
-    return [Arm("real_100pct", real, f"all {len(real)} real training images"),
+    arms = [Arm("real_100pct", real, f"all {len(real)} real training images"),
             Arm(f"real_{tag}pct", small, f"{n_small} real images ({tag} % of the real training set)"),
             Arm(f"real_{tag}pct+synthetic", pd.concat([small, synthetic], ignore_index=True),
                 f"{n_small} real ({tag} %) + {n_syn} synthetic images")]
+    if cfg["pretrain_finetune"]:
+        arms.append(Arm(f"synthetic->real_{tag}pct", small, f"pre-trained on {n_syn} synthetic images, then "
+                        f"fine-tuned on {n_small} real ({tag} %)", pretrain=synthetic))
+    return arms
 
 
 BUILDERS = {"anonymisation": anonymisation_arms, "imbalance": imbalance_arms, "scarcity": scarcity_arms,
@@ -271,8 +284,12 @@ def build_arms(experiment: str, real: pd.DataFrame, pool: pd.DataFrame, cfg: dic
     arms = BUILDERS[experiment](real, pool, cfg, seed)
     for arm in arms:
         arm.rows = arm.rows.reset_index(drop=True)
+        if arm.pretrain is not None:
+            arm.pretrain = arm.pretrain.reset_index(drop=True)
         if real_index is not None:
             check_no_leakage(arm.rows, real_index)
+            if arm.pretrain is not None:
+                check_no_leakage(arm.pretrain, real_index)
     return arms
 
 

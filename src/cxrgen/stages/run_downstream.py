@@ -13,6 +13,7 @@ import pandas as pd
 from cxrgen.evaluate.classifier import predict_rows, train_classifier
 from cxrgen.evaluate.experiments import build_arms, label_frame, positives, real_rows, synthetic_pool
 from cxrgen.evaluate.metrics import multilabel_scores
+from cxrgen.evaluate.subgroups import subgroup_scores
 from cxrgen.labels import CHEXPERT_LABELS
 from cxrgen.report.figures import Panel, plot_curves, series
 from cxrgen.train.distributed import current_world
@@ -91,28 +92,43 @@ def run_downstream(*, real_index_path: Path | str, real_store_root: Path | str, 
                 continue
             log.info("arm %d/%d %s: %s", k + 1, len(arms), arm.name, arm.description)
             prefix = f"{_slug(arm.name)}/"
+            init_state, pretrain_steps = None, 0
+            if arm.pretrain is not None:  # pre-train on the synthetic rows, then fine-tune from those weights
+                pretrained = train_classifier(
+                    arm.pretrain, cfg=train_cfg, resolution=resolution, seed=train_seed,
+                    state_dir=arm_dir / "pretrain", val_rows=val if len(val) else None,
+                    task_findings=arm.task_findings,
+                    on_log=lambda metrics, step, prefix=prefix: job.log_metrics(metrics, step,
+                                                                                prefix + "pretrain/train/"),
+                    stop_after_steps=stop_after_steps, desc=f"{experiment}:{arm.name}:pretrain")
+                steps_trained += pretrained.steps - (pretrained.resumed_from or 0)
+                init_state, pretrain_steps = pretrained.evaluator.model.state_dict(), pretrained.steps
             trained = train_classifier(
                 arm.rows, cfg=train_cfg, resolution=resolution, seed=train_seed, state_dir=arm_dir,
                 val_rows=val if len(val) else None, task_findings=arm.task_findings,
                 on_log=lambda metrics, step, prefix=prefix: job.log_metrics(metrics, step, prefix + "train/"),
                 on_eval=lambda metrics, step, prefix=prefix: job.log_metrics(metrics, step, prefix),
-                stop_after_steps=stop_after_steps, desc=f"{experiment}:{arm.name}")
+                stop_after_steps=stop_after_steps, desc=f"{experiment}:{arm.name}", init_state=init_state)
             steps_trained += trained.steps - (trained.resumed_from or 0)
             if not world.is_main:  # rank 0 alone scores and writes
                 continue
             columns = [CHEXPERT_LABELS.index(f) for f in arm.task_findings]
             probs = predict_rows(trained.evaluator, test)[:, columns]
-            scores = multilabel_scores(label_frame(test)[:, columns], probs, thresholds=0.5,
-                                       findings=arm.task_findings)
+            truth = label_frame(test)[:, columns]
+            scores = multilabel_scores(truth, probs, thresholds=0.5, findings=arm.task_findings)
             result = {"description": arm.description, "n": len(arm.rows), "n_real": arm.n_real,
                       "n_synthetic": arm.n_synthetic, "task_findings": arm.task_findings,
+                      "pretrain": None if arm.pretrain is None else {
+                          "n": len(arm.pretrain), "steps": pretrain_steps,
+                          "positives": positives(arm.pretrain, arm.task_findings)},
                       "positives": positives(arm.rows, arm.task_findings), "steps": trained.steps,
                       "selected_step": trained.selected_step, "selection": trained.selection,
-                      "train_seconds": trained.seconds, "test": scores}
+                      "train_seconds": trained.seconds, "test": scores,
+                      "subgroups": subgroup_scores(test, truth, probs, arm.task_findings)}
             curve = {"history": trained.history, "evals": trained.evals}
             done.write_text(json.dumps({**result, "_curve": curve}))
             results[arm.name], curves[arm.name] = result, curve
-            for ckpt in arm_dir.glob("ckpt-*.pt"):  # the arm is finished: its result is all a rerun needs
+            for ckpt in arm_dir.glob("**/ckpt-*.pt"):  # the arm is finished: its result is all a rerun needs
                 ckpt.unlink()
             final = {f"test/auroc_{a}": v for a, v in scores["auroc"].items()}
             final.update({f"test/f1_{a}": v for a, v in scores["f1"].items()})
@@ -136,7 +152,7 @@ def run_downstream(*, real_index_path: Path | str, real_store_root: Path | str, 
 
 
 def _slug(name: str) -> str:
-    return name.replace("+", "_plus_").replace("%", "pct")
+    return name.replace("->", "_then_").replace("+", "_plus_").replace("%", "pct")
 
 
 def _save_curves(curves: dict[str, dict], path: Path, experiment: str) -> None:
