@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from cxrgen.train.model_card import write_job_description
+from cxrgen.train.model_card import JOB_FILE, write_job_description
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def claim_state_dir(state_dir: Path | str, fingerprint: str) -> bool:
     state_dir.mkdir(parents=True, exist_ok=True)
     marker = state_dir / FINGERPRINT_FILE
     previous = marker.read_text().strip() if marker.exists() else None
-    leftovers = [p for p in state_dir.iterdir() if p.name not in (FINGERPRINT_FILE, "stale")]
+    leftovers = [p for p in state_dir.iterdir() if p.name not in (FINGERPRINT_FILE, JOB_FILE, "stale")]
     if previous == fingerprint:
         return True
     if leftovers:
