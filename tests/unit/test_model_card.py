@@ -156,7 +156,8 @@ def test_end_of_dag_cards_include_the_models_evaluations(tmp_path):
 
     text = written["ldm/cheff"].read_text()
     assert written["ldm/cheff"].name == "ldm__cheff.md"
-    assert "| evaluator / generated vs real / fid | 12.5 | [10, 15] | percentile bootstrap |" in text
+    assert "| evaluator / generated vs real / fid | 12.5 | [10, 15] | Fréchet distance" in text
+    assert "CI: percentile bootstrap |" in text and "copy candidate" in text
     assert "generated vs real / kid | 0.031" in text and "share_below_threshold | 0 |" in text
     assert "synthetic phantoms" in text and "final_loss" in text and "abc" not in text
     index = (tmp_path / "reports/model_cards/index.md").read_text()

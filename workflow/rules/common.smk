@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from cxrgen.config import enabled_sources, ldm_name, load_rule_sections, section_for, validate_config
+from cxrgen.train.model_card import card_file_name
 
 config.update(validate_config(config))
 RULE_SECTIONS = load_rule_sections(workflow.source_path("../config_sections.yaml"))
@@ -293,8 +294,8 @@ MODEL_CARD_DIR = "results/reports/model_cards"
 
 
 def model_card_files():
-    """One completed card per trained model (cxrgen.train.model_card.card_file_name)."""
-    return [f"{MODEL_CARD_DIR}/{name.replace('/', '__')}.md" for name in _trained_models()]
+    """One completed card per trained model."""
+    return [f"{MODEL_CARD_DIR}/{card_file_name(name)}" for name in _trained_models()]
 
 
 def model_card_evaluations(wildcards=None):

@@ -107,7 +107,6 @@ rule write_model_cards:
         names=trained_model_names,
         evaluations=model_card_evaluations,
         demo=all(is_demo(s) for s in SOURCES),
-        out_dir=MODEL_CARD_DIR,
     log:
         "results/logs/write_model_cards/write_model_cards.log",
     threads: 1

@@ -103,13 +103,24 @@ _PROTOCOLS_EXACT = {
     "final_loss": "last logged training loss (the trainer's objective, on a training batch)",
     "scaling_factor": "1 / std of training-split latents (posterior samples), the LDM latent scale",
     "parameters": "trainable + frozen parameters of the saved model",
-    "resolution": "image side in pixels the model was trained at",
+    "resolution": "image side in pixels",
+    "median": "median over the images",
+    "p05": "5th percentile over the images",
+    "min": "minimum over the images",
     "world_size": "data-parallel ranks that trained the model",
 }
 _PROTOCOLS_FRAGMENT = (
     ("psnr", "PSNR in dB against the original, images in [-1, 1], averaged over the evaluated images"),
     ("ssim", "SSIM (11-px Gaussian window) against the original, averaged over the evaluated images"),
+    ("mse", "mean squared pixel error against the original, images in [-1, 1]"),
     ("l1", "mean absolute pixel error against the original, images in [-1, 1]"),
+    ("fid", "Fréchet distance between Gaussian fits of the two image sets' features (feature space: first element)"),
+    ("kid", "kernel distance (unbiased polynomial-kernel MMD²) between the two image sets' features, averaged over "
+            "subsets"),
+    ("share_below_threshold", "share of the images whose nearest training image is closer than the space's "
+                              "threshold (a copy candidate)"),
+    ("count_below_threshold", "images whose nearest training image is closer than the space's threshold"),
+    ("threshold", "nearest-neighbour distance below which an image counts as a copy candidate"),
     ("auroc", "area under the ROC curve on held-out labelled images"),
     ("auc", "area under the ROC curve on held-out labelled images"),
     ("f1", "F1 at the stated threshold on held-out labelled images"),
@@ -118,20 +129,26 @@ _PROTOCOLS_FRAGMENT = (
     ("accuracy", "accuracy on held-out labelled data"),
     ("bleu", "BLEU against the held-out reference reports"),
     ("seconds", "wall-clock seconds on the job's hardware"),
-    ("n_", "number of items"),
 )
 
 
-def metric_protocol(key: str, split_hint: str = "") -> str:
+def metric_protocol(key: str) -> str:
+    """How a metric was measured, from its name or ``/``-separated path (the last part decides first)."""
     name = key.lower()
-    protocol = _PROTOCOLS_EXACT.get(name)
+    parts = [part.strip() for part in name.split("/")]
+    protocol = _PROTOCOLS_EXACT.get(parts[-1])
+    if protocol is None and (parts[-1] == "n" or parts[-1].startswith("n_")):
+        protocol = "number of items"
+    if protocol is None:
+        protocol = next((text for fragment, text in _PROTOCOLS_FRAGMENT if fragment in parts[-1]), None)
     if protocol is None:
         protocol = next((text for fragment, text in _PROTOCOLS_FRAGMENT if fragment in name), "as logged by the job")
-    if name.startswith("val_") or "/val" in name or name.startswith("val/"):
+    words = set(name.replace("/", "_").replace(" ", "_").split("_"))
+    if "val" in words:
         protocol += "; validation split"
-    elif name.startswith("test_") or "test" in name.split("_"):
+    elif "test" in words:
         protocol += "; test split"
-    return protocol + split_hint
+    return protocol
 
 
 # --- the job description the workflow adapter leaves in the state directory ---
@@ -405,7 +422,8 @@ def build_card(context: CardContext, model_dir: Path | str, *, demo: bool | None
                                  if isinstance(v, int) and not isinstance(v, bool) and k.startswith("n_")},
                  "inputs": lineage["inputs"], "recorded_digests": lineage["recorded_digests"],
                  "upstream_models": lineage["upstream_models"]},
-        "training": {"config_sha256": config_hash(sections), "sections": sections, "settings": settings,
+        "training": {"config_sha256": config_hash(sections) if sections else None, "sections": sections,
+                     "settings": settings,
                      "seed": seed, "steps": steps, "resumed_from": resumed_from,
                      "attempts": context.attempt, "resume_count": context.attempt - 1,
                      "fit_wall_seconds": context.fit_seconds,
@@ -537,16 +555,18 @@ def evaluation_metrics(payload: dict, skip: tuple[str, ...] = ("per_finding",)) 
         if isinstance(node, dict):
             value = node.get("value")
             if isinstance(value, int | float) and not isinstance(value, bool):
+                protocol = metric_protocol(" / ".join(path))
+                if node.get("ci_method"):
+                    protocol += f"; CI: {node['ci_method']}"
                 rows.append({"metric": " / ".join(path), "value": value, "ci_low": node.get("ci_low"),
-                             "ci_high": node.get("ci_high"),
-                             "protocol": node.get("ci_method") or metric_protocol(path[-1] if path else "")})
+                             "ci_high": node.get("ci_high"), "protocol": protocol})
                 return
             for key, child in node.items():
                 if key not in skip and "run_id" not in key:  # the top-level "results" wrapper names nothing
                     walk(child, path if not path and key == "results" else (*path, str(key)))
         elif isinstance(node, int | float) and not isinstance(node, bool) and math.isfinite(node):
             rows.append({"metric": " / ".join(path), "value": node, "ci_low": None, "ci_high": None,
-                         "protocol": metric_protocol(path[-1] if path else "")})
+                         "protocol": metric_protocol(" / ".join(path))})
 
     walk(payload, ())
     return rows[:MAX_EVALUATION_ROWS], max(0, len(rows) - MAX_EVALUATION_ROWS)
