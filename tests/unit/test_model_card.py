@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 from test_autoencoder import RES, tiny_cfg, tiny_store
 
+from cxrgen.hashing import dir_digest
 from cxrgen.models.autoencoder import FeaturePerceptualLoss, load_autoencoder
 from cxrgen.stages.init_tracking import init_tracking
 from cxrgen.stages.train_autoencoder import train_autoencoder
@@ -81,6 +82,9 @@ def test_trainer_publishes_a_card_that_matches_its_run_and_changes_with_the_conf
     assert "PSNR" in card_a["metrics"]["val_psnr"]["protocol"] and "validation" in card_a["metrics"]["val_psnr"][
         "protocol"]
     assert card_a["training"]["job_cpu_seconds"] > 0 and card_a["training"]["fit_wall_seconds"] > 0
+
+    # the weights digest is the one provenance records use (the card itself does not count)
+    assert card_a["weights"]["sha256"] == dir_digest(store / "a/ae") != card_b["weights"]["sha256"]
 
     # architecture from the saved weights and config
     vae = load_autoencoder(store / "a/ae")

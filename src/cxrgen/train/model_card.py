@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxrgen.hashing import dir_digest, model_files
+
 CARD_MD = "MODEL_CARD.md"
 CARD_JSON = "model_card.json"
 CARD_FILES = (CARD_MD, CARD_JSON)
@@ -234,6 +236,18 @@ def tree_digest(path: Path | str, exclude: tuple[str, ...] = CARD_FILES) -> dict
     return {"sha256": h.hexdigest(), "files": files, "bytes": size}
 
 
+def weights_digest(model_dir: Path) -> dict:
+    """The model's identity: :func:`cxrgen.hashing.dir_digest` (the digest every provenance record and staleness
+    check uses, e.g. the latent cache's ``autoencoder_sha256``), with its file count and bytes; a file output (the
+    metrics of classifiers that are not kept) is digested as a file."""
+    if not model_dir.is_dir():
+        return tree_digest(model_dir)
+    files = model_files(model_dir)
+    if not files:
+        return {"sha256": None, "files": 0, "bytes": 0}
+    return {"sha256": dir_digest(model_dir), "files": len(files), "bytes": sum(f.stat().st_size for f in files)}
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         payload = json.loads(path.read_text())
@@ -416,7 +430,7 @@ def build_card(context: CardContext, model_dir: Path | str, *, demo: bool | None
         "model": {"name": context.name, "rule": rule, "wildcards": job.get("wildcards", {}),
                   **MODEL_KINDS.get(rule, {"kind": rule, "paper": "", "section": ""})},
         "architecture": architecture(model_dir) if model_dir.is_dir() else {},
-        "weights": tree_digest(model_dir),
+        "weights": weights_digest(model_dir),
         "data": {"sources": lineage["sources"], "store_splits": lineage["store_splits"],
                  "splits_used": {k: v for k, v in {**settings, **metrics}.items()
                                  if isinstance(v, int) and not isinstance(v, bool) and k.startswith("n_")},
@@ -500,7 +514,7 @@ def render_markdown(card: dict) -> str:
               f"{_fmt(training['resumed_from'])}; attempts {training['attempts']} (resumes "
               f"{training['resume_count']}); world size {training['world_size']}",
               f"- fit wall time {_fmt(training['fit_wall_seconds'])} s; job wall time "
-              f"{_fmt(training['job_wall_seconds'])} s; job CPU time {_fmt(training['job_cpu_seconds'])} s", ""]
+              f"{_fmt(training['job_wall_seconds'])} s; job CPU time (rank 0 process) {_fmt(training['job_cpu_seconds'])} s", ""]
     if training.get("settings"):
         lines.append("Settings: " + ", ".join(f"{k}={_fmt(v)}" for k, v in training["settings"].items()))
         lines.append("")
