@@ -307,10 +307,10 @@ def _plain(value: Any) -> bool:
 
 
 def _config_summary(config: dict) -> dict:
-    """The sizes of a saved model config: scalars and short numeric lists, private keys skipped."""
+    """The sizes of a saved model config: scalars and short lists; private keys and run ids skipped."""
     kept = {}
     for key, value in config.items():
-        if key.startswith("_"):
+        if key.startswith("_") or "run_id" in key:
             continue
         if _plain(value) or (isinstance(value, list) and len(value) <= 8 and all(_plain(v) for v in value)):
             kept[key] = value
@@ -482,6 +482,9 @@ def render_markdown(card: dict) -> str:
              f"Parameters (saved weights): {_fmt(arch.get('parameters_saved'))}; weights sha256 "
              f"`{card['weights'].get('sha256')}` ({card['weights'].get('files')} files, "
              f"{card['weights'].get('bytes')} bytes).", ""]
+    if len(arch.get("parameters_by_file") or {}) > 1:  # e.g. an LDM's EMA and raw UNets: each is a full copy
+        lines += ["Parameters by weights file: " + ", ".join(
+            f"`{file}` {count}" for file, count in arch["parameters_by_file"].items()), ""]
     for file, summary in arch.get("configs", {}).items():
         lines.append(f"- `{file}`: " + ", ".join(f"{k}={_fmt(v)}" for k, v in summary.items()))
     lines += ["", "## Data", ""]
