@@ -102,7 +102,11 @@ rule write_model_cards:
         evaluations=model_card_evaluation_files,
     output:
         cards=model_card_files(),
-        index=f"{MODEL_CARD_DIR}/index.md",
+        index=report(
+            f"{MODEL_CARD_DIR}/index.md",
+            caption="../report/model_cards.rst",
+            category="8. Model cards",
+        ),
     params:
         names=trained_model_names,
         evaluations=model_card_evaluations,
