@@ -62,4 +62,4 @@ def _index_row(name: str, card: dict, link: str, note: str) -> str:
     digest = (training.get("config_sha256") or "")[:12]
     evaluations = ", ".join(card.get("evaluation", {})) or "—"
     return (f"| [{name}]({link}){note} | {model.get('kind', '')} | {model.get('paper', '')} | "
-            f"{training.get('steps', '—')} | `{digest or '—'}` | {evaluations} |")
+            f"{training.get('steps', '—')} | {f'`{digest}`' if digest else '—'} | {evaluations} |")
