@@ -8,8 +8,9 @@ What counts as the model: every regular file under the directory (names relative
 bytes) except
 
 - hidden files (names starting with ``.``, e.g. Snakemake's ``.snakemake_timestamp`` in directory outputs), and
-- training reports, which describe a run but do not change what the model computes: ``metrics.json`` and figures
-  (``.png``, ``.jpg``, ``.jpeg``, ``.svg``, ``.pdf``, ``.html``, ``.md``, ``.log``).
+- training reports, which describe a run but do not change what the model computes: ``metrics.json``, the model card
+  (``model_card.json``; ``MODEL_CARD.md``) and figures (``.png``, ``.jpg``, ``.jpeg``, ``.svg``, ``.pdf``, ``.html``,
+  ``.md``, ``.log``).
 
 Weights and configs in any format count, including files a future model type adds, so a changed weight or config
 always changes the hash, and re-rendering a training figure never does.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-REPORT_FILES = frozenset({"metrics.json"})
+REPORT_FILES = frozenset({"metrics.json", "model_card.json"})
 REPORT_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".svg", ".pdf", ".html", ".md", ".log"})
 _CHUNK = 1 << 20
 

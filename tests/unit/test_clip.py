@@ -225,7 +225,7 @@ def test_stage_kill_resume_equality_outputs_and_tracking(tmp_path, monkeypatch):
     assert straight["retrieval"]["val/pairs"] == 3 and "test/t2i_recall_at_10" in straight["retrieval"]
     out = tmp_path / "out_a"
     assert {p.name for p in out.iterdir()} == {"open_clip_config.json", WEIGHTS_FILE, "metrics.json",
-                                              "loss_curve.png"}
+                                              "loss_curve.png", "MODEL_CARD.md", "model_card.json"}
     assert json.loads((out / "metrics.json").read_text())["steps"] == 3
 
     with pytest.raises(Interrupted):

@@ -182,7 +182,7 @@ def test_second_stage_freezes_the_base_resumes_and_saves(tmp_path):
     out = tmp_path / "dkim_a"
     # no sample grid: that is rule sample_dkim_grid's (tests/unit/test_sample_grids.py)
     assert {p.name for p in out.iterdir()} == {"config.json", "diffusion_pytorch_model.safetensors", "metrics.json",
-                                              "loss.png"}
+                                              "loss.png", "MODEL_CARD.md", "model_card.json"}
     assert not any("grid" in key for key in straight) and straight["world_size"] == 1
     assert straight["steps"] == 3 and straight["base_unchanged"] and dir_digest(ldm / "unet") == base_files
     assert straight["n_train"] == 9  # 12 train latents, 3 without a report (ldm.require_report)

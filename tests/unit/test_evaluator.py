@@ -157,7 +157,7 @@ def test_train_evaluator_stage_outputs_and_tracking(tmp_path, monkeypatch):
                               out_dir=tmp_path / "out", tracking_json=tracking, job_name="train_evaluator")
     out = tmp_path / "out"
     assert {p.name for p in out.iterdir()} == {"evaluator.json", "model.safetensors", "metrics.json",
-                                              "loss_curve.png"}
+                                              "loss_curve.png", "MODEL_CARD.md", "model_card.json"}
     assert metrics["n_train"] == (index["split"] == "train").sum() and metrics["n_val"] == 8
     val = json.loads((out / "metrics.json").read_text())["val"]
     skipped = {entry["finding"]: entry for entry in val["skipped"]}  # a single class among the 8 val labels

@@ -274,7 +274,7 @@ def test_train_ldm_stage_writes_a_pipeline_loadable_with_diffusers(tmp_path, tmp
     assert metrics["mlflow_run_id"] and metrics["text_encoding_seconds"] > 0
     # the sample grid is rule sample_ldm_grid's (tests/unit/test_sample_grids.py): the trainer draws none
     assert {p.name for p in out.iterdir()} == {"unet", "unet_raw", "scheduler", "cxrgen_pipeline.json",
-                                               "metrics.json", "loss.png"}
+                                               "metrics.json", "loss.png", "MODEL_CARD.md", "model_card.json"}
     assert not any("grid" in key for key in metrics)
     info = read_pipeline_json(out)
     assert info["conditioning"] == "text" and info["autoencoder"] == ae_dir.resolve()

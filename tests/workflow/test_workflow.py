@@ -46,7 +46,8 @@ def test_dry_run_with_slurm_profile_shows_full_dag():
                  "run_downstream", "report_downstream", "filter_noise", "evaluate_labeler",
                  "extract_real_features", "extract_generated_features", "evaluate_distribution",
                  "evaluate_fidelity", "evaluate_memorisation", "evaluate_reconstruction", "write_summary",
-                 "sample_ldm_grid", "sample_dkim_grid", "report_training", "build_icu_cohort", "train_ddl_ldm",
+                 "sample_ldm_grid", "sample_dkim_grid", "report_training", "write_model_cards", "build_icu_cohort",
+                 "train_ddl_ldm",
                  "generate_ddl_latents", "train_icu_predictor", "evaluate_icu", "evaluate_ddl_images", "report_icu",
                  "build_study_table", "train_prompt_encoders", "embed_prompts"):
         assert rule in out
@@ -314,7 +315,7 @@ def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:
 def test_adding_a_variant_plans_only_its_own_jobs(tiny_run, tmp_path):
     """After the tiny run, a variant with a new LDM (diffcxr-lnfs) and one sampling the existing cheff LDM with DKIM
     (diffcxr-dkim) plan only their own jobs: no build_prompts, no existing LDM, sample or metric is rerun. The
-    aggregates over all variants (summary, training report, the pipeline's tracking run) follow."""
+    aggregates over all variants (summary, training report, model cards, the pipeline's tracking run) follow."""
     overlay = tmp_path / "more_variants.yaml"
     overlay.write_text("variants:\n  diffcxr-lnfs: {lnfs: true}\n  diffcxr-dkim: {dkim: true}\n")
     out = run([*SNAKEMAKE, "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tiny_run),
@@ -324,7 +325,7 @@ def test_adding_a_variant_plans_only_its_own_jobs(tiny_run, tmp_path):
     per_variant = ("generate", "extract_generated_features", "evaluate_distribution", "evaluate_fidelity",
                    "evaluate_memorisation")
     required = {"train_ldm", "train_dkim", "sample_ldm_grid", "sample_dkim_grid", *per_variant, "write_summary",
-                "report_training", "all"}
+                "report_training", "write_model_cards", "all"}
     # init_tracking's params do not depend on the config: a rerun of it would hold back the planning of every job
     # that opens a child run (Snakemake then plans init_tracking alone)
     assert required == {rule for rule, _ in jobs}, out[-3000:]

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from cxrgen.config import enabled_sources, ldm_name, load_rule_sections, section_for, validate_config
+from cxrgen.train.model_card import card_file_name
 
 config.update(validate_config(config))
 RULE_SECTIONS = load_rule_sections(workflow.source_path("../config_sections.yaml"))
@@ -199,6 +200,7 @@ def summary_fragments(wildcards=None):
         *(["results/reports/icu/icu.md"] if ICU_ENABLED else []),  # DDL-CXR (rule report_icu)
         *(["results/reports/medcodi/summary.md"] if MEDCODI_ENABLED else []),  # MedCoDi-M (rule report_medcodi)
         *(["results/reports/inpainting/inpainting.md"] if INPAINT_ENABLED else []),  # rule inpaint_images
+        f"{MODEL_CARD_DIR}/index.md",  # every trained model's card with its evaluations (rule write_model_cards)
     ]
 
 
@@ -287,6 +289,45 @@ def trained_model_dirs(wildcards=None):
 
 def trained_model_names(wildcards=None):
     return list(_trained_models())
+
+
+# --- model cards (rule write_model_cards) ---
+MODEL_CARD_DIR = "results/reports/model_cards"
+
+
+def model_card_files():
+    """One completed card per trained model."""
+    return [f"{MODEL_CARD_DIR}/{card_file_name(name)}" for name in _trained_models()]
+
+
+def model_card_evaluations(wildcards=None):
+    """Model name -> {label: evaluation json} of the metric harness results that measured that model: a variant's
+    FID/KID, fidelity and memorisation concern the LDM it samples (and its DKIM adapter), the reconstruction chains
+    the autoencoder and SR, MedCoDi-M's image / report / joint evaluations their generators. (DDL-CXR's evaluations
+    are directories of per-arm tables, read by report_icu.)"""
+    evaluations = {name: {} for name in _trained_models()}
+    for variant in eval_variants():
+        ldm_variant = ldm_variant_of(variant)
+        files = {f"{kind} ({variant})": f"results/eval/{variant}/{kind}.json"
+                 for kind in ("distribution", "fidelity", "memorisation")}
+        evaluations[f"ldm/{ldm_variant}"].update(files)
+        if config["variants"][variant]["dkim"]:
+            evaluations[f"dkim/{ldm_variant}"].update(files)
+    for name in ("autoencoder", "sr"):
+        evaluations[name]["reconstruction"] = "results/eval/reconstruction/reconstruction.json"
+    if MEDCODI_ENABLED:
+        for prompting in MEDCODI_PROMPTING:
+            evaluations[f"medcodi/report_{prompting}"]["report generation"] = (
+                f"results/medcodi/eval/reports/{prompting}.json")
+            for view in ("frontal", "lateral"):
+                evaluations[f"medcodi/{view}_{prompting}"]["image generation"] = (
+                    f"results/medcodi/eval/images/{view}-{prompting}.json")
+        evaluations["medcodi/joint"]["joint generation"] = "results/medcodi/eval/joint.json"
+    return evaluations
+
+
+def model_card_evaluation_files(wildcards=None):
+    return sorted({path for labels in model_card_evaluations().values() for path in labels.values()})
 
 
 def sample_ldm_grid_inputs(wildcards):

@@ -90,3 +90,29 @@ rule report_training:
     threads: 1
     script:
         "../scripts/report/report_training.py"
+
+
+# Model cards: each trainer writes MODEL_CARD.md next to its weights; this completes every card with the evaluation
+# results that concern its model, once they exist, and indexes them for the summary (cheap: reads JSON only).
+
+
+rule write_model_cards:
+    input:
+        models=trained_model_dirs,
+        evaluations=model_card_evaluation_files,
+    output:
+        cards=model_card_files(),
+        index=report(
+            f"{MODEL_CARD_DIR}/index.md",
+            caption="../report/model_cards.rst",
+            category="8. Model cards",
+        ),
+    params:
+        names=trained_model_names,
+        evaluations=model_card_evaluations,
+        demo=all(is_demo(s) for s in SOURCES),
+    log:
+        "results/logs/write_model_cards/write_model_cards.log",
+    threads: 1
+    script:
+        "../scripts/report/write_model_cards.py"

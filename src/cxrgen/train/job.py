@@ -1,7 +1,8 @@
 """One tracked job: the scaffold every trainer, generator and evaluator runs inside.
 
 A job opens (or re-opens, after a kill) its MLflow child run with its params, does its work, writes its output into a
-staging path, publishes it atomically and then logs artifacts. The run's final status follows one rule:
+staging path, publishes it atomically and then logs artifacts. A training job's outputs are published with their model
+card (:mod:`cxrgen.train.model_card`), written into the staging path first. The run's final status follows one rule:
 
 - ``KILLED`` when the job was stopped from outside: SIGTERM (what SLURM sends at a time limit and ``scancel``
   sends), Ctrl-C, or the loop's ``stop_after_steps`` (:class:`cxrgen.train.loop.Interrupted`). The job is
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cxrgen.train.model_card import CardContext, build_card, count_attempt, write_card
 from cxrgen.train.outputs import publish_dir, staging_dir
 from cxrgen.train.tracking import mlflow_key
 
@@ -87,6 +89,8 @@ class TrackedJob:
         self.published = False
         # what a resumable trainer keeps in its checkpoints (run_training's ``extra_state``)
         self.extra: dict[str, Any] = {"mlflow_run_id": self.run_id, "history": []}
+        # set for a training job: its published outputs get a model card (cxrgen.train.model_card)
+        self.card: CardContext | None = None
 
     @property
     def run_id(self) -> str | None:
@@ -126,22 +130,40 @@ class TrackedJob:
         ``final`` for a directory; paths otherwise) and ``tags``. Call once per output; the job counts as published
         once every call returned."""
         self._require_main("publish")
-        self.phase = "publish"
         staged, final = Path(staged), Path(final)
         final.parent.mkdir(parents=True, exist_ok=True)
+        cards = self._stage_card(staged, final) if self.card is not None else []
+        self.phase = "publish"
         if staged.is_dir():
             publish_dir(staged, final)
+            cards = [final / path.name for path in cards]
         else:
             os.replace(staged, final)
+            if cards:  # a file output: its card sits next to it
+                for path in cards:
+                    os.replace(path, final.parent / path.name)
+                cards[0].parent.rmdir()
+                cards = [final.parent / path.name for path in cards]
         self.phase = "artifacts"
         if self.run is not None:
             for name in artifacts:
                 path = final / name if final.is_dir() else Path(name)
                 self.run.log_artifact(path)
+            for path in cards:
+                self.run.log_artifact(path)
             self.set_tags({"cxrgen.output": str(final.resolve()), **(tags or {})})
         self.published = True
         self.phase = "run"
         return final
+
+    def _stage_card(self, staged: Path, final: Path) -> list[Path]:
+        """Write the model card of ``staged`` into it (a directory) or into a hidden directory next to ``final`` (a
+        file output, e.g. the metrics of classifiers that are not kept); returns the card's paths."""
+        self.phase = "card"
+        card = build_card(self.card, staged)
+        if staged.is_dir():
+            return write_card(card, staged)
+        return write_card(card, final.parent / f".{final.name}.card")
 
     def artifacts(self, *paths: Path | str) -> None:
         """Log further artifacts (e.g. figures written next to a published file)."""
@@ -193,7 +215,7 @@ def _sigterm_raises() -> Iterator[_Stopping]:
 @contextmanager
 def tracked_job(tracking_json: Path | str | None, name: str, *, params: dict | None = None,
                 tags: dict | None = None, state_dir: Path | str | None = None,
-                main: bool = True) -> Iterator[TrackedJob]:
+                main: bool = True, card: bool | None = None) -> Iterator[TrackedJob]:
     """Run the body as one tracked job (see the module docstring for the status rule).
 
     ``tracking_json`` (rule ``init_tracking``) → an MLflow child run ``name`` with ``params`` and ``tags``;
@@ -204,6 +226,10 @@ def tracked_job(tracking_json: Path | str | None, name: str, *, params: dict | N
     runs (it trains with the other ranks; a SIGTERM still raises :class:`JobKilled`, exceptions pass through) but it
     opens no run, writes no run id, may not stage or publish outputs (:meth:`TrackedJob.publish` raises) and is not
     required to publish. Rank 0's run carries the status of the whole job.
+
+    ``card``: the job trains a model, so each output it publishes gets a model card (``MODEL_CARD.md`` and
+    ``model_card.json``, :mod:`cxrgen.train.model_card`) staged with it and logged as artifacts. Default: a job with
+    a ``state_dir`` (a resumable trainer) does.
     """
     from cxrgen.train.tracking import JobRun
 
@@ -216,6 +242,8 @@ def tracked_job(tracking_json: Path | str | None, name: str, *, params: dict | N
             if state is not None:
                 write_json(state / RUN_ID_FILE, {"run_id": run.run_id})
         job = TrackedJob(run, state, main=main)
+        if main and (card or (card is None and state is not None)):
+            job.card = CardContext(name, dict(params or {}), dict(tags or {}), state, attempt=count_attempt(state))
         job.phase = "run"
         try:
             yield job
@@ -264,10 +292,13 @@ def tracked_training(tracking_json: Path | str | None, name: str, *, world: Worl
     loop's result. Then rank 0 returns ``publish(Trained(...))`` (it writes and publishes the outputs and returns the
     stage's metrics) and every other rank returns ``{"rank": r, "steps": n}``."""
     tags = {**(tags or {}), "cxrgen.world_size": str(world.world_size)}
-    with tracked_job(tracking_json, name, params=params, tags=tags, state_dir=state_dir, main=world.is_main) as job:
+    with tracked_job(tracking_json, name, params=params, tags=tags, state_dir=state_dir, main=world.is_main,
+                     card=True) as job:
         started = time.perf_counter()
         result = fit(job)
         seconds = time.perf_counter() - started
         if not world.is_main:
             return {"rank": world.rank, "steps": result.steps_done}
+        job.card.steps_done, job.card.resumed_from = result.steps_done, result.resumed_from
+        job.card.fit_seconds, job.card.world_size = seconds, world.world_size
         return publish(Trained(job, result, seconds, world))

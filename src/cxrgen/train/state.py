@@ -16,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
+from cxrgen.train.model_card import JOB_FILE, write_job_description
+
 log = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "FINGERPRINT"
@@ -54,7 +56,7 @@ def claim_state_dir(state_dir: Path | str, fingerprint: str) -> bool:
     state_dir.mkdir(parents=True, exist_ok=True)
     marker = state_dir / FINGERPRINT_FILE
     previous = marker.read_text().strip() if marker.exists() else None
-    leftovers = [p for p in state_dir.iterdir() if p.name not in (FINGERPRINT_FILE, "stale")]
+    leftovers = [p for p in state_dir.iterdir() if p.name not in (FINGERPRINT_FILE, JOB_FILE, "stale")]
     if previous == fingerprint:
         return True
     if leftovers:
@@ -72,5 +74,9 @@ def claim_state_dir(state_dir: Path | str, fingerprint: str) -> bool:
 
 def claim_job_state(*, rule: str, wildcards: dict, params: dict, inputs: dict, state_dir: Path | str) -> bool:
     """:func:`claim_state_dir` for one workflow job, given as plain values: its rule name, wildcards, params and
-    inputs (name -> path or list of paths). Returns True when the job resumes its own state."""
-    return claim_state_dir(state_dir, job_fingerprint(rule, wildcards, params, inputs))
+    inputs (name -> path or list of paths). Returns True when the job resumes its own state. Also leaves the job's
+    description (rule, wildcards, input paths) in the state directory for its model card
+    (:func:`cxrgen.train.model_card.write_job_description`)."""
+    resumes = claim_state_dir(state_dir, job_fingerprint(rule, wildcards, params, inputs))
+    write_job_description(state_dir, rule=rule, wildcards=wildcards, inputs=inputs, ignored=IGNORED_INPUTS)
+    return resumes
