@@ -88,6 +88,11 @@ def _check_references(config: dict) -> list[str]:
         if flags.get("conditioning") == "none" and mechanisms:
             problems.append(f"config key 'variants.{name}': conditioning 'none' (Cheff's unconditional LDM) takes no "
                             f"Diff-CXR mechanism, but {mechanisms} are true; allowed: conditioning 'text' with them")
+    enabled = [name for name, flags in config.get("variants", {}).items() if flags.get("enabled", True)]
+    sheet = config.get("generate", {}).get("sample_sheet", {}).get("variants", [])
+    if set(sheet) - set(enabled):
+        problems.append(f"config key 'generate.sample_sheet.variants' names {sorted(set(sheet) - set(enabled))}, "
+                        f"not enabled variants; enabled variants (key 'variants'): {enabled}")
     if not any(flags.get("enabled", True) for flags in config.get("variants", {}).values()):
         problems.append("config key 'variants': every variant has enabled false; enable at least one")
     mimic = config.get("sources", {}).get("mimic", {})

@@ -87,7 +87,13 @@ def final_targets():
         *medcodi_targets(),  # MedCoDi-M / XGeM branch when medcodi.enabled (workflow/rules/medcodi.smk)
         "results/summary.md",  # headline tables for terminal readers (rule write_summary)
         "results/reports/training/curves.png",  # every model's loss curve and sample grid (rule report_training)
+        *(["results/reports/generation/sample_sheet.png"] if config["generate"]["sample_sheet"]["enabled"] else []),
     ]
+
+
+def sample_sheet_variants():
+    """Rows of the sample sheet (rule draw_sample_sheet): generate.sample_sheet.variants, or every variant."""
+    return config["generate"]["sample_sheet"]["variants"] or VARIANTS
 
 
 # --- params functions (named, so rules stay declarative) ---
