@@ -92,7 +92,7 @@ def final_targets():
 
 
 def sample_sheet_variants():
-    """Rows of the sample sheet (rule draw_sample_sheet): generate.sample_sheet.variants, or every variant."""
+    """Rows of the sample sheet, top to bottom: generate.sample_sheet.variants, or every variant."""
     return config["generate"]["sample_sheet"]["variants"] or VARIANTS
 
 
