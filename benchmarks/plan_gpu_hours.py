@@ -16,7 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cxrgen.compute import REPORTED, format_table, gpu_hours_table, parse_dry_run
+from cxrgen.compute import (
+    ASSUMED_TFLOPS,
+    REPORTED,
+    format_table,
+    gpu_hours_table,
+    measure_cpu_gflops_per_s,
+    parse_dry_run,
+)
 from cxrgen.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +45,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paper", nargs="*", choices=PAPERS, default=[], help="config/full/<paper>.yaml overlays")
     parser.add_argument("--configfile", nargs="*", default=[], help="further overlays (paths from the repo root)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="also time demo-size LDM training steps on this CPU: its GFLOP/s and the implied CPU->GPU "
+                             "factor of the assumed GPU throughput")
     args = parser.parse_args()
     configfiles = configfiles_of(args.paper, args.configfile)
     rows = gpu_hours_table(parse_dry_run(dry_run(configfiles)), load_config(*(ROOT / f for f in configfiles)))
@@ -47,6 +57,10 @@ def main() -> None:
         if branch in args.paper:
             estimated = sum(r.gpu_hours for r in rows if r.rule in MEDCODI_RULES)
             print(f"reported: {hours:,.0f} GPU-h ({source}); estimated for the branch's rules: {estimated:,.0f} GPU-h")
+    if args.calibrate:
+        cpu = measure_cpu_gflops_per_s(load_config(ROOT / "config.yaml"))
+        print(f"this CPU: {cpu:,.1f} GFLOP/s on demo LDM training steps; the assumed {ASSUMED_TFLOPS:g} TFLOP/s per GPU "
+              f"is {ASSUMED_TFLOPS * 1e3 / cpu:,.0f}x that")
 
 
 MEDCODI_RULES = {"train_prompt_encoders", "embed_prompts", "train_medcodi_ldm", "train_text_vae",

@@ -415,6 +415,29 @@ def parse_dry_run(text: str) -> list[tuple[str, dict, int]]:
     return jobs
 
 
+def measure_cpu_gflops_per_s(cfg: dict, batch_size: int = 8, repeats: int = 3) -> float:
+    """Achieved GFLOP/s of this machine on training steps of the LDM UNet of ``cfg`` (use the demo's: small), as the
+    counted training FLOPs of a step over its best wall time: relates the table's assumed GPU throughput to a measured
+    CPU one (``ASSUMED_TFLOPS * 1e3 / this`` = the implied CPU -> GPU factor)."""
+    import time
+
+    import torch
+
+    from cxrgen.models.diffusion import build_unet
+
+    channels, side = _latent_shape(cfg)
+    context = int(cfg["clip"]["text"]["width"])
+    unet = build_unet(cfg["ldm"]["unet"], latent_channels=channels, sample_size=side, cross_attention_dim=context)
+    x, tokens = torch.randn(batch_size, channels, side, side), torch.randn(batch_size, 77, context)
+    t = torch.randint(0, 1000, (batch_size,))
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        unet(x, t, encoder_hidden_states=tokens).sample.square().mean().backward()
+        best = min(best, time.perf_counter() - started)
+    return batch_size * TRAIN_PASSES * ldm_gflops(cfg) / best
+
+
 def format_table(rows: list[RuleRow]) -> str:
     lines = [f"{'rule':<28} {'jobs':>4} {'GPUs':>4} {'GPU-h/job':>10} {'GPU-h':>10}  basis (first job)"]
     for r in rows:

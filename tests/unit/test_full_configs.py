@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxrgen.compute import GPU_RULES_WITH_COST, estimate_job, ldm_gflops, parse_dry_run
+from cxrgen.compute import GPU_RULES_WITH_COST, estimate_job, ldm_gflops, measure_cpu_gflops_per_s, parse_dry_run
 from cxrgen.config import load_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,6 +90,7 @@ def test_costs_follow_the_config():
     assert estimate_job("train_ldm", {"ldm_variant": "cheff"}, full).gpu_hours == pytest.approx(2 * one)
     with pytest.raises(KeyError):
         estimate_job("no_such_rule", {}, full)
+    assert 0 < measure_cpu_gflops_per_s(demo, batch_size=2, repeats=1) < 1e5  # a CPU, not a datacentre
 
 
 def test_parse_dry_run_reads_rules_wildcards_and_gpus():
