@@ -18,6 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN_SECONDS_LIMIT, PLAN_JOBS_LIMIT = 30.0, 2000  # issue 5
+FULL_SCALE = ("config/full/all.yaml", "config/full/cheff.yaml", "config/full/diffcxr.yaml", "config/full/medcodi.yaml",
+              "config/full/ddlcxr.yaml")  # every paper: the whole reproduction
 
 
 def plan(*configfiles: str, workdir: Path | None = None, forceall: bool = True) -> tuple[float, int]:
@@ -68,13 +70,13 @@ def write_csv_indexes(workdir: Path) -> dict[str, int]:
 
 def main() -> None:
     demo_s, demo_jobs = plan()
-    full_s, full_jobs = plan("config.yaml", "resources/config-full-scale.yaml")
+    full_s, full_jobs = plan("config.yaml", *FULL_SCALE)
     print(f"demo config:       {demo_jobs:5d} jobs planned in {demo_s:5.1f} s")
     print(f"full-scale config: {full_jobs:5d} jobs planned in {full_s:5.1f} s (no image read)")
     print(f"ratio full/demo:   {full_s / demo_s:.2f}x time for {full_jobs / demo_jobs:.1f}x jobs")
     with tempfile.TemporaryDirectory() as scratch:
         rows = write_csv_indexes(Path(scratch))
-        idx_s, idx_jobs = plan("config.yaml", "resources/config-full-scale.yaml", workdir=Path(scratch),
+        idx_s, idx_jobs = plan("config.yaml", *FULL_SCALE, workdir=Path(scratch),
                                forceall=False)
     print("source indexes from torchxrayvision CSVs: " + ", ".join(f"{k} {v:,}" for k, v in rows.items())
           + f" rows ({sum(rows.values()):,}); images absent")

@@ -78,9 +78,23 @@ def _check_references(config: dict) -> list[str]:
     """Cross-key rules JSON schema cannot express: a key naming an entry of another section."""
     problems = []
     variant = config.get("downstream", {}).get("variant")
+    if variant is not None and not config.get("variants", {}).get(variant, {}).get("enabled", True):
+        problems.append(f"config key 'downstream.variant' = {variant!r} names a variant with enabled false")
     if variant is not None and variant not in config.get("variants", {}):
         problems.append(f"config key 'downstream.variant' = {variant!r} is not a defined variant; "
                         f"defined variants (key 'variants'): {sorted(config.get('variants', {}))}")
+    for name, flags in config.get("variants", {}).items():
+        mechanisms = [k for k in ("lnfs", "avatls", "dkim") if flags.get(k)]
+        if flags.get("conditioning") == "none" and mechanisms:
+            problems.append(f"config key 'variants.{name}': conditioning 'none' (Cheff's unconditional LDM) takes no "
+                            f"Diff-CXR mechanism, but {mechanisms} are true; allowed: conditioning 'text' with them")
+    enabled = [name for name, flags in config.get("variants", {}).items() if flags.get("enabled", True)]
+    sheet = config.get("generate", {}).get("sample_sheet", {}).get("variants", [])
+    if set(sheet) - set(enabled):
+        problems.append(f"config key 'generate.sample_sheet.variants' names {sorted(set(sheet) - set(enabled))}, "
+                        f"not enabled variants; enabled variants (key 'variants'): {enabled}")
+    if not any(flags.get("enabled", True) for flags in config.get("variants", {}).values()):
+        problems.append("config key 'variants': every variant has enabled false; enable at least one")
     mimic = config.get("sources", {}).get("mimic", {})
     if config.get("icu", {}).get("enabled") and not mimic.get("enabled"):
         problems.append("config key 'icu.enabled' = True needs MIMIC-CXR (key 'sources.mimic.enabled' = true): the ICU "
@@ -107,7 +121,10 @@ def ldm_name(variant: dict) -> str:
     """The LDM a variant samples, named by the training-time mechanisms in its flags: an LDM is defined by
     (``lnfs``, ``avatls``) alone, since DKIM is an adapter trained on a frozen LDM and used at sampling time. No
     mechanism = ``cheff`` (the report-conditioned LDM), both = ``diffcxr``, one = ``diffcxr-<flag>``; variants with
-    the same two flags share one LDM (``results/models/ldm/<name>``) and its DKIM adapter (``models/dkim/<name>``)."""
+    the same two flags share one LDM (``results/models/ldm/<name>``) and its DKIM adapter (``models/dkim/<name>``).
+    ``conditioning: none`` = ``cheff-uncond``, Cheff's unconditional LDM (no Diff-CXR flag allowed)."""
+    if variant.get("conditioning", "text") == "none":
+        return "cheff-uncond"
     lnfs, avatls = bool(variant.get("lnfs")), bool(variant.get("avatls"))
     if lnfs and avatls:
         return "diffcxr"

@@ -50,12 +50,16 @@ def test_minimal_config_gets_defaults():
 
 def test_variants_default_to_the_ablation_and_flags_to_false():
     cfg = validate_config({"sources": {"nih": {}}})
-    assert cfg["variants"]["cheff"] == {"lnfs": False, "avatls": False, "dkim": False}
-    assert cfg["variants"]["diffcxr-dkim"] == {"lnfs": False, "avatls": False, "dkim": True}
+    defaults = {"lnfs": False, "avatls": False, "dkim": False, "conditioning": "text", "enabled": True}
+    assert cfg["variants"]["cheff"] == defaults
+    assert cfg["variants"]["diffcxr-dkim"] == {**defaults, "dkim": True}
     assert list(cfg["variants"]) == ["cheff", "diffcxr-lnfs", "diffcxr-avatls", "diffcxr-dkim", "diffcxr"]
     demo = load_config(ROOT / "config.yaml")
     assert list(demo["variants"]) == ["cheff", "diffcxr"] and demo["variants"]["diffcxr"]["dkim"]
-    assert set(load_config(ROOT / "resources/config-full-scale.yaml")["variants"]) == set(cfg["variants"])
+    everything = load_config(ROOT / "config.yaml", *(ROOT / "config/full" / f"{name}.yaml" for name in
+                                                     ("all", "cheff", "diffcxr", "medcodi", "ddlcxr")))
+    enabled = {name for name, flags in everything["variants"].items() if flags["enabled"]}
+    assert enabled == set(cfg["variants"]) | {"cheff-uncond"}
 
 
 def test_ldm_of_a_variant_is_named_by_its_training_flags():
@@ -63,6 +67,14 @@ def test_ldm_of_a_variant_is_named_by_its_training_flags():
     assert names == {"cheff": "cheff", "diffcxr-lnfs": "diffcxr-lnfs", "diffcxr-avatls": "diffcxr-avatls",
                      "diffcxr-dkim": "cheff", "diffcxr": "diffcxr"}  # DKIM is an adapter on the cheff LDM
     assert ldm_name({"lnfs": True, "avatls": True, "dkim": False}) == "diffcxr"  # shares diffcxr's LDM
+    assert ldm_name({"conditioning": "none"}) == "cheff-uncond"  # Cheff's unconditional SDM
+
+
+def test_unconditional_variant_takes_no_diffcxr_mechanism_and_a_disabled_variant_is_no_pool():
+    with pytest.raises(ConfigError, match=r"variants\.uncond.*\['dkim'\]"):
+        validate_config({"sources": {"nih": {}}, "variants": {"uncond": {"conditioning": "none", "dkim": True}}})
+    with pytest.raises(ConfigError, match="downstream.variant"):
+        validate_config({"sources": {"nih": {}}, "variants": {"cheff": {"enabled": False}, "other": {}}})
 
 
 @pytest.mark.parametrize(

@@ -104,9 +104,10 @@ def test_every_rule_with_config_params_is_narrowed_by_the_table(base_params):
 @pytest.mark.parametrize(("overlay", "changed"), [
     # a new variant (its own LDM, and DKIM on the cheff LDM): no existing job's params change, only the summary's
     # record of the whole config and the list of trained models (and their cards' evaluations); init_tracking's params
-    # never change with the config
+    # never change with the config; the sample sheet (off in the demo) shows every variant unless
+    # generate.sample_sheet.variants names them
     ({"variants": {"diffcxr-lnfs": {"lnfs": True}, "diffcxr-dkim": {"dkim": True}}},
-     {"write_summary", "report_training", "write_model_cards"}),
+     {"write_summary", "report_training", "write_model_cards", "draw_sample_sheet"}),
     ({"generate": {"n_per_finding": 2}}, {"write_summary", "build_prompts"}),
     ({"generate": {"steps": 3}}, {"write_summary", "generate"}),
     # MedCoDi-M any-to-any images: the sampler settings regenerate the images; no LDM retrains

@@ -355,11 +355,39 @@ def _cleanup_snakemake_locks():
     shutil.rmtree(ROOT / ".snakemake" / "locks", ignore_errors=True)
 
 
-def test_full_scale_config_plans_without_data():
-    out = run([*SNAKEMAKE, "-n", "--forceall", "--configfile", "resources/config-full-scale.yaml", "--quiet", "rules"])
-    jobs = sum(int(line.split()[-1]) for line in out.splitlines()
-               if line.strip() and line.split()[0] in {"ingest_shard", "index_source", "unify_store", "report_data"})
-    assert 300 <= jobs < 2000, out[-2000:]
+# per paper: rules its plan must hold, and rules it must not (branches and variants of the other papers)
+FULL_SCALE_PLANS = {
+    "cheff": ({"train_ldm", "generate", "train_sr", "finetune_sr"}, {"train_dkim", "train_ddl_ldm", "embed_prompts"}),
+    "diffcxr": ({"train_dkim", "sample_dkim_grid", "train_clip_avatls"}, {"train_ddl_ldm", "train_medcodi_ldm"}),
+    "medcodi": ({"train_medcodi_ldm", "train_joint_alignment", "run_view_downstream"}, {"train_dkim", "train_ddl_ldm"}),
+    "ddlcxr": ({"train_ddl_ldm", "train_icu_predictor", "evaluate_ddl_images"}, {"train_dkim", "train_medcodi_ldm"}),
+}
+
+
+@pytest.mark.parametrize("paper", sorted(FULL_SCALE_PLANS))
+def test_full_scale_config_plans_without_data_with_gpu_hours(paper):
+    """config.yaml + config/full/all.yaml + config/full/<paper>.yaml plans under the SLURM profile with no data
+    present; every GPU job of the plan gets a GPU-hours estimate (cxrgen.compute); Cheff's unconditional LDM plans
+    its own train_ldm / generate jobs."""
+    from cxrgen.compute import estimate_job, gpu_hours_table, parse_dry_run
+    from cxrgen.config import load_config
+
+    configfiles = ["config.yaml", "config/full/all.yaml", f"config/full/{paper}.yaml"]
+    out = run([*SNAKEMAKE, "-n", "--forceall", "--profile", "slurm", "--configfile", *configfiles])
+    jobs = parse_dry_run(out)
+    rules = {rule for rule, _, _ in jobs}
+    required, absent = FULL_SCALE_PLANS[paper]
+    assert required <= rules and not absent & rules, (required - rules, absent & rules)
+    assert 300 <= sum(rule in {"ingest_shard", "index_source"} for rule, _, _ in jobs) < 2000
+    cfg = load_config(*(ROOT / f for f in configfiles))
+    table = gpu_hours_table(jobs, cfg)
+    assert {row.rule for row in table} == {rule for rule, _, gpus in jobs if gpus > 0}
+    assert all(row.gpu_hours > 0 for row in table if row.rule.startswith("train_")), table
+    if paper == "cheff":
+        assert sorted(w["ldm_variant"] for rule, w, _ in jobs if rule == "train_ldm") == ["cheff", "cheff-uncond"]
+        assert sorted(w["variant"] for rule, w, _ in jobs if rule == "generate") == ["cheff", "cheff-uncond"]
+        uncond, cond = (estimate_job("train_ldm", {"ldm_variant": v}, cfg).gpu_hours for v in ("cheff-uncond", "cheff"))
+        assert 0 < uncond < cond  # no cross-attention to the report
 
 
 def test_evaluation_and_summary_outputs(tiny_run):

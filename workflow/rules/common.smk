@@ -20,14 +20,16 @@ LOW_RES, HIGH_RES = min(RESOLUTIONS), max(RESOLUTIONS)  # Cheff: LDM/AE at x_LR 
 # Generated variants (config key `variants`: name -> lnfs/avatls/dkim flags) and the LDMs they sample. An LDM is
 # defined by (lnfs, avatls) and named by cxrgen.config.ldm_name (cheff, diffcxr-lnfs, diffcxr-avatls, diffcxr);
 # DKIM is an adapter trained on an LDM (results/models/dkim/<ldm_variant>) and used when a dkim variant samples it.
-VARIANTS = list(config["variants"])
+# A variant with conditioning none samples cheff-uncond, Cheff's unconditional LDM; enabled false drops a variant.
+VARIANTS = [v for v, flags in config["variants"].items() if flags["enabled"]]
 
 
 def ldm_variant_of(variant):
     return ldm_name(config["variants"][variant])
 
 
-LDM_FLAGS = {ldm_variant_of(v): {k: config["variants"][v][k] for k in ("lnfs", "avatls")} for v in VARIANTS}
+LDM_FLAGS = {ldm_variant_of(v): {k: config["variants"][v][k] for k in ("lnfs", "avatls", "conditioning")}
+             for v in VARIANTS}
 LDM_VARIANTS = sorted(LDM_FLAGS)
 DKIM_LDM_VARIANTS = sorted({ldm_variant_of(v) for v in VARIANTS if config["variants"][v]["dkim"]})
 
@@ -87,7 +89,13 @@ def final_targets():
         "results/summary.md",  # headline tables for terminal readers (rule write_summary)
         "results/reports/training/curves.png",  # every model's loss curve and sample grid (rule report_training)
         *(["results/reports/inpainting/inpainting.png"] if INPAINT_ENABLED else []),  # rule inpaint_images
+        *(["results/reports/generation/sample_sheet.png"] if config["generate"]["sample_sheet"]["enabled"] else []),
     ]
+
+
+def sample_sheet_variants():
+    """Rows of the sample sheet, top to bottom: generate.sample_sheet.variants, or every variant."""
+    return config["generate"]["sample_sheet"]["variants"] or VARIANTS
 
 
 # --- params functions (named, so rules stay declarative) ---
@@ -155,6 +163,16 @@ def clip_dir_of(ldm_variant):
     """The text encoder an LDM was trained with: the AVA-TLS squeezed CLIP (rule train_clip_avatls) or the baseline
     (the DKIM templates and the prompts are embedded by the same one)."""
     return "results/models/clip_avatls" if LDM_FLAGS[ldm_variant]["avatls"] else "results/models/clip"
+
+
+def clip_input_of(ldm_variant):
+    """{"clip": text encoder} of a text-conditioned LDM; nothing for the unconditional one (cheff-uncond)."""
+    return {"clip": clip_dir_of(ldm_variant)} if LDM_FLAGS[ldm_variant]["conditioning"] == "text" else {}
+
+
+def train_ldm_cfg(wildcards):
+    """Section ldm for one LDM: its conditioning comes from its variants (none = Cheff's unconditional SDM)."""
+    return {**rule_section(config, "train_ldm"), "conditioning": LDM_FLAGS[wildcards.ldm_variant]["conditioning"]}
 
 
 def lnfs_input_of(ldm_variant):
@@ -228,7 +246,7 @@ def downstream_metrics_files(wildcards=None):
 # --- generative core (workflow/rules/train.smk, generate.smk) ---
 def train_ldm_inputs(wildcards):
     return {"latents": "results/latents", "autoencoder": "results/models/autoencoder",
-            "clip": clip_dir_of(wildcards.ldm_variant), "tracking": ancient("results/tracking/run.json"),
+            **clip_input_of(wildcards.ldm_variant), "tracking": ancient("results/tracking/run.json"),
             **lnfs_input_of(wildcards.ldm_variant)}
 
 
@@ -239,7 +257,7 @@ def ldm_state_dir(wildcards):
 def generate_inputs(wildcards):
     ldm_variant = ldm_variant_of(wildcards.variant)
     inputs = {"prompts": "results/synthetic/prompts.parquet", "ldm": f"results/models/ldm/{ldm_variant}",
-              "autoencoder": "results/models/autoencoder", "sr": "results/models/sr", "clip": clip_dir_of(ldm_variant),
+              "autoencoder": "results/models/autoencoder", "sr": "results/models/sr", **clip_input_of(ldm_variant),
               "tracking": ancient("results/tracking/run.json")}
     if config["variants"][wildcards.variant]["dkim"]:
         inputs["dkim"] = f"results/models/dkim/{ldm_variant}"
@@ -332,7 +350,7 @@ def model_card_evaluation_files(wildcards=None):
 
 def sample_ldm_grid_inputs(wildcards):
     return {"ldm": f"results/models/ldm/{wildcards.ldm_variant}", "autoencoder": "results/models/autoencoder",
-            "clip": clip_dir_of(wildcards.ldm_variant), "tracking": ancient("results/tracking/run.json")}
+            **clip_input_of(wildcards.ldm_variant), "tracking": ancient("results/tracking/run.json")}
 
 
 # --- Cheff in/outpainting, workflow/rules/generate.smk (inpaint_images) edits with the report-conditioned baseline LDM

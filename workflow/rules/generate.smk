@@ -56,3 +56,22 @@ rule inpaint_images:
     threads: 2
     script:
         "../scripts/generate/inpaint_images.py"
+
+
+rule draw_sample_sheet:
+    input:
+        stores=expand("results/synthetic/{variant}/store", variant=sample_sheet_variants()),
+    output:
+        sheet=report(
+            "results/reports/generation/sample_sheet.png",
+            caption="../report/sample_sheet.rst",
+            category="2. Generation",
+        ),
+        meta="results/reports/generation/sample_sheet.json",
+    params:
+        cfg=rule_section(config, "draw_sample_sheet"),
+        variants=sample_sheet_variants(),
+    log:
+        "results/logs/draw_sample_sheet/draw_sample_sheet.log",
+    script:
+        "../scripts/generate/draw_sample_sheet.py"

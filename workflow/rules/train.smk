@@ -84,7 +84,7 @@ rule train_ldm:
     output:
         model=protected(directory("results/models/ldm/{ldm_variant}")),
     params:
-        cfg=rule_section(config, "train_ldm"),
+        cfg=train_ldm_cfg,
         seed=config["seed"],
         state_dir=ldm_state_dir,
     log:

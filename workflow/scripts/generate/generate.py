@@ -14,7 +14,7 @@ def main(smk) -> None:
     setup_job(smk.log[0], smk.threads)
     from cxrgen.stages.generate import generate
 
-    metrics = generate(ldm_dir=smk.input.ldm, ae_dir=smk.input.autoencoder, clip_dir=smk.input.clip,
+    metrics = generate(ldm_dir=smk.input.ldm, ae_dir=smk.input.autoencoder, clip_dir=smk.input.get("clip"),
                        sr_dir=smk.input.sr, prompts_path=smk.input.prompts, cfg=dict(smk.params.cfg),
                        out_root=smk.output.store, tracking_json=smk.input.tracking,
                        job_name=f"{smk.rule}:{smk.wildcards.variant}", dkim_dir=smk.input.get("dkim"))

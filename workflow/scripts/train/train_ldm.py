@@ -25,7 +25,7 @@ def main(smk) -> None:
     gpus = int(smk.resources.get("gpu", 0) or 1)
     # plain str/dict values: the ranks are fresh interpreters that unpickle the arguments without snakemake
     metrics = launch(train_ldm, gpus, latents_dir=str(smk.input.latents), ae_dir=str(smk.input.autoencoder),
-                     clip_dir=str(smk.input.clip), cfg=dict(smk.params.cfg), seed=int(smk.params.seed),
+                     clip_dir=smk.input.get("clip") and str(smk.input.clip), cfg=dict(smk.params.cfg), seed=int(smk.params.seed),
                      out_dir=str(smk.output.model), state_dir=str(smk.params.state_dir),
                      tracking_json=str(smk.input.tracking), job_name=f"{smk.rule}:{smk.wildcards.ldm_variant}",
                      keep_ids=keep_ids)
