@@ -210,6 +210,17 @@ def _generate(w: dict, cfg: dict) -> Estimate:
                                          f"{gen['sr_steps']} DDIM steps)")
 
 
+def _inpaint(cfg: dict) -> Estimate:
+    from cxrgen.models.inpainting import model_calls
+
+    inp = cfg["inpainting"]
+    samples = sum(int(edit.get("seeds", 1)) for edit in inp["edits"])
+    calls = model_calls(int(inp["steps"]), int(inp["jump_length"]), int(inp["jump_n_sample"]))
+    passes = 2 if float(inp["guidance_scale"]) != 1.0 else 1
+    per = calls * passes * ldm_gflops(cfg) + autoencoder_gflops(cfg)
+    return Estimate(_gpu_hours(samples * per), f"{samples} edited samples x {calls} denoiser calls (RePaint jumps)")
+
+
 def _grid(w: dict, cfg: dict, section: str, factor: float = 1.0) -> Estimate:
     grid = cfg[section]["sample_grid"]
     n = N_FINDINGS * int(grid["columns"])
@@ -311,6 +322,7 @@ _RULES = {
     "finetune_sr": lambda w, c: _train(c["sr"]["batch_size"] * c["sr"]["finetune"]["max_steps"], sr_gflops(c, True),
                                        "image pairs"),
     "generate": _generate,
+    "inpaint_images": lambda w, c: _inpaint(c),
     "train_evaluator": lambda w, c: _train(c["evaluator"]["batch_size"] * c["evaluator"]["max_steps"],
                                            evaluator_gflops(c), "images"),
     "run_downstream": lambda w, c: _train(DATA_SIZES["downstream_arms"] * c["evaluator"]["batch_size"]
