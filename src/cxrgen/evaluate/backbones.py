@@ -150,19 +150,18 @@ class InceptionBackbone:
         return out.reshape(len(x), -1).numpy().astype(np.float32)
 
 
-class RadDinoBackbone:
-    """RAD-DINO CLS features (timm ViT built from the Hugging Face Dinov2 config)."""
+class _RgbNormalisedBackbone:
+    """A network fed grey images replicated to RGB, resized (antialiased bicubic) to ``size`` and normalised per
+    channel with ``mean`` / ``std``; its output is the feature vector."""
 
-    name = "rad_dino"
+    name = ""
 
-    def __init__(self, model: torch.nn.Module, *, size: int, mean, std, source: str):
+    def __init__(self, model: torch.nn.Module, *, size: int, mean, std, description: str):
         self.model = model.eval()
         self.size = int(size)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.description = (f"RAD-DINO ({source}) CLS token after the final norm ({model.embed_dim}-d), grey replicated "
-                            f"to RGB, antialiased bicubic resize to {self.size} px, (x - {mean[0]:.4f}) / "
-                            f"{std[0]:.4f}")
+        self.description = description
 
     def features(self, images: torch.Tensor) -> np.ndarray:
         x = _resize(_check_images(images), self.size, "bicubic").repeat(1, 3, 1, 1)
@@ -170,24 +169,26 @@ class RadDinoBackbone:
             return self.model((x - self.mean) / self.std).numpy().astype(np.float32)
 
 
-class BiomedClipBackbone:
+class RadDinoBackbone(_RgbNormalisedBackbone):
+    """RAD-DINO CLS features (timm ViT built from the Hugging Face Dinov2 config)."""
+
+    name = "rad_dino"
+
+    def __init__(self, model: torch.nn.Module, *, size: int, mean, std, source: str):
+        super().__init__(model, size=size, mean=mean, std=std, description=(
+            f"RAD-DINO ({source}) CLS token after the final norm ({model.embed_dim}-d), grey replicated to RGB, "
+            f"antialiased bicubic resize to {int(size)} px, (x - {mean[0]:.4f}) / {std[0]:.4f}"))
+
+
+class BiomedClipBackbone(_RgbNormalisedBackbone):
     """BiomedCLIP image-tower embeddings (open_clip vision tower)."""
 
     name = "biomedclip"
 
     def __init__(self, visual: torch.nn.Module, *, size: int, mean, std, source: str):
-        self.visual = visual.eval()
-        self.size = int(size)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.description = (f"BiomedCLIP image tower ({source}), projected embedding (not normalised), grey "
-                            f"replicated to RGB, antialiased bicubic resize to {self.size} px, per-channel CLIP "
-                            "mean/std normalisation")
-
-    def features(self, images: torch.Tensor) -> np.ndarray:
-        x = _resize(_check_images(images), self.size, "bicubic").repeat(1, 3, 1, 1)
-        with torch.no_grad():
-            return self.visual((x - self.mean) / self.std).numpy().astype(np.float32)
+        super().__init__(visual, size=size, mean=mean, std=std, description=(
+            f"BiomedCLIP image tower ({source}), projected embedding (not normalised), grey replicated to RGB, "
+            f"antialiased bicubic resize to {int(size)} px, per-channel CLIP mean/std normalisation"))
 
 
 def _local_dir(cfg: dict, backbone: str, key: str, needed: tuple[str, ...]) -> Path | Skipped:
