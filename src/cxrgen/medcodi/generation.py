@@ -71,10 +71,10 @@ class DirectionConditions:
 
 
 def direction_conditions(studies: pd.DataFrame, embeddings: dict[str, np.ndarray], direction: str,
-                         split: str = "test") -> DirectionConditions:
+                         split: str = "test", max_studies: int | None = None) -> DirectionConditions:
     """Studies of ``split`` (study_pid order) with the real target image and every input modality of ``direction``
     (an image input: its image id and a finite embedding; the report: a finite embedding), conditioned on the
-    combination of those inputs' embeddings."""
+    combination of those inputs' embeddings; at most the first ``max_studies`` of them (None = all)."""
     inputs, target = parse_direction(direction)
     rows = studies[(studies["split"] == split) & studies[f"{target}_image_id"].notna()].sort_values("study_pid")
     for modality in inputs:
@@ -91,6 +91,8 @@ def direction_conditions(studies: pd.DataFrame, embeddings: dict[str, np.ndarray
                                                                                               dim)
     complete = np.isfinite(stacked).all(axis=(1, 2))
     rows, stacked = rows[complete], stacked[complete]
+    if max_studies is not None:
+        rows, stacked = rows.head(int(max_studies)), stacked[:int(max_studies)]
     present = torch.ones(stacked.shape[:2], dtype=torch.bool)
     conditions = combine(torch.from_numpy(stacked), present).numpy().astype(np.float32)
     return DirectionConditions(direction, rows["study_pid"].astype(str).tolist(),

@@ -29,7 +29,7 @@ def generate_medcodi_images(*, model_dir: Path | str, studies: Path | str, embed
                             job_name: str = "generate_medcodi_images") -> dict:
     """Write ``out_path`` (the npz of :mod:`cxrgen.medcodi.generation`) for the view LDM ``model_dir`` (rule
     train_medcodi_ldm). ``cfg`` = section ``medcodi`` narrowed to ``generation`` (``split``, ``steps``, ``eta``,
-    ``guidance_scale``, ``batch_size``). Returns a summary (n and seconds per direction)."""
+    ``guidance_scale``, ``batch_size``, ``max_studies``). Returns a summary (n and seconds per direction)."""
     import torch
 
     from cxrgen.medcodi.ldm import load_embeddings, load_view_ldm
@@ -41,7 +41,8 @@ def generate_medcodi_images(*, model_dir: Path | str, studies: Path | str, embed
     unet.to(device)
     autoencoder = load_view_autoencoder(model_dir, info).to(device)
     table, prompts = pd.read_parquet(studies), load_embeddings(embeddings)
-    conditions = {d: direction_conditions(table, prompts, d, split=cfg["split"]) for d in view_directions(view)}
+    conditions = {d: direction_conditions(table, prompts, d, split=cfg["split"], max_studies=cfg["max_studies"])
+                  for d in view_directions(view)}
     settings = {"steps": int(cfg["steps"]), "guidance": float(cfg["guidance_scale"]), "eta": float(cfg["eta"]),
                 "batch_size": int(cfg["batch_size"])}
     params = {"medcodi_generation": cfg, "seed": seed, "view": view, "prompting": prompting,
