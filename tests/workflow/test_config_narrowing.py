@@ -122,6 +122,8 @@ def test_every_rule_with_config_params_is_narrowed_by_the_table(base_params):
     ({"evaluator": {"views": ["PA"]}, "downstream": {"seeds": [0, 1], "scarcity": {"total": 40}}},
      {"write_summary", "train_evaluator", "run_downstream:scarcity", "run_view_downstream:scarcity"}),
     ({"medcodi": {"utility": {"twins": {"n": 3}}}}, {"write_summary", "generate_medcodi_twins"}),
+    # the re-identification audit's settings re-run the audits, never the verifier's training
+    ({"reid": {"audit": {"pixel_resolution": 32}}}, {"write_summary", "evaluate_reidentification"}),
 ])
 def test_changing_a_key_changes_only_the_params_of_rules_that_read_it(tmp_path, base_params, overlay, changed):
     _, before = base_params

@@ -199,8 +199,13 @@ def eval_targets():
     """Every report-registered output of the metric harness (so `snakemake --report` finds them)."""
     per_variant = ["distribution.html", "distribution.png", "fidelity.html", "fidelity.png", "real_vs_generated.png",
                    "memorisation.html", "memorisation_distances.png", "memorisation_pairs.png"]
+    if REID_ENABLED:  # re-identification audit (rules train_reid, evaluate_reidentification)
+        per_variant += ["reidentification.html", "reidentification.png"]
     return [f"results/eval/{v}/{name}" for v in eval_variants() for name in per_variant] + [
         "results/eval/reconstruction/reconstruction.html", "results/eval/reconstruction/reconstruction.png"]
+
+
+REID_ENABLED = config["reid"]["enabled"]
 
 
 def summary_fragments(wildcards=None):
@@ -210,7 +215,7 @@ def summary_fragments(wildcards=None):
         "results/reports/data/data_report.md",
         "results/reports/eval/reconstruction.md",
         *[f"results/reports/eval/{kind}_{v}.md" for v in eval_variants()
-          for kind in ("distribution", "fidelity", "memorisation")],
+          for kind in ("distribution", "fidelity", "memorisation", *(["reidentification"] if REID_ENABLED else []))],
         "results/reports/downstream/downstream.md",
         "results/reports/lnfs/lnfs.md",
         "results/reports/diffcxr/avatls.md",
@@ -288,6 +293,8 @@ def _trained_models():
         models[f"ldm/{ldm_variant}"] = f"results/models/ldm/{ldm_variant}"
     for ldm_variant in DKIM_LDM_VARIANTS:
         models[f"dkim/{ldm_variant}"] = f"results/models/dkim/{ldm_variant}"
+    if REID_ENABLED:
+        models["reid"] = "results/models/reid"
     if ICU_ENABLED:  # DDL-CXR: the LDM and the first seed of each predictor arm
         models["ddl_cxr/ldm"] = "results/icu/models/ldm"
         models.update({f"ddl_cxr/{arm}": f"results/icu/predictors/{arm}/seed{ICU_SEEDS[0]}" for arm in ICU_ARMS})
@@ -327,7 +334,7 @@ def model_card_evaluations(wildcards=None):
     for variant in eval_variants():
         ldm_variant = ldm_variant_of(variant)
         files = {f"{kind} ({variant})": f"results/eval/{variant}/{kind}.json"
-                 for kind in ("distribution", "fidelity", "memorisation")}
+                 for kind in ("distribution", "fidelity", "memorisation", *(["reidentification"] if REID_ENABLED else []))}
         evaluations[f"ldm/{ldm_variant}"].update(files)
         if config["variants"][variant]["dkim"]:
             evaluations[f"dkim/{ldm_variant}"].update(files)

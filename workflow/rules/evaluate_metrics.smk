@@ -213,3 +213,61 @@ rule write_summary:
     threads: 1
     script:
         "../scripts/evaluate/write_summary.py"
+
+
+# Re-identification audit (reid.enabled): the Siamese patient verifier (Packhäuser et al. 2022) on the real train
+# split, then every generated variant scored against the training images of its prompts.
+rule train_reid:
+    input:
+        index="results/store/index.parquet",
+        tracking=ancient("results/tracking/run.json"),
+    output:
+        model=protected(directory("results/models/reid")),
+    params:
+        store_root=store_root_of_index,
+        resolution=LOW_RES,
+        cfg=rule_section(config, "train_reid"),
+        seed=config["seed"],
+        state_dir="results/state/train_reid",
+    log:
+        "results/logs/train_reid/train_reid.log",
+    threads: 2
+    script:
+        "../scripts/evaluate/train_reid.py"
+
+
+rule evaluate_reidentification:
+    input:
+        index="results/store/index.parquet",
+        generated="results/synthetic/{variant}/store",
+        model="results/models/reid",
+        tracking=ancient("results/tracking/run.json"),
+    output:
+        json="results/eval/{variant}/reidentification.json",
+        table="results/eval/{variant}/reidentification.parquet",
+        html=report(
+            "results/eval/{variant}/reidentification.html",
+            caption="../report/eval_reidentification.rst",
+            category="3. Evaluation",
+            subcategory="Re-identification",
+            labels={"variant": "{variant}", "content": "table"},
+        ),
+        histogram=report(
+            "results/eval/{variant}/reidentification.png",
+            caption="../report/eval_reidentification.rst",
+            category="3. Evaluation",
+            subcategory="Re-identification",
+            labels={"variant": "{variant}", "content": "histogram"},
+        ),
+        markdown="results/reports/eval/reidentification_{variant}.md",
+    params:
+        store_root=store_root_of_index,
+        cfg=rule_section(config, "evaluate_reidentification"),
+        seed=config["seed"],
+    wildcard_constraints:
+        variant=EVAL_VARIANT,
+    log:
+        "results/logs/evaluate_reidentification/{variant}.log",
+    threads: 1
+    script:
+        "../scripts/evaluate/evaluate_reidentification.py"

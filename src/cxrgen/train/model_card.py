@@ -79,6 +79,9 @@ MODEL_KINDS: dict[str, dict[str, str]] = {
     "train_joint_alignment": {"kind": "joint-generation layers (environment encoders + cross-flow attention)",
                               "paper": "MedCoDi-M", "section": "§2.3 Multi-output generation via cross-modal "
                                                               "latent alignment"},
+    "train_reid": {"kind": "Siamese patient-verification network (the re-identification auditor of generated images)",
+                   "paper": "Packhäuser et al. 2022 (Sci. Rep. 12); CheXGenBench 2025",
+                   "section": "re-identification audit of the evaluation harness"},
     "train_ddl_ldm": {"kind": "EHR-conditioned latent diffusion model (contrastive LDM loss)", "paper": "DDL-CXR",
                       "section": "method: individualized CXR generation"},
     "train_icu_predictor": {"kind": "multimodal fusion predictor (in-hospital mortality / phenotypes)",
@@ -122,6 +125,8 @@ _PROTOCOLS_FRAGMENT = (
     ("share_below_threshold", "share of the images whose nearest training image is closer than the space's "
                               "threshold (a copy candidate)"),
     ("count_below_threshold", "images whose nearest training image is closer than the space's threshold"),
+    ("share_above_threshold", "share of the generated images (or prompts) the patient verifier scores above its "
+                              "validation-chosen threshold, i.e. as the same patient as their prompt's training image"),
     ("threshold", "nearest-neighbour distance below which an image counts as a copy candidate"),
     ("auroc", "area under the ROC curve on held-out labelled images"),
     ("auc", "area under the ROC curve on held-out labelled images"),

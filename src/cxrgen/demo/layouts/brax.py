@@ -16,7 +16,8 @@ import pandas as pd
 from cxrgen.demo import noise as demo_noise
 from cxrgen.demo.badfiles import DICOM_FILM_MIX, plan_bad_files, remove_missing
 from cxrgen.demo.common import DemoContext, txrv_data_dir
-from cxrgen.demo.films import FilmStyle, demo_size, render, write_film
+from cxrgen.demo.films import FilmStyle, demo_size, render, vary_acquisition, write_film
+from cxrgen.demo.sampling import phantom_seed
 from cxrgen.labels import CHEXPERT_LABELS
 from cxrgen.sources.brax import SPREADSHEETS
 
@@ -97,8 +98,10 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
         rows_px, cols_px, spacing = _FILMS[int(item_rng.integers(len(_FILMS)))]
         h, w, demo_spacing = demo_size(rows_px, cols_px, spacing, ctx)
         findings = {k: "" for k in CHEXPERT_LABELS if k != "No Finding" and row[k] == 1.0}
-        pixels = render(render_view, h, w, demo_spacing, findings, seed=int(item_rng.integers(2**31)), sex=sex,
-                        age=float(row["Age"]))
+        item_rng.integers(2**31)  # was the film's own phantom seed; still drawn so the later draws keep their values
+        pixels = render(render_view, h, w, demo_spacing, findings, seed=phantom_seed(ctx, "brax", row["patient"]),
+                        sex=sex, age=float(row["Age"]))  # one anatomy per patient
+        pixels = vary_acquisition(pixels, ctx.rng("brax", "acquisition", row["Path"]))
         path = root / "Anonymized_DICOMs" / rel_dir / f"image-{image_uid}.dcm"
         pixels = demo_noise.inject(ctx, "brax", row["Path"], noisy.get(i), pixels, path.relative_to(root).as_posix())
         kind = bad.get(i)

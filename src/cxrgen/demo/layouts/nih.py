@@ -22,6 +22,7 @@ import pandas as pd
 from cxrgen.demo import noise as demo_noise
 from cxrgen.demo.badfiles import IMAGE_FILE_MIX, plan_bad_files
 from cxrgen.demo.common import DemoContext, txrv_data_dir
+from cxrgen.demo.films import vary_acquisition
 from cxrgen.demo.phantom import PhantomSpec, render_phantom
 from cxrgen.demo.sampling import image_pixels, phantom_seed, read_shipped, sample_patients, save_image, write_table
 from cxrgen.sources.nih import NIH_TO_CHEXPERT, RELEASE_PNG_WIDTH, TEST_LIST, TRAIN_VAL_LIST
@@ -71,8 +72,8 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
                            height_px=size, width_px=size, spacing_mm=spacing,
                            sex=record["Patient Gender"] if record["Patient Gender"] in ("M", "F") else "U",
                            age=float(record["Patient Age"]), findings=nih_findings(record["Finding Labels"]),
-                           seed=phantom_seed(ctx, "nih", key))
-        image = render_phantom(spec)
+                           seed=phantom_seed(ctx, "nih", record["Patient ID"]))  # one anatomy per patient
+        image = vary_acquisition(render_phantom(spec), ctx.rng("nih", "acquisition", key))
         image = demo_noise.inject(ctx, "nih", key, noisy.get(key), image, f"images/{key}")
         save_image(root / "images" / key, image_pixels(image, kind), "PNG", kind)
 

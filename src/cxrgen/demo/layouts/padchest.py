@@ -19,6 +19,7 @@ import numpy as np
 from cxrgen.demo import noise as demo_noise
 from cxrgen.demo.badfiles import IMAGE_FILE_MIX, plan_bad_files
 from cxrgen.demo.common import DemoContext
+from cxrgen.demo.films import vary_acquisition
 from cxrgen.demo.phantom import PhantomSpec, render_phantom
 from cxrgen.demo.sampling import image_pixels, phantom_seed, read_shipped, sample_patients, save_image, write_table
 from cxrgen.sources.padchest import CSV_NAME, PADCHEST_SECOND_LABEL, PADCHEST_TO_CHEXPERT, PROJECTION_TO_VIEW
@@ -97,8 +98,8 @@ def write(root: Path, n_images: int, ctx: DemoContext) -> None:
                            width_px=int(record["Columns_DICOM"]), spacing_mm=mm,
                            sex=record["PatientSex_DICOM"] if record["PatientSex_DICOM"] in ("M", "F") else "U",
                            age=age, findings=padchest_findings(record["LabelsLocalizationsBySentence"]),
-                           seed=phantom_seed(ctx, "padchest", key))
-        image = render_phantom(spec)
+                           seed=phantom_seed(ctx, "padchest", record["PatientID"]))  # one anatomy per patient
+        image = vary_acquisition(render_phantom(spec), ctx.rng("padchest", "acquisition", key))
         image = demo_noise.inject(ctx, "padchest", key, noisy.get(key), image, f"{record['ImageDir']}/{key}")
         pixels = image_pixels(image, kind, bits_stored=int(record["BitsStored_DICOM"]), dtype=np.uint16)
         save_image(root / record["ImageDir"] / key, pixels, "PNG", kind)
