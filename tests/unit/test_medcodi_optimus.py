@@ -171,6 +171,9 @@ def test_two_fine_tuning_steps_then_save_and_reload_give_identical_outputs(check
     assert all(torch.equal(v, after[k]) for k, v in reloaded.model.state_dict().items())
     means = live.encode_means(REPORTS)
     assert torch.equal(reloaded.encode_means(REPORTS), means)
+    assert torch.allclose(live.encode_means(REPORTS, batch_size=2), means, atol=1e-5)  # padding is masked
+    nll, n = live.token_nll(REPORTS, means)
+    assert (nll, n) == pytest.approx(live.token_nll(REPORTS, means, batch_size=2), rel=1e-5)
     _, _, ids, _ = live.tokenizer.batch(REPORTS, 24)
     assert torch.equal(reloaded.model.decode_logits(means, ids), live.model.decode_logits(means, ids))
     assert reloaded.decode(means) == live.decode(means)

@@ -378,25 +378,34 @@ class LoadedOptimusVAE:
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def posterior(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, lengths, _, _ = self.tokenizer.batch(texts, self.model.config.max_tokens)
-        mean, logvar = self.model.encode(ids.to(self._device()), lengths)
-        return mean.float().cpu(), logvar.float().cpu()
+    def posterior(self, texts: list[str], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior (mean, log-variance) [N, latent_dim] of ``texts``, ``batch_size`` reports at a time."""
+        means, logvars = [torch.zeros(0, self.latent_dim)], [torch.zeros(0, self.latent_dim)]
+        for start in range(0, len(texts), batch_size):
+            ids, lengths, _, _ = self.tokenizer.batch(texts[start:start + batch_size], self.model.config.max_tokens)
+            mean, logvar = self.model.encode(ids.to(self._device()), lengths)
+            means.append(mean.float().cpu())
+            logvars.append(logvar.float().cpu())
+        return torch.cat(means), torch.cat(logvars)
 
     @torch.no_grad()
-    def encode_means(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+    def encode_means(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         """Posterior means [N, latent_dim] of ``texts`` (what the report diffusion model learns on)."""
-        chunks = [self.posterior(texts[s:s + batch_size])[0] for s in range(0, len(texts), batch_size)]
-        return torch.cat(chunks) if chunks else torch.zeros(0, self.latent_dim)
+        return self.posterior(texts, batch_size)[0]
 
     @torch.no_grad()
-    def token_nll(self, texts: list[str], z: torch.Tensor) -> tuple[float, int]:
-        """Summed teacher-forced NLL of ``texts``' decoder tokens given latents ``z``, and the number of tokens."""
-        _, _, ids, _ = self.tokenizer.batch(texts, self.model.config.max_tokens)
-        ids = ids.to(self._device())
-        logits = self.model.decode_logits(z.to(self._device()).float(), ids)
-        nll = F.cross_entropy(logits.transpose(1, 2), ids, ignore_index=self.model.config.pad_id, reduction="sum")
-        return float(nll), int((ids != self.model.config.pad_id).sum())
+    def token_nll(self, texts: list[str], z: torch.Tensor, batch_size: int = 64) -> tuple[float, int]:
+        """Summed teacher-forced NLL of ``texts``' decoder tokens given latents ``z``, and the number of tokens
+        (``batch_size`` reports at a time: GPT-2's logits are [B, L, 50260])."""
+        total, count = 0.0, 0
+        for start in range(0, len(texts), batch_size):
+            _, _, ids, _ = self.tokenizer.batch(texts[start:start + batch_size], self.model.config.max_tokens)
+            ids = ids.to(self._device())
+            logits = self.model.decode_logits(z[start:start + batch_size].to(self._device()).float(), ids)
+            total += float(F.cross_entropy(logits.transpose(1, 2), ids, ignore_index=self.model.config.pad_id,
+                                           reduction="sum"))
+            count += int((ids != self.model.config.pad_id).sum())
+        return total, count
 
     def round_trip(self, text: str) -> str:
         """What a perfect reconstruction of ``text`` decodes to (truncated to ``max_tokens``)."""
