@@ -14,7 +14,7 @@ HIDDEN, HEADS, LAYERS, POSITIONS = 16, 2, 1, 64
 
 
 def write_tiny_optimus(root: Path | str, texts, *, step: int = 100, latent: int = 8, seed: int = 0,
-                       safetensors: bool = False) -> Path:
+                       safetensors: bool = False, dropout: float = 0.1) -> Path:
     from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer
     from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
 
@@ -35,13 +35,13 @@ def write_tiny_optimus(root: Path | str, texts, *, step: int = 100, latent: int 
     torch.manual_seed(seed)
     bert_cfg = {"vocab_size": bert_vocab, "hidden_size": HIDDEN, "num_hidden_layers": LAYERS,
                 "num_attention_heads": HEADS, "intermediate_size": 2 * HIDDEN, "hidden_act": "gelu",
-                "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "max_position_embeddings": POSITIONS,
+                "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout, "max_position_embeddings": POSITIONS,
                 "type_vocab_size": 2, "initializer_range": 0.02, "layer_norm_eps": 1e-12}
     encoder = BertModel(BertConfig(**bert_cfg)).state_dict()
     encoder = {k: v for k, v in encoder.items() if not k.endswith("position_ids")}
     encoder["linear.weight"] = 0.3 * torch.randn(2 * latent, HIDDEN)
     gpt2_cfg = {"vocab_size": gpt2_vocab, "n_positions": POSITIONS, "n_ctx": POSITIONS, "n_embd": HIDDEN,
-                "n_layer": LAYERS, "n_head": HEADS, "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1,
+                "n_layer": LAYERS, "n_head": HEADS, "resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout,
                 "layer_norm_epsilon": 1e-5, "initializer_range": 0.02}
     decoder = {f"transformer.{k}": v for k, v in GPT2Model(GPT2Config(**gpt2_cfg, bos_token_id=0, eos_token_id=0)).state_dict().items()}
     for layer in range(LAYERS):  # buffers the old GPT-2 code kept in its state dict

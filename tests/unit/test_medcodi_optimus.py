@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 from medcodi_optimus_helpers import HEADS, read_tiny_weights, write_tiny_optimus
 from medcodi_text_helpers import IMPRESSIONS, medcodi_cfg, write_embeddings, write_study_table
+from safetensors.torch import load_file
 
 from cxrgen.medcodi.optimus import LoadedOptimusVAE, load_optimus, optimus_trainer, resolve_pretrained
 from cxrgen.medcodi.text_diffusion import sample_reports
 from cxrgen.medcodi.text_vae import LoadedTextVAE, load_text_vae, reconstruction_metrics
 from cxrgen.stages.train_report_diffusion import train_report_diffusion
 from cxrgen.stages.train_text_vae import train_text_vae
+from cxrgen.train.distributed import launch
 from cxrgen.train.loop import Interrupted, seed_everything
 
 LATENT = 8
@@ -23,7 +25,8 @@ REPORTS = [t[0].upper() + t[1:] for t in IMPRESSIONS]  # cased, as bert-base-cas
 
 
 def optimus_cfg(pretrained, **overrides):
-    return medcodi_cfg("text_vae", pretrained=pretrained, model={"latent_dim": LATENT}, lr=5e-5, **overrides)
+    return medcodi_cfg("text_vae", **{"pretrained": pretrained, "model": {"latent_dim": LATENT}, "lr": 5e-5,
+                                      **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +214,21 @@ def test_stage_fine_tunes_resumes_and_the_report_diffusion_trains_on_its_latents
     conditions = torch.zeros(2, 16)
     reports = sample_reports(tmp_path / "diffusion", None, conditions, seeds=[0, 1], steps=2)
     assert len(reports) == 2 and all(isinstance(r, str) for r in reports)
+
+
+def test_two_ranks_fine_tune_to_the_single_process_weights(studies, tmp_path):
+    """Data parallel fine-tuning (2 gloo ranks on CPU) ends with one process's weights (dropout 0: its draws are
+    per rank); tolerances as test_medcodi_text_distributed.py, at a learning rate where a wrong draw or a missing
+    gradient sum moves the weights by more."""
+    checkpoint = write_tiny_optimus(tmp_path / "optimus", REPORTS, dropout=0.0)
+    kwargs = {"studies": str(studies / "studies.parquet"), "cfg": optimus_cfg(str(checkpoint), max_steps=3, lr=3e-3),
+              "seed": 0}
+    one = train_text_vae(**kwargs, out_dir=tmp_path / "one", state_dir=tmp_path / "s1")
+    two = launch(train_text_vae, 2, **kwargs, out_dir=str(tmp_path / "two"), state_dir=str(tmp_path / "s2"))
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    a, b = (load_file(tmp_path / d / "diffusion_pytorch_model.safetensors") for d in ("one", "two"))
+    differences = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    assert differences.max() <= 2e-4 and differences.median() <= 1e-6, (differences.max(), differences.median())
 
 
 def test_the_gru_vae_still_loads_as_before(studies, tmp_path):
