@@ -264,8 +264,13 @@ def _prompt_encoder_gflops(cfg: dict) -> float:
 
 
 def _text_vae_gflops(cfg: dict) -> float:
-    """Bidirectional GRU encoder + GRU decoder over max_tokens (2 x parameters per token)."""
+    """Bidirectional GRU encoder + GRU decoder over max_tokens (2 x parameters per token); with ``pretrained`` set,
+    the released Optimus' BERT-base encoder + GPT-2 small decoder (12 layers of width 768 each) and GPT-2's output
+    layer over its 50,260 tokens (the checkpoint itself is not read at planning time)."""
     vae = cfg["medcodi"]["text_vae"]
+    if vae.get("pretrained") is not None:
+        tokens = int(vae["max_tokens"])
+        return 2 * transformer_gflops(768, 12, tokens) + 2 * 768 * 50260 * tokens / 1e9
     m = vae["model"]
     h, e = int(m["hidden_dim"]), int(m["embed_dim"])
     params = 3 * (e + h) * h * (2 * int(m["encoder_layers"]) + int(m["decoder_layers"]))

@@ -93,6 +93,14 @@ def test_costs_follow_the_config():
     assert 0 < measure_cpu_gflops_per_s(demo, batch_size=2, repeats=1) < 1e5  # a CPU, not a datacentre
 
 
+def test_pretrained_optimus_report_vae_is_costed_as_bert_plus_gpt2():
+    full = load_config(*full_config_files("medcodi"))
+    gru = estimate_job("train_text_vae", {}, full).gpu_hours
+    full["medcodi"]["text_vae"]["pretrained"] = "/data/optimus"  # not read: the plan needs no checkpoint
+    optimus = estimate_job("train_text_vae", {}, full).gpu_hours
+    assert optimus > 5 * gru  # 2 x 85M transformer weights + GPT-2's 38.6M output layer vs two 2-layer GRUs
+
+
 def test_parse_dry_run_reads_rules_wildcards_and_gpus():
     text = """
 rule train_ldm:

@@ -2,8 +2,9 @@
 
 MedCoDi-M (arXiv 2501.04614 §3.2.2) uses Optimus (Li et al. 2020, arXiv 2004.04092) as its text VAE: a BERT encoder
 to a 768-d Gaussian latent and a GPT-2 decoder, first trained to reconstruct the radiology reports, then frozen while
-the report diffusion model learns on its latents. Pretrained BERT/GPT-2/Optimus weights are not available offline, so
-this module builds the same interface from scratch at a size a CPU can train:
+the report diffusion model learns on its latents. Where a user has Optimus' weights, config key
+``medcodi.text_vae.pretrained`` loads and fine-tunes them (:mod:`cxrgen.medcodi.optimus`); otherwise (the default) this
+module builds the same interface from scratch at a size a CPU can train:
 
 - :class:`WordTokenizer`: a word-level vocabulary built from the training reports (tokens of
   :func:`cxrgen.medcodi.bleu.report_tokens`: lowercase, punctuation split; words seen fewer than ``min_count`` times
@@ -236,19 +237,6 @@ class TextVAE(ModelMixin, ConfigMixin):
         return out
 
 
-def check_pretrained(path) -> None:
-    """``medcodi.text_vae.pretrained`` is reserved for Optimus weights; this build trains the VAE from scratch and
-    cannot convert BERT/GPT-2 checkpoints offline, so any non-null value is a config error that says so."""
-    if path is None:
-        return
-    if not Path(path).exists():
-        raise FileNotFoundError(f"config key 'medcodi.text_vae.pretrained' = {str(path)!r}: no such path. Set it to "
-                                "null to train the report VAE from scratch (the default).")
-    raise ValueError(f"config key 'medcodi.text_vae.pretrained' = {str(path)!r}: loading pretrained Optimus "
-                     "(BERT/GPT-2) weights is not supported by this offline build; set it to null to train the report "
-                     "VAE from scratch on the corpus' reports (rule train_text_vae).")
-
-
 def build_text_vae(cfg: dict, tokenizer: WordTokenizer) -> TextVAE:
     """A fresh :class:`TextVAE` from config section ``medcodi.text_vae`` (its ``model`` sizes and ``max_tokens``)."""
     arch = cfg["model"]
@@ -282,16 +270,41 @@ class LoadedTextVAE:
         return torch.cat(chunks) if chunks else torch.zeros(0, self.latent_dim)
 
     @torch.no_grad()
+    def posterior(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior (mean, log-variance) of ``texts`` in one batch."""
+        ids, lengths = self.tokenizer.batch(texts, self.model.config.max_tokens)
+        return self.model.encode(ids, lengths)
+
+    @torch.no_grad()
+    def token_nll(self, texts: list[str], z: torch.Tensor) -> tuple[float, int]:
+        """Summed teacher-forced NLL of ``texts``' tokens given latents ``z``, and the number of tokens."""
+        ids, _ = self.tokenizer.batch(texts, self.model.config.max_tokens)
+        logits = self.model.decode_logits(z, ids)
+        nll = F.cross_entropy(logits.transpose(1, 2), ids, ignore_index=self.model.config.pad_id, reduction="sum")
+        return float(nll), int((ids != self.model.config.pad_id).sum())
+
+    def round_trip(self, text: str) -> str:
+        """What a perfect reconstruction of ``text`` decodes to (vocabulary, truncation, normalised spacing)."""
+        return normalise_report(self.tokenizer.decode(self.tokenizer.encode(text, self.model.config.max_tokens)))
+
+    @torch.no_grad()
     def decode(self, z: torch.Tensor, max_tokens: int | None = None) -> list[str]:
         """Greedy decoding of latents [B, latent_dim] to report texts."""
         device = next(self.model.parameters()).device
         return [self.tokenizer.decode(ids) for ids in self.model.greedy_decode(z.to(device).float(), max_tokens)]
 
 
-def load_text_vae(path: Path | str) -> LoadedTextVAE:
-    """The report VAE saved by rule ``train_text_vae`` (``config.json``, safetensors weights, ``tokenizer.json``)."""
+def load_text_vae(path: Path | str):
+    """The report VAE saved by rule ``train_text_vae``: ``config.json`` + safetensors weights + its tokenizer
+    (``tokenizer.json`` for the GRU VAE, BERT/GPT-2 vocabularies for Optimus, ``backend: optimus`` in the config).
+    Either kind has ``latent_dim``, ``encode_means(texts)`` and ``decode(z)``."""
     from cxrgen.models.saving import load_strict
 
+    config_file = Path(path) / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()).get("backend") == "optimus":
+        from cxrgen.medcodi.optimus import load_optimus_vae
+
+        return load_optimus_vae(path)
     model = load_strict(TextVAE, path, HOW_TO_MAKE)
     return LoadedTextVAE(model, WordTokenizer.load(path))
 
@@ -318,10 +331,11 @@ class TextVAETrainer:
     """Model, optimizer and train step of the report VAE on pre-tokenised reports (see :func:`kl_weight` for β).
     Build after :func:`cxrgen.train.loop.seed_everything` so the initial weights are reproducible."""
 
-    def __init__(self, cfg: dict, tokenizer: WordTokenizer, texts: list[str]):
+    def __init__(self, cfg: dict, tokenizer: WordTokenizer, texts: list[str], model: nn.Module | None = None):
         self.cfg, self.tokenizer = cfg, tokenizer
-        self.ids, self.lengths = tokenizer.batch(texts, int(cfg["max_tokens"]))
-        self.model = build_text_vae(cfg, tokenizer)
+        self.data = tokenizer.batch(texts, int(cfg["max_tokens"]))
+        self.n_items = len(texts)
+        self.model = build_text_vae(cfg, tokenizer) if model is None else model
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(cfg["lr"]),
                                            weight_decay=float(cfg["weight_decay"]))
         self.kl = cfg["kl"]
@@ -335,16 +349,20 @@ class TextVAETrainer:
         ``ctx.generator`` and this rank keeps its rows (data parallel = the single-process run's numbers)."""
         n = len(indices) * ctx.world_size
         noise = ctx.local(torch.randn((n, self.model.config.latent_dim), generator=ctx.generator))
-        lengths = self.lengths[indices]
-        ids = self.ids[indices, :int(lengths.max())]
         beta = self.beta(ctx.step)
         with ctx.autocast():
-            out = self.model(ids.to(ctx.device), lengths, noise.to(ctx.device), beta=beta,
+            out = self.model(*self.inputs(indices, ctx.device), noise.to(ctx.device), beta=beta,
                              free_bits=float(self.kl["free_bits"]))
         grad_norm = ctx.backward_step(out["loss"], self.model, self.optimizer)
         return {"loss": float(out["loss"].detach()), "reconstruction": float(out["reconstruction"].detach()),
                 "kl": float(out["kl"].detach()), "token_nll": float(out["token_nll"].detach()), "beta": beta,
                 "grad_norm": grad_norm}
+
+    def inputs(self, indices: list[int], device) -> tuple[torch.Tensor, ...]:
+        """The model's inputs for rows ``indices`` (token ids cut to their longest row, lengths)."""
+        ids, lengths = self.data
+        lengths = lengths[indices]
+        return ids[indices, :int(lengths.max())].to(device), lengths
 
     def fit(self, loop, state_dir: Path, *, on_log=None, extra_state: dict | None = None):
         """Run (or resume) the loop; with several ranks each trains on its slice of every global batch."""
@@ -353,7 +371,7 @@ class TextVAETrainer:
         world = loop.resolved_world()
 
         def loader_for(start: int):
-            return iter(StepBatchSampler(len(self.ids), int(self.cfg["batch_size"]), seed=loop.seed,
+            return iter(StepBatchSampler(self.n_items, int(self.cfg["batch_size"]), seed=loop.seed,
                                          start_step=start, max_steps=loop.max_steps, rank=world.rank,
                                          world_size=world.world_size))
 
@@ -363,21 +381,19 @@ class TextVAETrainer:
 
 
 @torch.no_grad()
-def reconstruction_metrics(vae: LoadedTextVAE, texts: list[str]) -> dict[str, float]:
-    """Held-out quality of a trained VAE: teacher-forced token NLL at the posterior mean, greedy exact-match rate and
-    corpus BLEU-4 of mean → greedy reconstructions, mean KL per report, active units (Burda et al.)."""
+def reconstruction_metrics(vae, texts: list[str]) -> dict[str, float]:
+    """Held-out quality of a trained VAE (GRU or Optimus): teacher-forced token NLL at the posterior mean, greedy
+    exact-match rate and corpus BLEU-4 of mean → greedy reconstructions, mean KL per report, active units (Burda et
+    al.)."""
     from cxrgen.medcodi.bleu import corpus_bleu
 
     if not texts:
         return {"n": 0}
-    model, max_tokens = vae.model, vae.model.config.max_tokens
-    ids, lengths = vae.tokenizer.batch(texts, max_tokens)
-    mean, logvar = model.encode(ids, lengths)
-    logits = model.decode_logits(mean, ids)
-    nll = F.cross_entropy(logits.transpose(1, 2), ids, ignore_index=model.config.pad_id, reduction="sum")
+    mean, logvar = vae.posterior(texts)
+    nll, n_tokens = vae.token_nll(texts, mean)
     decoded = vae.decode(mean)
-    references = [normalise_report(vae.tokenizer.decode(vae.tokenizer.encode(t, max_tokens))) for t in texts]
-    return {"n": len(texts), "token_nll": float(nll / (ids != model.config.pad_id).sum()),
+    references = [vae.round_trip(t) for t in texts]
+    return {"n": len(texts), "token_nll": nll / max(1, n_tokens),
             "exact_match": float(np.mean([d == r for d, r in zip(decoded, references, strict=True)])),
             "bleu4": corpus_bleu(decoded, references)["bleu4"],
             "kl": float(gaussian_kl(mean, logvar).sum(dim=1).mean()), "active_units": active_units(mean)}
