@@ -1,6 +1,8 @@
+import logging
 import os
+from types import SimpleNamespace
 
-from cxrgen.train.state import claim_job_state, claim_state_dir, job_fingerprint
+from cxrgen.train.state import claim_job_state, claim_state_dir, job_fingerprint, start_training_rule
 
 
 def _job(tmp_path, lr=1e-3, tracking="run.json"):
@@ -42,3 +44,29 @@ def test_fingerprint_ignores_state_dir_and_sees_wildcards(tmp_path):
     base = job_fingerprint("r", {"v": "a"}, {"x": 1, "state_dir": "s1"}, {})
     assert base == job_fingerprint("r", {"v": "a"}, {"x": 1, "state_dir": "s2"}, {})
     assert base != job_fingerprint("r", {"v": "b"}, {"x": 1, "state_dir": "s1"}, {})
+
+
+def _snakemake_job(tmp_path, lr, gpu=None):
+    """Snakemake's job object as the adapters see it (named lists with items(), resources with get())."""
+    job = _job(tmp_path, lr=lr)
+    return SimpleNamespace(log=[str(tmp_path / "logs" / "train_ldm.log")], threads=1, rule=job["rule"],
+                           wildcards=job["wildcards"], params=SimpleNamespace(**job["params"], items=job["params"].items),
+                           input=job["inputs"], resources={} if gpu is None else {"gpu": gpu})
+
+
+def test_start_training_rule_claims_state_and_counts_ranks(tmp_path):
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    try:
+        assert start_training_rule(_snakemake_job(tmp_path, 1e-3)) == 1  # no gpu resource: one rank
+        checkpoint = tmp_path / "state" / "checkpoint-2"
+        checkpoint.mkdir()
+        assert start_training_rule(_snakemake_job(tmp_path, 1e-3, gpu=2)) == 2
+        assert checkpoint.is_dir()  # same job definition: the checkpoint stays for the resume
+        start_training_rule(_snakemake_job(tmp_path, 5e-4))
+        assert not checkpoint.exists()  # changed config: fresh state
+        assert (tmp_path / "logs" / "train_ldm.log").is_file()
+    finally:
+        for handler in set(root.handlers) - set(handlers):
+            root.removeHandler(handler)
+            handler.close()

@@ -80,3 +80,16 @@ def claim_job_state(*, rule: str, wildcards: dict, params: dict, inputs: dict, s
     resumes = claim_state_dir(state_dir, job_fingerprint(rule, wildcards, params, inputs))
     write_job_description(state_dir, rule=rule, wildcards=wildcards, inputs=inputs, ignored=IGNORED_INPUTS)
     return resumes
+
+
+def start_training_rule(job) -> int:
+    """The common start of every training rule's adapter, given Snakemake's job object (duck-typed: ``log``,
+    ``threads``, ``rule``, ``wildcards``, ``params``, ``input``, ``resources``): the rule's log file and thread count,
+    a fresh state directory when the job's definition changed (:func:`claim_job_state`), and the number of
+    data-parallel ranks to launch — the profile's ``gpu`` resource (none: 1)."""
+    from cxrgen.logutil import setup_job
+
+    setup_job(job.log[0], job.threads)
+    claim_job_state(rule=job.rule, wildcards=dict(job.wildcards.items()), params=dict(job.params.items()),
+                    inputs=dict(job.input.items()), state_dir=job.params.state_dir)
+    return int(job.resources.get("gpu", 0) or 1)

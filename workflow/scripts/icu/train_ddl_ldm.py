@@ -4,21 +4,17 @@ job's GPUs like train_ldm: the profile's `gpu` resource, none = 1, is the number
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cxrgen.logutil import setup_job
-from cxrgen.train.state import claim_job_state
+from cxrgen.train.state import start_training_rule
 
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 
 def main(smk) -> None:
-    setup_job(smk.log[0], smk.threads)
-    claim_job_state(rule=smk.rule, wildcards=dict(smk.wildcards.items()), params=dict(smk.params.items()),
-                    inputs=dict(smk.input.items()), state_dir=smk.params.state_dir)  # changed job: fresh state
+    gpus = start_training_rule(smk)  # log, threads, fresh state for a changed job, data-parallel ranks
     from cxrgen.stages.train_ddl_ldm import train_ddl_ldm
     from cxrgen.train.distributed import launch
 
-    gpus = int(smk.resources.get("gpu", 0) or 1)
     metrics = launch(train_ddl_ldm, gpus, cohort_dir=str(Path(smk.input.ehr).parent), latents_dir=str(smk.input.latents),
                      ae_dir=str(smk.input.autoencoder), cfg=dict(smk.params.cfg["ldm"]), seed=int(smk.params.seed),
                      out_dir=str(smk.output.model), state_dir=str(smk.params.state_dir),

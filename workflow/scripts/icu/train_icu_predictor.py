@@ -3,17 +3,14 @@
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cxrgen.logutil import setup_job
-from cxrgen.train.state import claim_job_state
+from cxrgen.train.state import start_training_rule
 
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 
 def main(smk) -> None:
-    setup_job(smk.log[0], smk.threads)
-    claim_job_state(rule=smk.rule, wildcards=dict(smk.wildcards.items()), params=dict(smk.params.items()),
-                    inputs=dict(smk.input.items()), state_dir=smk.params.state_dir)
+    start_training_rule(smk)  # log, threads, fresh state for a changed job (one process: no data parallelism)
     from cxrgen.stages.train_icu_predictor import train_icu_predictor
 
     arm, seed = smk.wildcards.icu_arm, int(smk.wildcards.icu_seed)

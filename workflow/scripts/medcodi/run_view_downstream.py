@@ -4,22 +4,18 @@ Data parallel over the job's GPUs like run_downstream: the profile's `gpu` resou
 
 from typing import TYPE_CHECKING
 
-from cxrgen.logutil import setup_job
-from cxrgen.train.state import claim_job_state
+from cxrgen.train.state import start_training_rule
 
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 
 def main(smk) -> None:
-    setup_job(smk.log[0], smk.threads)
-    claim_job_state(rule=smk.rule, wildcards=dict(smk.wildcards.items()), params=dict(smk.params.items()),
-                    inputs=dict(smk.input.items()), state_dir=smk.params.state_dir)  # changed job: fresh state
+    gpus = start_training_rule(smk)  # log, threads, fresh state for a changed job, data-parallel ranks
     from cxrgen.medcodi.utility import view_downstream_cfg
     from cxrgen.stages.run_downstream import run_downstream
     from cxrgen.train.distributed import launch
 
-    gpus = int(smk.resources.get("gpu", 0) or 1)
     view, experiment, seed = str(smk.wildcards.view), str(smk.wildcards.experiment), int(smk.wildcards.seed)
     cfg = view_downstream_cfg(view, experiment, dict(smk.params.cfg["utility"]), dict(smk.params.experiment_cfg))
     metrics = launch(run_downstream, gpus, real_index_path=str(smk.input.index),

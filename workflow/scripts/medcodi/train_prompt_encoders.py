@@ -3,21 +3,17 @@ Data parallel over the job's GPUs: the profile's `gpu` resource (none: 1) is the
 
 from typing import TYPE_CHECKING
 
-from cxrgen.logutil import setup_job
-from cxrgen.train.state import claim_job_state
+from cxrgen.train.state import start_training_rule
 
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 
 def main(smk) -> None:
-    setup_job(smk.log[0], smk.threads)
-    claim_job_state(rule=smk.rule, wildcards=dict(smk.wildcards.items()), params=dict(smk.params.items()),
-                    inputs=dict(smk.input.items()), state_dir=smk.params.state_dir)  # changed job: fresh state
+    gpus = start_training_rule(smk)  # log, threads, fresh state for a changed job, data-parallel ranks
     from cxrgen.stages.train_prompt_encoders import train_prompt_encoders
     from cxrgen.train.distributed import launch
 
-    gpus = int(smk.resources.get("gpu", 0) or 1)
     # plain str/int/dict values: the ranks are fresh interpreters that unpickle the arguments without snakemake
     metrics = launch(train_prompt_encoders, gpus, studies_path=str(smk.input.studies), index_path=str(smk.input.index),
                      store_root=str(smk.params.store_root), resolution=int(smk.params.resolution),

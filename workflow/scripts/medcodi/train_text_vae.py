@@ -3,21 +3,17 @@ reports. Data parallel over the job's GPUs: the profile's `gpu` resource (none: 
 
 from typing import TYPE_CHECKING
 
-from cxrgen.logutil import setup_job
-from cxrgen.train.state import claim_job_state
+from cxrgen.train.state import start_training_rule
 
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 
 def main(smk) -> None:
-    setup_job(smk.log[0], smk.threads)
-    claim_job_state(rule=smk.rule, wildcards=dict(smk.wildcards.items()), params=dict(smk.params.items()),
-                    inputs=dict(smk.input.items()), state_dir=smk.params.state_dir)  # changed job: fresh state
+    gpus = start_training_rule(smk)  # log, threads, fresh state for a changed job, data-parallel ranks
     from cxrgen.stages.train_text_vae import train_text_vae
     from cxrgen.train.distributed import launch
 
-    gpus = int(smk.resources.get("gpu", 0) or 1)
     metrics = launch(train_text_vae, gpus, studies=str(smk.input.studies), cfg=dict(smk.params.cfg["text_vae"]),
                      seed=int(smk.params.seed), out_dir=str(smk.output.model), state_dir=str(smk.params.state_dir),
                      tracking_json=str(smk.input.tracking), job_name=smk.rule)

@@ -3,17 +3,14 @@ Data parallel over the job's GPUs: the profile's `gpu` resource (none: 1) is the
 
 from typing import TYPE_CHECKING
 
-from cxrgen.logutil import setup_job
-from cxrgen.train.state import claim_job_state
+from cxrgen.train.state import start_training_rule
 
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 
 def main(smk) -> None:
-    setup_job(smk.log[0], smk.threads)
-    claim_job_state(rule=smk.rule, wildcards=dict(smk.wildcards.items()), params=dict(smk.params.items()),
-                    inputs=dict(smk.input.items()), state_dir=smk.params.state_dir)  # changed job: fresh state
+    gpus = start_training_rule(smk)  # log, threads, fresh state for a changed job, data-parallel ranks
     from cxrgen.stages.train_dkim import train_dkim
     from cxrgen.train.distributed import launch
 
@@ -22,7 +19,6 @@ def main(smk) -> None:
         from cxrgen.data.lnfs import kept_image_ids
 
         keep_ids = kept_image_ids(smk.input.lnfs)
-    gpus = int(smk.resources.get("gpu", 0) or 1)
     # plain str/dict values: the ranks are fresh interpreters that unpickle the arguments without snakemake
     metrics = launch(train_dkim, gpus, ldm_dir=str(smk.input.ldm), latents_dir=str(smk.input.latents),
                      clip_dir=str(smk.input.clip), cfg=dict(smk.params.cfg), ldm_cfg=dict(smk.params.ldm_cfg),
