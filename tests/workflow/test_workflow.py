@@ -323,7 +323,7 @@ def test_adding_a_variant_plans_only_its_own_jobs(tiny_run, tmp_path):
     jobs = planned_jobs(out)
     new = {"diffcxr-lnfs", "diffcxr-dkim"}
     per_variant = ("generate", "extract_generated_features", "evaluate_distribution", "evaluate_fidelity",
-                   "evaluate_memorisation")
+                   "evaluate_memorisation", "evaluate_reidentification")
     required = {"train_ldm", "train_dkim", "sample_ldm_grid", "sample_dkim_grid", *per_variant, "write_summary",
                 "report_training", "write_model_cards", "all"}
     # init_tracking's params do not depend on the config: a rerun of it would hold back the planning of every job
