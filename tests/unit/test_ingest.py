@@ -62,6 +62,38 @@ def test_ingest_shard_routes_every_file(tmp_path):
     # pad policy: the 96x80 film keeps its aspect ratio, so the left/right margins are zero padding
     assert a64[:, 0].max() == 0 and a64[:, 32].max() > 0
     assert "Canary" not in index.to_csv()
+    # the first image of the shard carries the check of the chained resampling (64 -> 32 px), the others NaN
+    check = index["resample_check_max_abs"]
+    assert check.notna().sum() == 1 and 0 <= check.iloc[0] <= 0.01 * 65535
+
+
+def test_a_crashing_step_rejects_the_file_not_the_shard(tmp_path, monkeypatch):
+    """An unexpected error in any step after decoding (a bug, not a bad file) is one UNREADABLE row."""
+    import cxrgen.imaging.geometry as geometry
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        write_dicom(src / f"{i}.dcm", np.random.default_rng(i).random((64, 64)).astype(np.float32), uid_seed=i)
+    real = geometry.preprocess
+
+    def flaky(decoded, **kwargs):
+        if decoded.pixels.shape == (64, 64) and decoded.pixels[0, 0] == flaky.poison:
+            raise ZeroDivisionError("bug")
+        return real(decoded, **kwargs)
+    from cxrgen.imaging.decode import decode_image
+    flaky.poison = decode_image(src / "1.dcm").pixels[0, 0]
+    monkeypatch.setattr(geometry, "preprocess", flaky)
+    manifest = _manifest([{"image_id": f"mimic-{i}", "rel_path": f"{i}.dcm"} for i in range(3)])
+    index, rejections, stats = decode_shard(manifest, source="mimic", source_root=src, shard=0,
+                                            store_root=tmp_path / "store", resolutions=[16, 32], geometry="pad",
+                                            intensity="voi", target_spacing_mm=None, progress=False)
+    assert list(index["image_id"]) == ["mimic-0", "mimic-2"]
+    assert rejections[["image_id", "reason"]].values.tolist() == [["mimic-1", "unreadable"]]
+    assert "ZeroDivisionError" in rejections["detail"].iloc[0]
+    assert stats["files"] == 3 == stats["ingested"] + stats["rejected"]
+    store = ShardStore(tmp_path / "store", index, verify=True)
+    assert store.read_id("mimic-2", 32).shape == (32, 32)
 
 
 def test_shard_assignment_is_stable_and_balanced():

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 #: Technical, non-identifying DICOM/file fields copied from the decoder's whitelisted meta into the index.
 TECH_FIELDS = ("modality", "photometric", "bits_stored", "transfer_syntax", "manufacturer")
+#: Index column: for the first image of every shard, the max abs difference (of 65535 levels) over the stored
+#: resolutions between the chained resampling (smaller resolutions from the largest, issue 16) and resampling each
+#: resolution from the film (``preprocess(chain=False)``); NaN for the other images. The data report summarises it.
+RESAMPLE_CHECK_COLUMN = "resample_check_max_abs"
 
 
 def ingest_shard(manifest_path: Path | str, *, source: str, source_root: Path | str, shard: int,
@@ -65,6 +69,7 @@ def decode_shard(manifest: pd.DataFrame, *, source: str, source_root: Path, shar
     index_rows: list[dict] = []
     rejections: list[dict] = []
     writers = {res: ShardWriter(shard_path(store_root, res, source, shard)) for res in resolutions}
+    checked = False
     started = time.perf_counter()
     try:
         for _, row in tqdm(rows.iterrows(), total=len(rows), desc=f"{source} shard {shard}", disable=not progress,
@@ -79,13 +84,19 @@ def decode_shard(manifest: pd.DataFrame, *, source: str, source_root: Path, shar
                     spacing_hint_mm=_none_if_nan(row["spacing_hint_mm"]), intensity=intensity)
                 images = preprocess(decoded, target_spacing_mm=target_spacing_mm, policy=geometry,
                                     resolutions=resolutions, canvas_mm=canvas_mm)
+                check = float("nan")
+                if not checked and len(images) > 1:  # the first image of the shard: the chained resampling
+                    reference = preprocess(decoded, target_spacing_mm=target_spacing_mm, policy=geometry,
+                                           resolutions=resolutions, canvas_mm=canvas_mm, chain=False)
+                    check = float(max(np.abs(images[r].astype(np.int32) - reference[r]).max() for r in images))
+                    checked = True
             except RejectedImage as exc:
                 rejections.append(_rejection(row, exc.reason.value, exc.detail))
                 continue
             except Exception as exc:  # a decoder bug on one file must not kill the shard
                 rejections.append(_rejection(row, RejectReason.UNREADABLE.value, f"{type(exc).__name__}: {exc}"))
                 continue
-            index_rows.append(_index_row(row, decoded, images, writers))
+            index_rows.append(_index_row(row, decoded, images, writers) | {RESAMPLE_CHECK_COLUMN: check})
     finally:
         for writer in writers.values():
             writer.close()
