@@ -120,3 +120,27 @@ def test_ingest_is_deterministic(tmp_path):
                                    target_spacing_mm=0.5, canvas_mm=40.0, progress=False)
         outputs.append((index.to_json(), (tmp_path / run / "32px/mimic/shard-0000.bin").read_bytes()))
     assert outputs[0] == outputs[1]
+
+
+def test_worker_processes_write_the_same_bytes(tmp_path):
+    """decode_shard(workers=2) (the job's threads): the same index, rejections and shard bytes as one process."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(5):
+        write_dicom(src / f"{i}.dcm", rng.random((90, 70)).astype(np.float32), bits_stored=12,
+                    pixel_spacing=(0.4, 0.4), uid_seed=i)
+        rows.append({"image_id": f"mimic-{i}", "rel_path": f"{i}.dcm"})
+    (src / "2.dcm").write_bytes(b"garbage")
+    outputs = []
+    for workers in (1, 2):
+        root = tmp_path / f"w{workers}"
+        index, rejections, stats = decode_shard(_manifest(rows), source="mimic", source_root=src, shard=0,
+                                                store_root=root, resolutions=[16, 48], geometry="crop",
+                                                intensity="voi", target_spacing_mm=0.5, progress=False,
+                                                workers=workers)
+        assert stats["workers"] == workers and list(rejections["image_id"]) == ["mimic-2"]
+        outputs.append((index.to_json(), rejections.to_json(),
+                        [(root / f"{res}px/mimic/shard-0000.bin").read_bytes() for res in (16, 48)]))
+    assert outputs[0] == outputs[1]

@@ -34,11 +34,16 @@ class ShardWriter:
         self._offset = 0
 
     def append(self, image: np.ndarray) -> tuple[int, int, str]:
-        blob = encode_blob(image, self.codec)
+        """Encode ``image`` (2-D uint16) and append it; returns (offset, nbytes, sha256)."""
+        return self.append_blob(encode_blob(image, self.codec))
+
+    def append_blob(self, blob: bytes, digest: str | None = None) -> tuple[int, int, str]:
+        """Append an encoded blob (:func:`cxrgen.store.codec.encode_blob`; ``digest``: its sha256 when already
+        known); returns (offset, nbytes, sha256)."""
         offset = self._offset
         self._file.write(blob)
         self._offset += len(blob)
-        return offset, len(blob), hashlib.sha256(blob).hexdigest()
+        return offset, len(blob), digest if digest is not None else hashlib.sha256(blob).hexdigest()
 
     def close(self) -> None:
         self._file.flush()
