@@ -13,7 +13,7 @@ from pydicom.encaps import encapsulate
 
 from cxrgen.demo.common import PhiRegistry
 from cxrgen.demo.dicom_writer import voi_lut_curve
-from cxrgen.imaging.decode import DecodedImage, body_part_is_chest, decode_image
+from cxrgen.imaging.decode import DecodedImage, body_part_is_chest, content_uint16, decode_image
 from cxrgen.imaging.errors import RejectedImage, RejectReason
 
 META_WHITELIST = {
@@ -412,6 +412,8 @@ def _same_decoding(path, **kwargs) -> DecodedImage:
     assert fast.pixels.dtype == slow.pixels.dtype == np.float32
     np.testing.assert_array_equal(fast.pixels, slow.pixels)  # bit-identical, not just close
     assert fast.meta == slow.meta
+    np.testing.assert_array_equal(content_uint16(fast), content_uint16(slow))  # the content hash's input
+    assert slow.lookup is None and (fast.lookup is not None or fast.meta.get("pil_mode") in ("RGB", "RGBA"))
     return fast
 
 

@@ -45,6 +45,17 @@ class DecodedImage:
     spacing_mm: tuple[float, float] | None  # (row, col)
     spacing_source: str | None  # one of _SPACING_SOURCES or None
     meta: dict[str, Any] = field(default_factory=dict)  # whitelisted technical fields only, never PHI
+    # (table, index) when pixels == table[index] (8/16-bit integer data): per-value work can run on the table
+    lookup: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+
+def content_uint16(decoded: DecodedImage) -> np.ndarray:
+    """``round(pixels * 65535)`` as uint16 (what the index's ``content_sha256`` hashes); through the lookup table when
+    the image has one (the same values, one uint16 lookup instead of float passes over the image)."""
+    if decoded.lookup is not None:
+        table, index = decoded.lookup
+        return np.round(table * 65535).astype(np.uint16)[index]
+    return np.round(decoded.pixels * 65535).astype(np.uint16)
 
 
 def decode_image(
@@ -152,6 +163,10 @@ class _Domain:
     def image(self, table: np.ndarray) -> np.ndarray:
         """``table`` (a per-value function of :attr:`values`) at every pixel."""
         return table if self.index is None else table[self.index]
+
+    def lookup(self, table: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(table, index) with ``image(table) == table[index]``, or None without a table."""
+        return None if self.index is None else (table, self.index)
 
     def _over_pixels(self, table: np.ndarray) -> np.ndarray:
         """The entries of ``table`` that occur in the image (any order, duplicates allowed)."""
@@ -261,7 +276,8 @@ def _decode_dicom(path: Path, intensity: str, spacing_hint: float | None, check_
         "inverted": inverted,
         **voi_meta,
     }
-    return DecodedImage(pixels=pixels, spacing_mm=spacing, spacing_source=spacing_source, meta=meta)
+    return DecodedImage(pixels=pixels, spacing_mm=spacing, spacing_source=spacing_source, meta=meta,
+                        lookup=domain.lookup(table))
 
 
 def _check_complete(ds, path: Path, warning_messages: list[str]) -> None:
@@ -465,4 +481,5 @@ def _decode_raster(path: Path, bits_hint: float | None, spacing_hint: float | No
         "intensity_mode_used": "bit_depth",
         "inverted": False,
     }
-    return DecodedImage(pixels=pixels, spacing_mm=spacing, spacing_source="hint" if spacing else None, meta=meta)
+    return DecodedImage(pixels=pixels, spacing_mm=spacing, spacing_source="hint" if spacing else None, meta=meta,
+                        lookup=domain.lookup(table))
