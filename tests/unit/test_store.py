@@ -133,3 +133,5 @@ def test_corrupt_cxrz_payload_is_an_error_not_garbage(tmp_path):
         ShardStore(tmp_path, index, verify=True).read(0, 32)
     with pytest.raises(OSError, match="corrupt CXRZ blob"):
         ShardStore(tmp_path, index).read(0, 32)
+    with pytest.raises(OSError, match="truncated CXRZ blob"):
+        decode_blob(b"CXRZ\x01")

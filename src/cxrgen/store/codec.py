@@ -97,6 +97,8 @@ def encode_cxrz(image: np.ndarray) -> bytes:
 
 
 def decode_cxrz(blob: bytes) -> np.ndarray:
+    if len(blob) < _HEADER.size:
+        raise OSError(f"truncated CXRZ blob ({len(blob)} bytes)")
     magic, version, filt, _, height, width = _HEADER.unpack_from(blob)
     if magic != MAGIC:
         raise BlobFormatError(f"not a CXRZ blob (starts with {bytes(blob[:8])!r})")
