@@ -49,7 +49,8 @@ SOURCE = "bench"
 def build_layouts(workdir: Path, n: int, resolution: int, n_bases: int, n_shards: int, seed: int) -> pd.DataFrame:
     """Write all layouts (reused when built with the same parameters); returns the store index."""
     marker = workdir / "layouts.json"
-    params = {"n": n, "resolution": resolution, "bases": n_bases, "shards": n_shards, "seed": seed}
+    params = {"n": n, "resolution": resolution, "bases": n_bases, "shards": n_shards, "seed": seed,
+              "layouts": ["store (CXRZ)", "store_png", "png16", "jpeg", "jpeg1024"]}
     if marker.is_file() and json.loads(marker.read_text()) == params:
         print(f"reusing layouts in {workdir}")
         return pd.read_parquet(workdir / "index.parquet")

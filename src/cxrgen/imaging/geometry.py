@@ -3,7 +3,9 @@
 Resizing uses Pillow on mode "F" (float32) images. Pillow widens the filter support by the scale factor when
 reducing, so every downsampling is anti-aliased. Measured on 1 core, 2500x2500 -> {1024, 256}: Lanczos 0.14 s,
 bicubic 0.10 s, box 0.06 s; torch ``interpolate(antialias=True)`` is faster (0.04 s) but costs a multi-second torch
-import in every preprocessing worker, so Pillow Lanczos is used.
+import in every preprocessing worker, so Pillow Lanczos is used. Since issue 16 :func:`preprocess` resamples only the
+largest resolution from the film and the smaller ones from it (``chain``; benchmarks/README.md has the time saved and
+the pixel difference).
 """
 
 from __future__ import annotations
