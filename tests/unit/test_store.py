@@ -135,3 +135,35 @@ def test_corrupt_cxrz_payload_is_an_error_not_garbage(tmp_path):
         ShardStore(tmp_path, index).read(0, 32)
     with pytest.raises(OSError, match="truncated CXRZ blob"):
         decode_blob(b"CXRZ\x01")
+
+
+def test_each_process_opens_each_shard_once(tmp_path):
+    """One descriptor per shard file per process: reads reuse it; a pickled store (a DataLoader worker's copy)
+    carries none and opens its own."""
+    import pickle
+
+    index = pd.concat([_write(tmp_path, _images(4, 32, seed=5), shard=0), _write(tmp_path, _images(3, 32, seed=6),
+                                                                                  shard=1)], ignore_index=True)
+    store = ShardStore(tmp_path, index)
+    for position in [0, 5, 1, 6, 2, 3, 4] * 3:
+        store.read(position, 32)
+    assert len(store._fds) == 2
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy._fds == {}
+    np.testing.assert_array_equal(copy.read(6, 32), store.read(6, 32))
+    assert len(copy._fds) == 1
+
+
+def test_dataloader_workers_read_the_store(tmp_path):
+    torch = pytest.importorskip("torch")
+    from cxrgen.labels import LABEL_COLUMNS
+    from cxrgen.train.data import StoreImages
+
+    images = _images(6, 32, seed=7)
+    rows = _write(tmp_path, images).assign(report_findings="", report_impression="",
+                                           **dict.fromkeys(LABEL_COLUMNS, np.nan))
+    dataset = StoreImages(tmp_path, rows, 32)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=[[5, 0, 3], [1, 1, 4]], num_workers=2)
+    got = torch.cat([batch["image"] for batch in loader])
+    expected = np.stack([images[i] for i in (5, 0, 3, 1, 1, 4)]).astype(np.float32) / 65535.0 * 2 - 1
+    np.testing.assert_allclose(got[:, 0].numpy(), expected, atol=1e-6)
