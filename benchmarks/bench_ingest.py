@@ -16,7 +16,8 @@ in alternating rounds and the fastest round of each counts, which damps the nois
               10k images per folder.
 (c) limit     ``decode_image`` + ``preprocess`` of the same files, nothing written.
 (d) decode    decode only: pydicom ``dcmread(...).pixel_array`` / Pillow ``Image.open(...)`` + ``np.asarray``, nothing
-              else: the floor any ingestion that reads the pixels pays.
+              else: the floor any ingestion that reads the pixels pays (pydicom's own decoder plugin choice).
+(d*) decode*  the same with the decoder plugin the pipeline prefers (``cxrgen.imaging.decode.PREFERRED_PLUGIN``).
 
 Then a per-image budget (CPU seconds per image, one pass over the files, each step timed on its own) of the steps
 (decode, checks + LUT, resample, encode, hash) as the pipeline runs them now and as it ran them before issue 16
@@ -39,7 +40,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxrgen.imaging.decode import content_uint16, decode_image
+import cxrgen.imaging.decode as decode_module
+from cxrgen.imaging.decode import decode_image
 from cxrgen.imaging.geometry import _placement, preprocess, to_uint16
 from cxrgen.privacy import DEMO_SALT
 from cxrgen.stages.build_demo_sources import build_demo_sources
@@ -158,18 +160,21 @@ def run_baseline(files: list[tuple[Path, str]], out_dir: Path) -> int:
     return done
 
 
-def decode_only(path: Path, file_format: str) -> np.ndarray:
+def decode_only(path: Path, file_format: str, fastest: bool = False) -> np.ndarray:
+    """pydicom ``pixel_array`` with pydicom's own plugin choice (or, ``fastest``, the pipeline's preferred plugin:
+    ``cxrgen.imaging.decode.PREFERRED_PLUGIN``), or Pillow load; nothing else."""
     if file_format == "dicom":
         import pydicom
 
-        return pydicom.dcmread(path).pixel_array
+        ds = pydicom.dcmread(path)
+        return decode_module._pixel_array(ds, ds.file_meta.TransferSyntaxUID) if fastest else ds.pixel_array
     with Image.open(path) as img:
         return np.asarray(img)
 
 
-def run_decode(files: list[tuple[Path, str]]) -> int:
+def run_decode(files: list[tuple[Path, str]], fastest: bool = False) -> int:
     for path, file_format in files:
-        decode_only(path, file_format)
+        decode_only(path, file_format, fastest)
     return len(files)
 
 
@@ -199,9 +204,9 @@ def _encode_all(images: dict[int, np.ndarray], codec: str) -> list[bytes]:
     return [encode_blob(image, codec) for image in images.values()]
 
 
-def _hash_all(decoded, blobs: list[bytes], lookup: bool) -> list[str]:
-    """As ingest_shard: the content hash (now through the lookup table, before from the float pixels) + blob hashes."""
-    content = content_uint16(decoded) if lookup else np.round(decoded.pixels * 65535).astype(np.uint16)
+def _hash_all(decoded, blobs: list[bytes]) -> list[str]:
+    """As ingest_shard: the content hash of the decoded film + the blob hashes."""
+    content = np.round(decoded.pixels * 65535).astype(np.uint16)
     return [_content_hash(content)] + [hashlib.sha256(blob).hexdigest() for blob in blobs]
 
 
@@ -234,13 +239,19 @@ def budget(files: list[tuple[Path, str]], spacing_targets: list[float | None]) -
     diff = {res: [0, 0.0] for res in RESOLUTIONS}  # max abs, sum of mean abs (levels of 65535)
     alt = {res: [0, 0.0] for res in RESOLUTIONS}
     alt_seconds = 0.0
+    preferred = decode_module.PREFERRED_PLUGIN
     for (path, file_format), target in zip(files, spacing_targets, strict=True):
-        _, seconds = _cpu(decode_only, path, file_format)
+        _, seconds = _cpu(decode_only, path, file_format, True)
         now["decode"] += seconds
+        _, seconds = _cpu(decode_only, path, file_format, False)
         before["decode"] += seconds
         decoded, seconds = _cpu(decode_image, path, file_format=file_format)
         now["checks + LUT"] += seconds  # decode + checks + LUT; the decode is subtracted at the end
-        old, seconds_old = _cpu(decode_image, path, file_format=file_format, lookup=False)
+        decode_module.PREFERRED_PLUGIN = ""  # before issue 16: pydicom's own plugin choice
+        try:
+            old, seconds_old = _cpu(decode_image, path, file_format=file_format, lookup=False)
+        finally:
+            decode_module.PREFERRED_PLUGIN = preferred
         before["checks + LUT"] += seconds_old
         if not np.array_equal(old.pixels, decoded.pixels):
             raise AssertionError(f"{path.name}: lookup decoding differs from per-pixel decoding")
@@ -263,9 +274,9 @@ def budget(files: list[tuple[Path, str]], spacing_targets: list[float | None]) -
         now["encode"] += seconds
         png_blobs, seconds = _cpu(_encode_all, reference, "png")
         before["encode"] += seconds
-        _, seconds = _cpu(_hash_all, decoded, blobs, True)
+        _, seconds = _cpu(_hash_all, decoded, blobs)
         now["hash"] += seconds
-        _, seconds = _cpu(_hash_all, old, png_blobs, False)
+        _, seconds = _cpu(_hash_all, old, png_blobs)
         before["hash"] += seconds
     for table in (now, before):
         table["checks + LUT"] -= table["decode"]  # decode_image = decode + checks + LUT
@@ -323,6 +334,7 @@ def main() -> None:
                 ("pipeline", run_pipeline, (roots, workdir / "store", args.size_scale, index_seconds)),
                 ("baseline", run_baseline, (files, workdir / "machex_jpeg")),
                 ("decode", run_decode, (files,)),
+                ("decode*", run_decode, (files, True)),
                 ("limit", run_limit, (files, targets))):
             count, wall, cpu = _timed(fn, *fn_args)
             print(f"round {round_ + 1} {name:9s} {count:5d} images  wall {wall:7.1f} s  cpu {cpu:7.1f} s  "
@@ -342,8 +354,9 @@ def main() -> None:
     rate["pipeline w/o index"] = (count / (wall - index_wall), count / (best_cpu["pipeline"][1] - index_cpu))
     print(f"pipeline without the metadata indexing ({index_wall:.2f} s wall, {index_cpu:.2f} s CPU, fixed per "
           f"source): {rate['pipeline w/o index'][0]:.2f} img/s (wall), {rate['pipeline w/o index'][1]:.2f} (cpu)")
-    for a, b in (("pipeline", "baseline"), ("pipeline", "decode"), ("pipeline", "limit"),
-                 ("pipeline w/o index", "baseline"), ("pipeline w/o index", "decode")):
+    for a, b in (("pipeline", "baseline"), ("pipeline", "decode"), ("pipeline", "decode*"), ("pipeline", "limit"),
+                 ("pipeline w/o index", "baseline"), ("pipeline w/o index", "decode"),
+                 ("pipeline w/o index", "decode*"), ("decode*", "decode"), ("decode", "baseline")):
         print(f"ratio {a}/{b}: {rate[a][0] / rate[b][0]:.2f} (wall), {rate[a][1] / rate[b][1]:.2f} (cpu)")
 
     n_pipe, n_base = best_wall["pipeline"][0], best_wall["baseline"][0]

@@ -45,17 +45,6 @@ class DecodedImage:
     spacing_mm: tuple[float, float] | None  # (row, col)
     spacing_source: str | None  # one of _SPACING_SOURCES or None
     meta: dict[str, Any] = field(default_factory=dict)  # whitelisted technical fields only, never PHI
-    # (table, index) when pixels == table[index] (8/16-bit integer data): per-value work can run on the table
-    lookup: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
-
-
-def content_uint16(decoded: DecodedImage) -> np.ndarray:
-    """``round(pixels * 65535)`` as uint16 (what the index's ``content_sha256`` hashes); through the lookup table when
-    the image has one (the same values, one uint16 lookup instead of float passes over the image)."""
-    if decoded.lookup is not None:
-        table, index = decoded.lookup
-        return np.round(table * 65535).astype(np.uint16)[index]
-    return np.round(decoded.pixels * 65535).astype(np.uint16)
 
 
 def decode_image(
@@ -164,10 +153,6 @@ class _Domain:
         """``table`` (a per-value function of :attr:`values`) at every pixel."""
         return table if self.index is None else table[self.index]
 
-    def lookup(self, table: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """(table, index) with ``image(table) == table[index]``, or None without a table."""
-        return None if self.index is None else (table, self.index)
-
     def _over_pixels(self, table: np.ndarray) -> np.ndarray:
         """The entries of ``table`` that occur in the image (any order, duplicates allowed)."""
         segment = table[self.lo - self.offset :]
@@ -243,7 +228,7 @@ def _decode_dicom(path: Path, intensity: str, spacing_hint: float | None, check_
 
     rows, cols = int(ds.Rows), int(ds.Columns)
     _check_geometry(rows, cols)
-    stored = ds.pixel_array  # sign-extended by pydicom when PixelRepresentation == 1
+    stored = _pixel_array(ds, ts_uid)  # sign-extended by pydicom when PixelRepresentation == 1
     if stored.shape != (rows, cols):
         raise RejectedImage(RejectReason.UNREADABLE, f"decoded shape {stored.shape} != header {rows}x{cols}")
     _check_not_constant(stored, "stored pixel data")
@@ -276,8 +261,30 @@ def _decode_dicom(path: Path, intensity: str, spacing_hint: float | None, check_
         "inverted": inverted,
         **voi_meta,
     }
-    return DecodedImage(pixels=pixels, spacing_mm=spacing, spacing_source=spacing_source, meta=meta,
-                        lookup=domain.lookup(table))
+    return DecodedImage(pixels=pixels, spacing_mm=spacing, spacing_source=spacing_source, meta=meta)
+
+
+#: decoder plugin tried first where pydicom has several for a transfer syntax: on the benchmark films pylibjpeg decodes
+#: JPEG 2000 lossless in ~0.78x the CPU time of pydicom's default (gdcm) with identical pixels (benchmarks/README.md)
+PREFERRED_PLUGIN = "pylibjpeg"
+
+
+def _pixel_array(ds, ts_uid) -> np.ndarray:
+    """``ds.pixel_array`` through :data:`PREFERRED_PLUGIN` when it is one of several available decoders, falling back
+    to pydicom's own choice (every available plugin in turn) if that plugin fails on the file."""
+    from pydicom.pixels.decoders.base import get_decoder
+
+    try:
+        plugins = get_decoder(ts_uid).available_plugins
+    except NotImplementedError:
+        plugins = ()
+    if PREFERRED_PLUGIN in plugins and len(plugins) > 1:
+        try:
+            ds.pixel_array_options(decoding_plugin=PREFERRED_PLUGIN)
+            return ds.pixel_array
+        except Exception:  # noqa: BLE001 (any decoder error: let the other plugins try)
+            ds.pixel_array_options(decoding_plugin="")
+    return ds.pixel_array
 
 
 def _check_complete(ds, path: Path, warning_messages: list[str]) -> None:
@@ -481,5 +488,4 @@ def _decode_raster(path: Path, bits_hint: float | None, spacing_hint: float | No
         "intensity_mode_used": "bit_depth",
         "inverted": False,
     }
-    return DecodedImage(pixels=pixels, spacing_mm=spacing, spacing_source="hint" if spacing else None, meta=meta,
-                        lookup=domain.lookup(table))
+    return DecodedImage(pixels=pixels, spacing_mm=spacing, spacing_source="hint" if spacing else None, meta=meta)

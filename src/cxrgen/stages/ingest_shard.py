@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cxrgen.imaging.decode import content_uint16
 from cxrgen.imaging.errors import RejectedImage, RejectReason
 from cxrgen.ingest import REJECTION_COLUMNS
 from cxrgen.labels import LABEL_COLUMNS
@@ -159,7 +158,7 @@ def _none_if_nan(value) -> float | None:
 
 def _index_row(row, decoded, images: dict[int, np.ndarray]) -> dict:
     largest = images[max(images)]
-    content = content_uint16(decoded)
+    content = np.round(decoded.pixels * 65535).astype(np.uint16)
     out = {
         "image_id": row["image_id"], "source": row["source"], "patient_pid": row["patient_pid"],
         "study_pid": row["study_pid"], "view": row["view"], "sex": row["sex"], "age_bucket": age_bucket(row["age"]),
