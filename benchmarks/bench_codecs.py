@@ -85,7 +85,7 @@ def codecs(imagecodecs_path: Path | None) -> dict:
         "zstd-1 raw": _arrow("zstd", 1, False, False),
         "zstd-1 byte planes": _arrow("zstd", 1, True, False),
         "zstd-1 delta + byte planes": _arrow("zstd", 1, True, True),
-        "CXRZ (cxrgen.store.codec: zstd-1 delta + planes + header)": (encode_blob, lambda blob, shape: decode_blob(blob)),
+        "CXRZ (cxrgen.store.codec; delta above 256^2 px)": (encode_blob, lambda blob, shape: decode_blob(blob)),
         "zstd-3 delta + byte planes": _arrow("zstd", 3, True, True),
         "zstd-9 delta + byte planes": _arrow("zstd", 9, True, True),
         "lz4 raw": _arrow("lz4", None, False, False),

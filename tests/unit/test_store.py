@@ -13,6 +13,7 @@ from cxrgen.store import (
     encode_png16,
     shard_path,
 )
+from cxrgen.store.codec import encode_cxrz
 
 
 def _images(n, size, seed=0):
@@ -75,20 +76,21 @@ def test_cxrz_roundtrip_is_bit_exact(shape):
     for image in (rng.integers(0, 65536, shape, dtype=np.uint16), rng.choice(extremes, shape).astype(np.uint16),
                   np.full(shape, 65535, np.uint16), np.asfortranarray(rng.integers(0, 4096, shape, dtype=np.uint16)),
                   rng.integers(0, 65536, (shape[0], shape[1] * 2), dtype=np.uint16)[:, ::2]):  # non-contiguous
-        blob = encode_blob(image)
-        assert blob_format(blob) == "cxrz-1" and blob[16:20] == b"\x28\xb5\x2f\xfd"  # a standard zstd frame
-        decoded = decode_blob(blob)
-        assert decoded.dtype == np.uint16 and decoded.shape == image.shape
-        np.testing.assert_array_equal(decoded, image)
+        for blob in (encode_blob(image), encode_cxrz(image, delta=True), encode_cxrz(image, delta=False)):
+            assert blob_format(blob) == "cxrz-1" and blob[16:20] == b"\x28\xb5\x2f\xfd"  # a standard zstd frame
+            decoded = decode_blob(blob)
+            assert decoded.dtype == np.uint16 and decoded.shape == image.shape
+            np.testing.assert_array_equal(decoded, image)
     with pytest.raises(ValueError, match="2-D uint16"):
         encode_blob(np.zeros((4, 4), np.int32))
     with pytest.raises(ValueError, match="allowed: cxrz, png"):
         encode_blob(np.zeros((4, 4), np.uint16), codec="webp")
 
 
-def test_smooth_films_compress(tmp_path):
-    yy, xx = np.mgrid[0:128, 0:128]
+def test_smooth_films_compress_and_large_ones_get_the_delta_filter():
+    yy, xx = np.mgrid[0:300, 0:300]
     film = (20000 + 100 * yy + 50 * xx).astype(np.uint16)
+    assert encode_blob(film)[5] == 1 and encode_blob(film[:256, :256])[5] == 0  # > 256^2 pixels: delta
     assert len(encode_blob(film)) < film.nbytes / 10
 
 

@@ -343,9 +343,9 @@ def _section_storage(doc: _Document, index: pd.DataFrame, store_root: Path) -> N
         rows[f"{res} px"] = {"blob formats (sampled)": ", ".join(f"{k}: {v}" for k, v in sorted(formats.items())),
                              "mean bytes/image": f"{nbytes.mean():,.0f}" if nbytes.notna().any() else _MISSING}
     store.close()
-    doc.para("Lossless 16-bit blobs in shard files. `cxrz-1`: horizontal delta, byte planes, Zstandard (written "
-             "since issue 16); `png`: 16-bit PNG (stores written before). Formats read from the first bytes of "
-             f"up to {STORAGE_SAMPLE} blobs per resolution.")
+    doc.para("Lossless 16-bit blobs in shard files. `cxrz-1`: byte planes (after a horizontal delta for images of "
+             "more than 256² pixels) in one Zstandard frame (written since issue 16); `png`: 16-bit PNG (stores "
+             f"written before). Formats read from the first bytes of up to {STORAGE_SAMPLE} blobs per resolution.")
     doc.table(pd.DataFrame(rows).T.rename_axis("resolution"))
     checks = pd.to_numeric(_col(index, "resample_check_max_abs"), errors="coerce").dropna()
     if len(resolutions) < 2:

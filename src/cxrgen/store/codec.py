@@ -9,7 +9,8 @@ Every blob says what it is in its first bytes, so a store needs no separate mani
   ====== ===== =========================================================================
   0      4     magic ``b"CXRZ"``
   4      1     format version, 1
-  5      1     filter, 1 = horizontal delta (mod 2^16) then byte planes (all high bytes, then all low bytes)
+  5      1     filter: 0 = byte planes (all high bytes, then all low bytes); 1 = horizontal delta (mod 2^16), then
+               byte planes
   6      2     reserved, 0
   8      4     height, uint32 little endian
   12     4     width, uint32 little endian
@@ -17,12 +18,17 @@ Every blob says what it is in its first bytes, so a store needs no separate mani
   ====== ===== =========================================================================
 
   To decode in any language: zstd-decompress, take the first half as the high and the second half as the low bytes
-  of uint16 values in row-major order, then running sums along each row (mod 2^16).
+  of uint16 values in row-major order, then (filter 1) running sums along each row (mod 2^16). The writer uses the
+  delta for images of more than :data:`DELTA_MIN_PIXELS` pixels: it makes the 1024 px films 26 % smaller, while on
+  the 256 px training reads its running sums would triple the decode time to save 11 % of a layer that holds 7 % of
+  the store's bytes (``benchmarks/README.md``).
 - PNG (every store written before): a lossless 16-bit grayscale PNG; read with Pillow.
 
-Why this codec (``benchmarks/README.md``, table "Store codecs"): on the benchmark's full-size films it encodes about
-20x and decodes about 4x faster than zlib PNG at about the same size; Zstandard comes with ``pyarrow``, which the
-project already needs for parquet, so it adds no dependency.
+Why this codec (``benchmarks/README.md``, table "Store codecs"; the pipeline's 24 full-size benchmark films): against
+zlib PNG it encodes 19-24x faster; at 1024 px it decodes 2.7x faster at the same size (+1 %), at 256 px 10x faster
+for 12 % more bytes. Zstandard comes with ``pyarrow``, which the project already needs for parquet, so it adds no
+dependency (JPEG-LS / JPEG-XL from ``imagecodecs`` are 14-19 % smaller than PNG at 256 px but decode 5-13x slower
+than CXRZ there, and would add a 26 MB wheel).
 """
 
 from __future__ import annotations
@@ -34,7 +40,10 @@ import numpy as np
 
 MAGIC = b"CXRZ"
 VERSION = 1
+FILTER_PLANES = 0
 FILTER_DELTA_PLANES = 1
+#: images with more pixels than this get the delta filter
+DELTA_MIN_PIXELS = 256 * 256
 ZSTD_LEVEL = 1
 _HEADER = struct.Struct("<4sBBHII")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -81,18 +90,21 @@ def decode_png16(blob: bytes) -> np.ndarray:
             np.asarray(img).astype(np.uint16)
 
 
-def encode_cxrz(image: np.ndarray) -> bytes:
-    """CXRZ v1 blob of a uint16 array: horizontal delta, byte planes, Zstandard level 1 (module docstring)."""
+def encode_cxrz(image: np.ndarray, delta: bool | None = None) -> bytes:
+    """CXRZ v1 blob of a uint16 array: (horizontal delta,) byte planes, Zstandard level 1 (module docstring).
+    ``delta``: None = by size (:data:`DELTA_MIN_PIXELS`)."""
     _check_image(image)
     height, width = image.shape
-    delta = np.array(image, dtype=np.uint16, order="C")  # a copy
-    if width > 1:
-        np.subtract(image[:, 1:], image[:, :-1], out=delta[:, 1:])  # wraps mod 2^16
-    pairs = delta.view(np.uint8).reshape(-1, 2)  # little-endian: column 0 low byte, column 1 high byte
-    planes = np.empty(delta.size * 2, dtype=np.uint8)
-    planes[: delta.size] = pairs[:, 1]
-    planes[delta.size :] = pairs[:, 0]
-    header = _HEADER.pack(MAGIC, VERSION, FILTER_DELTA_PLANES, 0, height, width)
+    if delta is None:
+        delta = image.size > DELTA_MIN_PIXELS
+    filtered = np.array(image, dtype=np.uint16, order="C")  # a copy
+    if delta and width > 1:
+        np.subtract(image[:, 1:], image[:, :-1], out=filtered[:, 1:])  # wraps mod 2^16
+    pairs = filtered.view(np.uint8).reshape(-1, 2)  # little-endian: column 0 low byte, column 1 high byte
+    planes = np.empty(filtered.size * 2, dtype=np.uint8)
+    planes[: filtered.size] = pairs[:, 1]
+    planes[filtered.size :] = pairs[:, 0]
+    header = _HEADER.pack(MAGIC, VERSION, FILTER_DELTA_PLANES if delta else FILTER_PLANES, 0, height, width)
     return header + _zstd().compress(planes, asbytes=True)
 
 
@@ -102,11 +114,11 @@ def decode_cxrz(blob: bytes) -> np.ndarray:
     magic, version, filt, _, height, width = _HEADER.unpack_from(blob)
     if magic != MAGIC:
         raise BlobFormatError(f"not a CXRZ blob (starts with {bytes(blob[:8])!r})")
-    if version != VERSION or filt != FILTER_DELTA_PLANES:
+    if version != VERSION or filt not in (FILTER_PLANES, FILTER_DELTA_PLANES):
         raise BlobFormatError(
             f"CXRZ blob of format version {version} (filter {filt}); this cxrgen reads version {VERSION} "
-            f"(filter {FILTER_DELTA_PLANES}): the store was written by a newer cxrgen. Read it with that version, or "
-            "rebuild the store with this one (snakemake --forcerun ingest_shard)")
+            f"(filters {FILTER_PLANES}, {FILTER_DELTA_PLANES}): the store was written by a newer cxrgen. Read it with "
+            "that version, or rebuild the store with this one (snakemake --forcerun ingest_shard)")
     n = height * width
     try:
         raw = _zstd().decompress(memoryview(blob)[_HEADER.size :], decompressed_size=2 * n, asbytes=True)
@@ -118,7 +130,8 @@ def decode_cxrz(blob: bytes) -> np.ndarray:
     pairs = np.empty((n, 2), dtype=np.uint8)
     pairs[:, 1] = planes[:n]
     pairs[:, 0] = planes[n:]
-    return np.cumsum(pairs.view(np.uint16).reshape(height, width), axis=1, dtype=np.uint16)
+    values = pairs.view(np.uint16).reshape(height, width)
+    return np.cumsum(values, axis=1, dtype=np.uint16) if filt == FILTER_DELTA_PLANES else values
 
 
 def encode_blob(image: np.ndarray, codec: str = DEFAULT_CODEC) -> bytes:
