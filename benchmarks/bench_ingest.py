@@ -1,4 +1,4 @@
-"""Ingestion throughput: this pipeline vs a MaCheX-style naive baseline vs the bare decode + resample limit.
+"""Ingestion throughput: this pipeline vs a MaCheX-style naive baseline vs the decode-only floor, and its per-image budget.
 
 Not a test: a script that prints ratios measured in one process on one machine. All three methods read the same files
 (a demo corpus in the native layouts of MIMIC-CXR (DICOM mix), PadChest (16-bit PNG) and ChestX-ray14 (8-bit PNG),
@@ -8,18 +8,27 @@ in alternating rounds and the fastest round of each counts, which damps the nois
     python benchmarks/bench_ingest.py --n 24 --size-scale 1.0 --repeats 2
 
 (a) pipeline  ``cxrgen.stages.index_source.build_manifest`` + ``cxrgen.stages.ingest_shard.decode_shard``: DICOM
-              validity checks, modality/VOI LUT, spacing, pad-to-square, one interpolation per resolution, lossless
-              16-bit PNG blobs in shard files + index row.
+              validity checks, modality/VOI LUT, spacing, pad-to-square, Lanczos to 1024 px and 256 px from it,
+              lossless 16-bit CXRZ blobs in shard files + sha256 + index row.
 (b) baseline  MaCheX ``machex.py`` as documented in the project notes on the seeds' public code (seed-implementations) §1 (re-written from
               those facts): pydicom ``pixel_array``, per-image min-max to uint8, invert MONOCHROME1, PNG mode I >> 8;
               Resize(1024) on the short edge + CenterCrop(1024), 3-channel RGB, one JPEG (quality 95) per image,
               10k images per folder.
 (c) limit     ``decode_image`` + ``preprocess`` of the same files, nothing written.
+(d) decode    decode only: pydicom ``dcmread(...).pixel_array`` / Pillow ``Image.open(...)`` + ``np.asarray``, nothing
+              else: the floor any ingestion that reads the pixels pays (pydicom's own decoder plugin choice).
+(d*) decode*  the same with the decoder plugin the pipeline prefers (``cxrgen.imaging.decode.PREFERRED_PLUGIN``).
+
+Then a per-image budget (CPU seconds per image, one pass over the files, each step timed on its own) of the steps
+(decode, checks + LUT, resample, encode, hash) as the pipeline runs them now and as it ran them before issue 16
+(intensity steps on every pixel, Lanczos from the film per resolution, 16-bit PNG), and the max abs difference of the
+stored pixels between the two resampling paths.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -31,12 +40,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+import cxrgen.imaging.decode as decode_module
 from cxrgen.imaging.decode import decode_image
-from cxrgen.imaging.geometry import preprocess
+from cxrgen.imaging.geometry import _placement, preprocess, to_uint16
 from cxrgen.privacy import DEMO_SALT
 from cxrgen.stages.build_demo_sources import build_demo_sources
 from cxrgen.stages.index_source import build_manifest
 from cxrgen.stages.ingest_shard import decode_shard
+from cxrgen.store import encode_blob
 
 SOURCES = ("mimic", "padchest", "nih")
 # Full-scale resampling targets: config.yaml sources.*.target_spacing_mm divided by demo.downscale (6).
@@ -82,19 +93,23 @@ def warm_cache(paths: list[Path]) -> int:
 
 
 def run_pipeline(roots: dict[str, Path], store_root: Path, size_scale: float, index_seconds: list[float]) -> int:
-    """Appends the wall time of the metadata indexing (a fixed cost per source, amortised on real datasets)."""
+    """Appends the (wall, CPU) time of the metadata indexing (a fixed cost per source, amortised on real datasets). The
+    index parts go to ``<store_root>_index/`` (``bench_codecs.py`` reads the store through them)."""
     shutil.rmtree(store_root, ignore_errors=True)
+    index_dir = store_root.with_name(store_root.name + "_index")  # <workdir>/store_index
+    index_dir.mkdir(parents=True, exist_ok=True)
     ingested = 0
-    indexing = 0.0
+    indexing = np.zeros(2)  # wall, CPU
     for source, root in roots.items():
-        started = time.perf_counter()
+        started = np.array([time.perf_counter(), time.process_time()])
         manifest = build_manifest(source, root, n_shards=1, salt=DEMO_SALT.encode())
-        indexing += time.perf_counter() - started
+        indexing += np.array([time.perf_counter(), time.process_time()]) - started
         target = TARGET_SPACING_FULL_MM[source]
         index, _, _ = decode_shard(manifest, source=source, source_root=root, shard=0, store_root=store_root,
                                    resolutions=RESOLUTIONS, geometry="pad", intensity="voi",
                                    target_spacing_mm=None if target is None else target / size_scale,
                                    progress=False)
+        index.to_parquet(index_dir / f"{source}.parquet", index=False)
         ingested += len(index)
     index_seconds.append(indexing)
     return ingested
@@ -145,6 +160,24 @@ def run_baseline(files: list[tuple[Path, str]], out_dir: Path) -> int:
     return done
 
 
+def decode_only(path: Path, file_format: str, fastest: bool = False) -> np.ndarray:
+    """pydicom ``pixel_array`` with pydicom's own plugin choice (or, ``fastest``, the pipeline's preferred plugin:
+    ``cxrgen.imaging.decode.PREFERRED_PLUGIN``), or Pillow load; nothing else."""
+    if file_format == "dicom":
+        import pydicom
+
+        ds = pydicom.dcmread(path)
+        return decode_module._pixel_array(ds, ds.file_meta.TransferSyntaxUID) if fastest else ds.pixel_array
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+def run_decode(files: list[tuple[Path, str]], fastest: bool = False) -> int:
+    for path, file_format in files:
+        decode_only(path, file_format, fastest)
+    return len(files)
+
+
 def run_limit(files: list[tuple[Path, str]], spacing_targets: list[float | None]) -> int:
     done = 0
     for (path, file_format), target in zip(files, spacing_targets, strict=True):
@@ -152,6 +185,106 @@ def run_limit(files: list[tuple[Path, str]], spacing_targets: list[float | None]
         preprocess(decoded, target_spacing_mm=target, policy="pad", resolutions=RESOLUTIONS)
         done += 1
     return done
+
+
+# --------------------------------------------------------------------------------------------------- budget
+
+
+def _cpu(fn, *args, **kwargs):
+    started = time.process_time()
+    out = fn(*args, **kwargs)
+    return out, time.process_time() - started
+
+
+def _content_hash(content: np.ndarray) -> str:
+    return hashlib.sha256(content.tobytes() + str(content.shape).encode()).hexdigest()
+
+
+def _encode_all(images: dict[int, np.ndarray], codec: str) -> list[bytes]:
+    return [encode_blob(image, codec) for image in images.values()]
+
+
+def _hash_all(decoded, blobs: list[bytes]) -> list[str]:
+    """As ingest_shard: the content hash of the decoded film + the blob hashes."""
+    content = np.round(decoded.pixels * 65535).astype(np.uint16)
+    return [_content_hash(content)] + [hashlib.sha256(blob).hexdigest() for blob in blobs]
+
+
+def reduce_first(decoded, target: float | None) -> dict[int, np.ndarray]:
+    """The alternative not taken: the largest resolution through Pillow's integer box reduce first (``reducing_gap=1``:
+    the largest integer factor not above the scale) and then Lanczos; the smaller from it as the pipeline does."""
+    out = {}
+    largest = max(RESOLUTIONS)
+    box, top, left, height, width = _placement(decoded, target_spacing_mm=target, policy="pad", canvas_mm=None,
+                                               size=largest)
+    if height >= box[3] - box[1]:  # not a reduction: the pipeline's own path (bicubic up, or no resampling)
+        return preprocess(decoded, target_spacing_mm=target, policy="pad", resolutions=RESOLUTIONS)
+    content = np.asarray(Image.fromarray(decoded.pixels).resize((width, height), Image.Resampling.LANCZOS, box=box,
+                                                                reducing_gap=1.0), dtype=np.float32)
+    for size in sorted(RESOLUTIONS, reverse=True):
+        _, top, left, h, w = _placement(decoded, target_spacing_mm=target, policy="pad", canvas_mm=None, size=size)
+        part = content if size == largest else np.asarray(Image.fromarray(content).resize(
+            (w, h), Image.Resampling.LANCZOS), dtype=np.float32)
+        square = np.zeros((size, size), np.float32)
+        square[top : top + h, left : left + w] = part
+        out[size] = to_uint16(square)
+    return out
+
+
+def budget(files: list[tuple[Path, str]], spacing_targets: list[float | None]) -> tuple[dict, dict, dict]:
+    """CPU seconds per image of each step, now and before issue 16, and the pixel differences of the resampling.
+    The hash step: sha256 of the blobs and of the decoded content."""
+    now = dict.fromkeys(("decode", "checks + LUT", "resample", "encode", "hash"), 0.0)
+    before = dict(now)
+    diff = {res: [0, 0.0] for res in RESOLUTIONS}  # max abs, sum of mean abs (levels of 65535)
+    alt = {res: [0, 0.0] for res in RESOLUTIONS}
+    alt_seconds = 0.0
+    preferred = decode_module.PREFERRED_PLUGIN
+    for (path, file_format), target in zip(files, spacing_targets, strict=True):
+        _, seconds = _cpu(decode_only, path, file_format, True)
+        now["decode"] += seconds
+        _, seconds = _cpu(decode_only, path, file_format, False)
+        before["decode"] += seconds
+        decoded, seconds = _cpu(decode_image, path, file_format=file_format)
+        now["checks + LUT"] += seconds  # decode + checks + LUT; the decode is subtracted at the end
+        decode_module.PREFERRED_PLUGIN = ""  # before issue 16: pydicom's own plugin choice
+        try:
+            old, seconds_old = _cpu(decode_image, path, file_format=file_format, lookup=False)
+        finally:
+            decode_module.PREFERRED_PLUGIN = preferred
+        before["checks + LUT"] += seconds_old
+        if not np.array_equal(old.pixels, decoded.pixels):
+            raise AssertionError(f"{path.name}: lookup decoding differs from per-pixel decoding")
+        kwargs = dict(target_spacing_mm=target, policy="pad", resolutions=RESOLUTIONS)
+        images, seconds = _cpu(preprocess, decoded, **kwargs)
+        now["resample"] += seconds
+        reference, seconds = _cpu(preprocess, decoded, chain=False, **kwargs)
+        before["resample"] += seconds
+        for res in RESOLUTIONS:
+            delta = np.abs(images[res].astype(np.int64) - reference[res].astype(np.int64))
+            diff[res][0] = max(diff[res][0], int(delta.max()))
+            diff[res][1] += float(delta.mean())
+        fast, seconds = _cpu(reduce_first, decoded, target)
+        alt_seconds += seconds
+        for res in RESOLUTIONS:
+            delta = np.abs(fast[res].astype(np.int64) - reference[res].astype(np.int64))
+            alt[res][0] = max(alt[res][0], int(delta.max()))
+            alt[res][1] += float(delta.mean())
+        blobs, seconds = _cpu(_encode_all, images, "cxrz")
+        now["encode"] += seconds
+        png_blobs, seconds = _cpu(_encode_all, reference, "png")
+        before["encode"] += seconds
+        _, seconds = _cpu(_hash_all, decoded, blobs)
+        now["hash"] += seconds
+        _, seconds = _cpu(_hash_all, old, png_blobs)
+        before["hash"] += seconds
+    for table in (now, before):
+        table["checks + LUT"] -= table["decode"]  # decode_image = decode + checks + LUT
+    n = len(files)
+    before["resample, integer reduce first (not used)"] = alt_seconds
+    return ({k: v / n for k, v in now.items()}, {k: v / n for k, v in before.items()},
+            {res: (mx, total / n) for res, (mx, total) in diff.items()},
+            {res: (mx, total / n) for res, (mx, total) in alt.items()})
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -174,6 +307,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternating rounds; the fastest round counts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None, help="keeps the corpus between runs (default: temp)")
+    parser.add_argument("--skip-budget", action="store_true", help="no per-image budget pass")
     args = parser.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cxrgen-bench-ingest-"))
@@ -192,37 +326,63 @@ def main() -> None:
     print(f"\n{len(files)} files, {source_bytes / len(files) / 1e6:.2f} MB per file on average "
           f"({pd.Series(formats).value_counts().to_dict()}); cpus={os.cpu_count()}, load={os.getloadavg()[0]:.1f}")
 
-    best: dict[str, tuple[int, float, float]] = {}
+    best_wall: dict[str, tuple[int, float]] = {}
+    best_cpu: dict[str, tuple[int, float]] = {}
     index_seconds: list[float] = []
     for round_ in range(args.repeats):
         for name, fn, fn_args in (
                 ("pipeline", run_pipeline, (roots, workdir / "store", args.size_scale, index_seconds)),
                 ("baseline", run_baseline, (files, workdir / "machex_jpeg")),
+                ("decode", run_decode, (files,)),
+                ("decode*", run_decode, (files, True)),
                 ("limit", run_limit, (files, targets))):
             count, wall, cpu = _timed(fn, *fn_args)
-            print(f"round {round_ + 1} {name:9s} {count:5d} images  wall {wall:7.1f} s  cpu {cpu:7.1f} s")
-            if name not in best or wall < best[name][1]:
-                best[name] = (count, wall, cpu)
+            print(f"round {round_ + 1} {name:9s} {count:5d} images  wall {wall:7.1f} s  cpu {cpu:7.1f} s  "
+                  f"load {os.getloadavg()[0]:.1f}")
+            if name not in best_wall or wall < best_wall[name][1]:
+                best_wall[name] = (count, wall)
+            if name not in best_cpu or cpu < best_cpu[name][1]:
+                best_cpu[name] = (count, cpu)
 
     print("\nmethod      images   img/s (wall)  img/s (cpu)")
     rate = {}
-    for name, (count, wall, cpu) in best.items():
-        rate[name] = (count / wall, count / cpu)
-        print(f"{name:10s} {count:7d} {rate[name][0]:13.2f} {rate[name][1]:12.2f}")
-    count, wall, _ = best["pipeline"]
-    indexing = min(index_seconds)
-    print(f"pipeline without the metadata indexing ({indexing:.1f} s, fixed per source): "
-          f"{count / (wall - indexing):.2f} img/s (wall)")
-    for a, b in (("pipeline", "baseline"), ("pipeline", "limit")):
+    for name in best_wall:
+        rate[name] = (best_wall[name][0] / best_wall[name][1], best_cpu[name][0] / best_cpu[name][1])
+        print(f"{name:10s} {best_wall[name][0]:7d} {rate[name][0]:13.2f} {rate[name][1]:12.2f}")
+    count, wall = best_wall["pipeline"]
+    index_wall, index_cpu = min(w for w, _ in index_seconds), min(c for _, c in index_seconds)
+    rate["pipeline w/o index"] = (count / (wall - index_wall), count / (best_cpu["pipeline"][1] - index_cpu))
+    print(f"pipeline without the metadata indexing ({index_wall:.2f} s wall, {index_cpu:.2f} s CPU, fixed per "
+          f"source): {rate['pipeline w/o index'][0]:.2f} img/s (wall), {rate['pipeline w/o index'][1]:.2f} (cpu)")
+    for a, b in (("pipeline", "baseline"), ("pipeline", "decode"), ("pipeline", "decode*"), ("pipeline", "limit"),
+                 ("pipeline w/o index", "baseline"), ("pipeline w/o index", "decode"),
+                 ("pipeline w/o index", "decode*"), ("decode*", "decode"), ("decode", "baseline")):
         print(f"ratio {a}/{b}: {rate[a][0] / rate[b][0]:.2f} (wall), {rate[a][1] / rate[b][1]:.2f} (cpu)")
 
-    n_pipe, n_base = best["pipeline"][0], best["baseline"][0]
+    n_pipe, n_base = best_wall["pipeline"][0], best_wall["baseline"][0]
     print("\nbytes on disk per image")
     for res in RESOLUTIONS:
-        print(f"  pipeline {res}px 16-bit PNG shards : {_bytes_under(workdir / 'store' / f'{res}px', '.bin') / n_pipe:12.0f}")
+        print(f"  pipeline {res}px 16-bit CXRZ shards: {_bytes_under(workdir / 'store' / f'{res}px', '.bin') / n_pipe:12.0f}")
     print(f"  pipeline all resolutions           : {_bytes_under(workdir / 'store', '.bin') / n_pipe:12.0f}")
     print(f"  baseline 1024px RGB JPEG q95       : {_bytes_under(workdir / 'machex_jpeg', '.jpg') / n_base:12.0f}")
     print(f"  source files                       : {source_bytes / len(files):12.0f}")
+
+    if not args.skip_budget:
+        now, before, diff, alt = budget(files, targets)
+        alternative = before.pop("resample, integer reduce first (not used)")
+        pipeline_cpu = best_cpu["pipeline"][1] / best_cpu["pipeline"][0]
+        print(f"\nper-image budget (CPU ms per image, {len(files)} images, load {os.getloadavg()[0]:.1f})")
+        print("step              now   before")
+        for step in now:
+            print(f"{step:14s} {now[step] * 1e3:7.1f} {before[step] * 1e3:8.1f}")
+        print(f"{'sum':14s} {sum(now.values()) * 1e3:7.1f} {sum(before.values()) * 1e3:8.1f}")
+        print(f"pipeline (a), measured: {pipeline_cpu * 1e3:.1f} ms per image; not in the steps (index rows, "
+              f"manifest, writes): {(pipeline_cpu - sum(now.values())) * 1e3:.1f} ms")
+        print("stored pixels, now vs before (levels of 65535): "
+              + ", ".join(f"{res}px max abs {mx}, mean abs {mean:.2f}" for res, (mx, mean) in diff.items()))
+        print(f"not used: integer box reduce first (Pillow reducing_gap=1) + Lanczos: {alternative * 1e3:.1f} ms per "
+              "image; vs before: "
+              + ", ".join(f"{res}px max abs {mx}, mean abs {mean:.2f}" for res, (mx, mean) in alt.items()))
     print(f"\nworkdir: {workdir}")
 
 

@@ -123,3 +123,32 @@ def test_empty_store(tmp_path):
     assert SECRET_PATH not in paths["html_path"].read_text()
     with Image.open(paths["grid_path"]) as grid:
         assert grid.height == GRID_ROW_PX
+
+
+def test_storage_section_names_blob_formats_and_the_resampling_check(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = []
+    for source, codec in (("alpha", "png"), ("gamma", "cxrz")):  # a store ingested before issue 16 next to a new one
+        writers = {res: ShardWriter(shard_path(tmp_path, res, source, 0), codec=codec) for res in (32, 64)}
+        for i in range(3):
+            row = {"image_id": f"{source}-{i}", "source": source, "shard": 0, "split": "train",
+                   "patient_pid": f"{source}-p{i}",
+                   "resample_check_max_abs": 17.0 if (source, i) == ("gamma", 0) else np.nan}
+            for res, writer in writers.items():
+                row[f"offset_{res}"], row[f"nbytes_{res}"], row[f"sha256_{res}"] = writer.append(
+                    rng.integers(0, 65535, (res, res), dtype=np.uint16))
+            rows.append(row)
+        for writer in writers.values():
+            writer.close()
+    index = pd.DataFrame(rows)
+    rejections = pd.DataFrame(columns=["image_id", "source", "rel_path", "shard", "reason", "detail"])
+    summary = summarise(index, rejections, pd.DataFrame(columns=["image_id"]))
+    paths = {"html_path": tmp_path / "r.html", "grid_path": tmp_path / "g.png", "markdown_path": tmp_path / "r.md"}
+    write_data_report(index, rejections, summary, tmp_path, 64, **paths)
+    markdown = paths["markdown_path"].read_text()
+    assert "| 32 px | cxrz-1: 3, png: 3 |" in markdown and "| 64 px | cxrz-1: 3, png: 3 |" in markdown
+    assert "(1 images): max abs difference 17 of 65535 levels" in markdown
+
+    before = index.drop(columns="resample_check_max_abs")
+    write_data_report(before, rejections, summary, tmp_path, 64, **paths)
+    assert "no chained-resampling check in the index" in paths["markdown_path"].read_text()

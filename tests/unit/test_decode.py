@@ -402,3 +402,89 @@ def test_truncated_raster_is_unreadable(synthetic_radiograph, tmp_path):
 def test_constant_png_is_degenerate(tmp_path):
     Image.fromarray(np.full((64, 64), 90, dtype=np.uint8)).save(tmp_path / "c.png")
     assert _reject_reason(tmp_path / "c.png") == RejectReason.DEGENERATE_IMAGE
+
+
+# ------------------------------------------------------------------------------------------ lookup tables (issue 16)
+
+
+def _same_decoding(path, **kwargs) -> DecodedImage:
+    fast, slow = decode_image(path, **kwargs), decode_image(path, lookup=False, **kwargs)
+    assert fast.pixels.dtype == slow.pixels.dtype == np.float32
+    np.testing.assert_array_equal(fast.pixels, slow.pixels)  # bit-identical, not just close
+    assert fast.meta == slow.meta
+    return fast
+
+
+@pytest.mark.parametrize(("case", "bits", "photometric", "signed", "intensity"),
+                         list(itertools.product(INTENSITY_CASES, (8, 12, 16), ("MONOCHROME1", "MONOCHROME2"),
+                                                (False, True), ("voi", "bit_depth", "minmax"))))
+def test_lookup_table_decoding_is_bit_identical(synthetic_radiograph, make_dicom, case, bits, photometric, signed,
+                                                intensity):
+    kwargs = dict(INTENSITY_CASES[case])
+    if kwargs.get("window") == "mid":
+        kwargs["window"] = _mid_window(bits, signed, kwargs.get("rescale_slope", 1.0),
+                                       kwargs.get("rescale_intercept", 0.0))
+    path = make_dicom(pixels=synthetic_radiograph(), bits_stored=bits, photometric=photometric, signed=signed,
+                      **kwargs)
+    _same_decoding(path, intensity=intensity)
+
+
+@pytest.mark.parametrize("intensity", ["voi", "bit_depth", "minmax"])
+def test_lookup_table_with_non_monotone_luts(synthetic_radiograph, make_dicom, intensity):
+    """A scrambled modality LUT (not monotone: the table check must look at the codes the image really uses), a
+    sigmoid window, and a window that misses the data (fallback decided on the pixels, not the table)."""
+    img = synthetic_radiograph()
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.LUTData = ((np.arange(4096) * 1237) % 4096).astype("<u2").tobytes()
+    item["LUTData"].VR = "OW"
+    item.ModalityLUTType = "US"
+    scrambled = make_dicom(pixels=img, bits_stored=12, extra={
+        "ModalityLUTSequence": pydicom.Sequence([item]), "RescaleSlope": None, "RescaleIntercept": None,
+        "RescaleType": None})
+    sigmoid = make_dicom(pixels=img, bits_stored=12, window=(2048.0, 1200.0), extra={"VOILUTFunction": "SIGMOID"})
+    missing = make_dicom(pixels=img, bits_stored=12, extra={"WindowCenter": "60000", "WindowWidth": "10"})
+    for path in (scrambled, sigmoid, missing):
+        _same_decoding(path, intensity=intensity)
+    assert _same_decoding(missing).meta["intensity_mode_used"] == "bit_depth"
+
+
+def test_lookup_table_on_real_radiographs(pydicom_data_dir):
+    for enc in ("UNCR", "J2KR"):
+        _same_decoding(pydicom_data_dir / f"RG1_{enc}.dcm")
+
+
+@pytest.mark.parametrize(("mode", "bits_hint"), [("I;16", 12.0), ("I;16", None), ("L", None), ("LA", None)])
+def test_lookup_table_on_rasters(synthetic_radiograph, tmp_path, mode, bits_hint):
+    img = synthetic_radiograph()
+    if mode == "I;16":
+        top = 4095 if bits_hint else 65535
+        pil = Image.fromarray(np.rint(img * top).astype(np.uint16))
+    else:
+        pil = Image.fromarray(np.rint(img * 255).astype(np.uint8)).convert(mode)
+    pil.save(tmp_path / "film.png")
+    _same_decoding(tmp_path / "film.png", bits_stored_hint=bits_hint)
+    Image.fromarray(np.full((64, 64), 7, np.uint16)).save(tmp_path / "flat.png")
+    with pytest.raises(RejectedImage) as info:
+        decode_image(tmp_path / "flat.png")
+    assert info.value.reason == RejectReason.DEGENERATE_IMAGE
+
+
+@pytest.mark.parametrize("transfer_syntax", ["jpeg2000_lossless", "rle", "jpeg_lossless"])
+def test_preferred_decoder_plugin_gives_the_same_pixels(synthetic_radiograph, make_dicom, monkeypatch,
+                                                        transfer_syntax):
+    import cxrgen.imaging.decode as decode
+
+    path = make_dicom(pixels=synthetic_radiograph(), bits_stored=12, transfer_syntax=transfer_syntax)
+    preferred = decode_image(path)
+    monkeypatch.setattr(decode, "PREFERRED_PLUGIN", "")  # pydicom's own choice
+    np.testing.assert_array_equal(decode_image(path).pixels, preferred.pixels)
+    monkeypatch.setattr(decode, "PREFERRED_PLUGIN", "pylibjpeg")
+
+    def broken(self, *args, **kwargs):  # the preferred plugin fails on this file: the others still decode it
+        if kwargs.get("decoding_plugin") == "pylibjpeg":
+            raise RuntimeError("plugin crashed")
+        return original(self, *args, **kwargs)
+    original = pydicom.Dataset.pixel_array_options
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array_options", broken)
+    np.testing.assert_array_equal(decode_image(path).pixels, preferred.pixels)

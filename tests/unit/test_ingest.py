@@ -62,6 +62,38 @@ def test_ingest_shard_routes_every_file(tmp_path):
     # pad policy: the 96x80 film keeps its aspect ratio, so the left/right margins are zero padding
     assert a64[:, 0].max() == 0 and a64[:, 32].max() > 0
     assert "Canary" not in index.to_csv()
+    # the first image of the shard carries the check of the chained resampling (64 -> 32 px), the others NaN
+    check = index["resample_check_max_abs"]
+    assert check.notna().sum() == 1 and 0 <= check.iloc[0] <= 0.01 * 65535
+
+
+def test_a_crashing_step_rejects_the_file_not_the_shard(tmp_path, monkeypatch):
+    """An unexpected error in any step after decoding (a bug, not a bad file) is one UNREADABLE row."""
+    import cxrgen.imaging.geometry as geometry
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        write_dicom(src / f"{i}.dcm", np.random.default_rng(i).random((64, 64)).astype(np.float32), uid_seed=i)
+    real = geometry.preprocess
+
+    def flaky(decoded, **kwargs):
+        if decoded.pixels.shape == (64, 64) and decoded.pixels[0, 0] == flaky.poison:
+            raise ZeroDivisionError("bug")
+        return real(decoded, **kwargs)
+    from cxrgen.imaging.decode import decode_image
+    flaky.poison = decode_image(src / "1.dcm").pixels[0, 0]
+    monkeypatch.setattr(geometry, "preprocess", flaky)
+    manifest = _manifest([{"image_id": f"mimic-{i}", "rel_path": f"{i}.dcm"} for i in range(3)])
+    index, rejections, stats = decode_shard(manifest, source="mimic", source_root=src, shard=0,
+                                            store_root=tmp_path / "store", resolutions=[16, 32], geometry="pad",
+                                            intensity="voi", target_spacing_mm=None, progress=False)
+    assert list(index["image_id"]) == ["mimic-0", "mimic-2"]
+    assert rejections[["image_id", "reason"]].values.tolist() == [["mimic-1", "unreadable"]]
+    assert "ZeroDivisionError" in rejections["detail"].iloc[0]
+    assert stats["files"] == 3 == stats["ingested"] + stats["rejected"]
+    store = ShardStore(tmp_path / "store", index, verify=True)
+    assert store.read_id("mimic-2", 32).shape == (32, 32)
 
 
 def test_shard_assignment_is_stable_and_balanced():
@@ -87,4 +119,28 @@ def test_ingest_is_deterministic(tmp_path):
                                    store_root=tmp_path / run, resolutions=[32], geometry="crop", intensity="voi",
                                    target_spacing_mm=0.5, canvas_mm=40.0, progress=False)
         outputs.append((index.to_json(), (tmp_path / run / "32px/mimic/shard-0000.bin").read_bytes()))
+    assert outputs[0] == outputs[1]
+
+
+def test_worker_processes_write_the_same_bytes(tmp_path):
+    """decode_shard(workers=2) (the job's threads): the same index, rejections and shard bytes as one process."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(5):
+        write_dicom(src / f"{i}.dcm", rng.random((90, 70)).astype(np.float32), bits_stored=12,
+                    pixel_spacing=(0.4, 0.4), uid_seed=i)
+        rows.append({"image_id": f"mimic-{i}", "rel_path": f"{i}.dcm"})
+    (src / "2.dcm").write_bytes(b"garbage")
+    outputs = []
+    for workers in (1, 2):
+        root = tmp_path / f"w{workers}"
+        index, rejections, stats = decode_shard(_manifest(rows), source="mimic", source_root=src, shard=0,
+                                                store_root=root, resolutions=[16, 48], geometry="crop",
+                                                intensity="voi", target_spacing_mm=0.5, progress=False,
+                                                workers=workers)
+        assert stats["workers"] == workers and list(rejections["image_id"]) == ["mimic-2"]
+        outputs.append((index.to_json(), rejections.to_json(),
+                        [(root / f"{res}px/mimic/shard-0000.bin").read_bytes() for res in (16, 48)]))
     assert outputs[0] == outputs[1]

@@ -37,6 +37,6 @@ rule ingest_shard:
         target_spacing_mm=target_spacing_param,
     log:
         "results/logs/ingest_shard/{source}-{shard}.log",
-    threads: 1
+    threads: 1  # >1 (profile `set-threads`) decodes in that many processes, same bytes
     script:
         "../scripts/ingest/ingest_shard.py"

@@ -3,10 +3,14 @@
 Resizing uses Pillow on mode "F" (float32) images. Pillow widens the filter support by the scale factor when
 reducing, so every downsampling is anti-aliased. Measured on 1 core, 2500x2500 -> {1024, 256}: Lanczos 0.14 s,
 bicubic 0.10 s, box 0.06 s; torch ``interpolate(antialias=True)`` is faster (0.04 s) but costs a multi-second torch
-import in every preprocessing worker, so Pillow Lanczos is used.
+import in every preprocessing worker, so Pillow Lanczos is used. Since issue 16 :func:`preprocess` resamples only the
+largest resolution from the film and the smaller ones from it (``chain``; benchmarks/README.md has the time saved and
+the pixel difference).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from PIL import Image
@@ -77,13 +81,11 @@ def to_uint16(img: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(img, 0.0, 1.0) * 65535.0).astype(np.uint16)
 
 
-def fixed_canvas(img: np.ndarray, spacing_mm: tuple[float, float], canvas_mm: float, size: int) -> np.ndarray:
-    """Centre a square field of view of ``canvas_mm`` on the film and sample it at ``size`` pixels: every output pixel
-    is exactly ``canvas_mm / size`` mm whatever the film's spacing and size (the film is cropped where it is larger
-    than the canvas and zero-padded where it is smaller)."""
-    h, w = img.shape
+def _canvas_placement(shape: tuple[int, int], spacing_mm: tuple[float, float], canvas_mm: float, size: int
+                      ) -> tuple[tuple[float, float, float, float], int, int, int, int]:
+    """Source box (left, top, right, bottom) and its place (top, left, height, width) on the ``size`` canvas."""
+    h, w = shape
     out_mm = canvas_mm / size
-    out = np.zeros((size, size), dtype=np.float32)
     region = []
     for extent, pitch in ((h, spacing_mm[0]), (w, spacing_mm[1])):
         start = extent / 2 - canvas_mm / 2 / pitch  # canvas edge in source pixels (may be negative)
@@ -92,43 +94,109 @@ def fixed_canvas(img: np.ndarray, spacing_mm: tuple[float, float], canvas_mm: fl
         out_len = max(1, min(size - out_lo, round((hi - lo) * pitch / out_mm)))
         region.append((lo, hi, out_lo, out_len))
     (top, bottom, out_top, out_h), (left, right, out_left, out_w) = region
-    out[out_top : out_top + out_h, out_left : out_left + out_w] = _resize(img, out_h, out_w,
-                                                                          box=(left, top, right, bottom))
+    return (left, top, right, bottom), out_top, out_left, out_h, out_w
+
+
+def fixed_canvas(img: np.ndarray, spacing_mm: tuple[float, float], canvas_mm: float, size: int) -> np.ndarray:
+    """Centre a square field of view of ``canvas_mm`` on the film and sample it at ``size`` pixels: every output pixel
+    is exactly ``canvas_mm / size`` mm whatever the film's spacing and size (the film is cropped where it is larger
+    than the canvas and zero-padded where it is smaller)."""
+    box, top, left, height, width = _canvas_placement(img.shape, spacing_mm, canvas_mm, size)
+    out = np.zeros((size, size), dtype=np.float32)
+    out[top : top + height, left : left + width] = _resize(img, height, width, box=box)
     return out
 
 
-def preprocess(decoded: DecodedImage, *, target_spacing_mm: float | None, policy: str,
-               resolutions: list[int], canvas_mm: float | None = None) -> dict[int, np.ndarray]:
-    """Spacing resampling -> square (pad/crop) -> resize, as uint16 (0..65535) arrays keyed by resolution.
+#: a smaller output is resampled from a larger one (instead of from the film) when the larger one has at least this
+#: many pixels per output pixel on both axes and is itself a reduction of the film (issue 16: one Lanczos pass over
+#: the full film instead of one per resolution; max abs error vs the per-resolution pass in benchmarks/README.md)
+CHAIN_MIN_FACTOR = 2
 
-    Equivalent to ``resize_square(to_square(resample_to_spacing(...)))`` but with a single interpolation per
-    resolution straight from the decoded pixels (faster and sharper). Note that isotropic resampling does not change
-    the square output; it matters only for anisotropic spacing. With ``canvas_mm`` (and a known spacing) the output
-    is a fixed physical field of view instead (:func:`fixed_canvas`), which makes pixel size identical across films;
-    films without spacing fall back to ``policy``."""
-    _check_policy(policy)
+
+def _placement(decoded: DecodedImage, *, target_spacing_mm: float | None, policy: str, canvas_mm: float | None,
+               size: int) -> tuple[tuple[float, float, float, float], int, int, int, int]:
+    """Source box (left, top, right, bottom) in film pixels and where its resampled content goes on the ``size``
+    square: (top, left, height, width). The rest of the square is black."""
     img = decoded.pixels
     if canvas_mm is not None and decoded.spacing_mm is not None:
-        return {size: to_uint16(fixed_canvas(img, decoded.spacing_mm, canvas_mm, size)) for size in resolutions}
+        return _canvas_placement(img.shape, decoded.spacing_mm, canvas_mm, size)
     h, w = img.shape
     if decoded.spacing_mm is not None and target_spacing_mm is not None:
         rh, rw = _resampled_shape(img.shape, decoded.spacing_mm, target_spacing_mm)
     else:
         rh, rw = h, w
     sy, sx = h / rh, w / rw  # source pixels per resampled pixel
+    if policy == "crop":
+        side = min(rh, rw)
+        top, left = (rh - side) // 2, (rw - side) // 2
+        return (left * sx, top * sy, (left + side) * sx, (top + side) * sy), 0, 0, size, size
+    side = max(rh, rw)
+    # content keeps its aspect ratio: scale the resampled extent by size / side
+    ch, cw = max(1, round(rh * size / side)), max(1, round(rw * size / side))
+    return (0.0, 0.0, float(w), float(h)), (size - ch) // 2, (size - cw) // 2, ch, cw
+
+
+def _with_margin(img: np.ndarray, box: tuple[float, float, float, float], height: int, width: int, margin: int
+                 ) -> tuple[np.ndarray, tuple[int, int]]:
+    """``box`` resampled to (height, width) plus up to ``margin`` output pixels of the film around it on each side
+    (fewer where the film ends); returns (array, (top, left) of the box's content in it). The content is the plain
+    resampling of ``box`` (the output pixel centres are the same); the margin lets a smaller output resampled from
+    it see past the box edge as a resampling from the film would."""
+    left, top, right, bottom = box
+    sy, sx = (bottom - top) / height, (right - left) / width
+    h, w = img.shape
+    mt, mb = min(margin, int(top / sy + 1e-9)), min(margin, int((h - bottom) / sy + 1e-9))
+    ml, mr = min(margin, int(left / sx + 1e-9)), min(margin, int((w - right) / sx + 1e-9))
+    if mt == mb == ml == mr == 0:
+        full = box == (0.0, 0.0, float(w), float(h))
+        return _resize(img, height, width, None if full else box), (0, 0)
+    wide = (left - ml * sx, top - mt * sy, right + mr * sx, bottom + mb * sy)
+    return _resize(img, height + mt + mb, width + ml + mr, box=wide), (mt, ml)
+
+
+def preprocess(decoded: DecodedImage, *, target_spacing_mm: float | None, policy: str,
+               resolutions: list[int], canvas_mm: float | None = None, chain: bool = True) -> dict[int, np.ndarray]:
+    """Spacing resampling -> square (pad/crop) -> resize, as uint16 (0..65535) arrays keyed by resolution.
+
+    Equivalent to ``resize_square(to_square(resample_to_spacing(...)))`` but with a single interpolation per
+    resolution (faster and sharper). Note that isotropic resampling does not change the square output; it matters
+    only for anisotropic spacing. With ``canvas_mm`` (and a known spacing) the output is a fixed physical field of
+    view instead (:func:`fixed_canvas`), which makes pixel size identical across films; films without spacing fall
+    back to ``policy``.
+
+    With ``chain`` (issue 16) the largest resolution is resampled from the film and each smaller one from it when it
+    has at least :data:`CHAIN_MIN_FACTOR` times the pixels on both axes and is itself a reduction of the film: the
+    same film region (with a margin of film around it, so edges see what a resampling from the film sees), one
+    Lanczos pass over the full film instead of one per resolution. ``chain=False`` resamples every resolution from
+    the film (the behaviour before issue 16)."""
+    _check_policy(policy)
+    img = decoded.pixels
+    smallest = min(resolutions)
+    parents: list[tuple[np.ndarray, tuple, tuple[int, int], tuple[int, int]]] = []  # (array, box, origin, shape)
     out: dict[int, np.ndarray] = {}
-    for size in resolutions:
-        if policy == "crop":
-            side = min(rh, rw)
-            top, left = (rh - side) // 2, (rw - side) // 2
-            box = (left * sx, top * sy, (left + side) * sx, (top + side) * sy)
-            square = _resize(img, size, size, box=box)
+    for size in sorted(set(resolutions), reverse=True):
+        box, top, left, height, width = _placement(decoded, target_spacing_mm=target_spacing_mm, policy=policy,
+                                                   canvas_mm=canvas_mm, size=size)
+        parent = None
+        for candidate in parents if chain else ():  # largest first: keep the smallest that qualifies
+            _, parent_box, _, (ph, pw) = candidate
+            if parent_box == box and ph >= CHAIN_MIN_FACTOR * height and pw >= CHAIN_MIN_FACTOR * width:
+                parent = candidate
+        if parent is not None:
+            array, _, (pt, pl), (ph, pw) = parent
+            content = _resize(array, height, width, box=(pl, pt, pl + pw, pt + ph))
         else:
-            side = max(rh, rw)
-            # content keeps its aspect ratio: scale the resampled extent by size / side
-            ch, cw = max(1, round(rh * size / side)), max(1, round(rw * size / side))
+            box_h, box_w = box[3] - box[1], box[2] - box[0]
+            reduces = height <= box_h and width <= box_w
+            margin = math.ceil(3 * max(height, width) / smallest) + 2 if chain and reduces and size > smallest else 0
+            array, (pt, pl) = _with_margin(img, box, height, width, margin)
+            content = array[pt : pt + height, pl : pl + width]
+            if reduces:
+                parents.append((array, box, (pt, pl), (height, width)))
+        if (height, width) == (size, size):
+            out[size] = to_uint16(content)
+        else:
             square = np.zeros((size, size), dtype=np.float32)
-            top, left = (size - ch) // 2, (size - cw) // 2
-            square[top : top + ch, left : left + cw] = _resize(img, ch, cw)
-        out[size] = to_uint16(square)
-    return out
+            square[top : top + height, left : left + width] = content
+            out[size] = to_uint16(square)
+    return {size: out[size] for size in resolutions}

@@ -1,7 +1,7 @@
 """Stage ``generate``: DDIM sampling of the prompt sets (:mod:`cxrgen.stages.build_prompts`) → AE decoding → SR cascade into a store.
 
-Generated images go into the store format of the unified store (:mod:`cxrgen.store`): 16-bit PNG blobs in shard files
-``<out_root>/<res>px/synthetic/shard-XXXX.bin`` and ``<out_root>/index.parquet`` with one row per image, readable by
+Generated images go into the store format of the unified store (:mod:`cxrgen.store`): lossless 16-bit blobs in shard
+files ``<out_root>/<res>px/synthetic/shard-XXXX.bin`` and ``<out_root>/index.parquet`` with one row per image, readable by
 :class:`cxrgen.train.data.StoreImages` (the prompt is in ``report_findings``; ``split`` = "synthetic").
 """
 

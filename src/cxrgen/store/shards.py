@@ -1,54 +1,49 @@
-"""Shard container: concatenated PNG blobs with offsets kept in the index (see package docstring)."""
+"""Shard container: concatenated image blobs (:mod:`cxrgen.store.codec`) with offsets kept in the index (see package
+docstring)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+
+from cxrgen.store.codec import CODECS, DEFAULT_CODEC, BlobFormatError, decode_blob, encode_blob
 
 
 def shard_path(store_root: Path | str, resolution: int, source: str, shard: int) -> Path:
     return Path(store_root) / f"{resolution}px" / source / f"shard-{shard:04d}.bin"
 
 
-def encode_png16(image: np.ndarray) -> bytes:
-    """Lossless 16-bit grayscale PNG of a uint16 array."""
-    if image.dtype != np.uint16 or image.ndim != 2:
-        raise ValueError(f"expected a 2-D uint16 array, got {image.dtype} {image.shape}")
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=6)
-    return buffer.getvalue()
-
-
-def decode_png16(blob: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(blob)) as img:
-        return np.asarray(img, dtype=np.uint16).copy() if img.mode in ("I;16", "I;16B") else \
-            np.asarray(img).astype(np.uint16)
-
-
 class ShardWriter:
     """Appends blobs to one shard file. Writes to ``<path>.partial`` and renames on close, so a killed job never
-    leaves a truncated shard that looks complete."""
+    leaves a truncated shard that looks complete. ``codec``: :data:`cxrgen.store.codec.CODECS` (``png`` only to
+    write stores that older cxrgen versions read)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, codec: str = DEFAULT_CODEC):
+        if codec not in CODECS:
+            raise ValueError(f"store codec {codec!r}; allowed: {', '.join(CODECS)}")
         self.path = Path(path)
+        self.codec = codec
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._partial = self.path.with_name(self.path.name + ".partial")
         self._file = open(self._partial, "wb")  # noqa: SIM115 (closed in close())
         self._offset = 0
 
     def append(self, image: np.ndarray) -> tuple[int, int, str]:
-        blob = encode_png16(image)
+        """Encode ``image`` (2-D uint16) and append it; returns (offset, nbytes, sha256)."""
+        return self.append_blob(encode_blob(image, self.codec))
+
+    def append_blob(self, blob: bytes, digest: str | None = None) -> tuple[int, int, str]:
+        """Append an encoded blob (:func:`cxrgen.store.codec.encode_blob`; ``digest``: its sha256 when already
+        known); returns (offset, nbytes, sha256)."""
         offset = self._offset
         self._file.write(blob)
         self._offset += len(blob)
-        return offset, len(blob), hashlib.sha256(blob).hexdigest()
+        return offset, len(blob), digest if digest is not None else hashlib.sha256(blob).hexdigest()
 
     def close(self) -> None:
         self._file.flush()
@@ -113,7 +108,12 @@ class ShardStore:
         return blob
 
     def read(self, position: int, resolution: int) -> np.ndarray:
-        return decode_png16(self.read_blob(position, resolution))
+        blob = self.read_blob(position, resolution)
+        try:
+            return decode_blob(blob)
+        except (BlobFormatError, OSError) as exc:
+            image_id = self.index.at[position, "image_id"]
+            raise type(exc)(f"image {image_id} at {resolution}px in {self.root}: {exc}") from exc
 
     def read_id(self, image_id: str, resolution: int) -> np.ndarray:
         return self.read(self._position[image_id], resolution)
@@ -121,6 +121,16 @@ class ShardStore:
     def read_float(self, position: int, resolution: int) -> np.ndarray:
         """float32 in [0, 1]."""
         return self.read(position, resolution).astype(np.float32) / 65535.0
+
+    def read_batch(self, positions, resolution: int) -> np.ndarray:
+        """float32 (N, H, W) in [0, 1] of the images at ``positions`` (all of one size)."""
+        first = self.read(int(positions[0]), resolution)
+        out = np.empty((len(positions), *first.shape), dtype=np.float32)
+        out[0] = first
+        for k in range(1, len(positions)):
+            out[k] = self.read(int(positions[k]), resolution)
+        np.divide(out, np.float32(65535.0), out=out)  # the same values as read_float
+        return out
 
     def close(self) -> None:
         for fd in self._fds.values():
