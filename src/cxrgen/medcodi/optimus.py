@@ -260,18 +260,10 @@ class OptimusVAE(ModelMixin, ConfigMixin):
                 noise: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0) -> dict[str, torch.Tensor]:
         """The VAE loss of a batch as :meth:`cxrgen.medcodi.text_vae.TextVAE.forward` (summed token cross-entropy per
         report, mean over the batch, + β · thresholded KL), with BERT ids in and GPT-2 ids out."""
-        from cxrgen.medcodi.text_vae import gaussian_kl, thresholded_kl
+        from cxrgen.medcodi.text_vae import vae_objective
 
         mean, logvar = self.encode(encoder_ids, encoder_lengths)
-        z = mean + (0.5 * logvar).exp() * noise
-        logits = self.decode_logits(z, ids)
-        token_nll = F.cross_entropy(logits.transpose(1, 2), ids, ignore_index=self.config.pad_id, reduction="none")
-        reconstruction = token_nll.sum(dim=1).mean()
-        kl = gaussian_kl(mean, logvar)
-        loss = reconstruction + beta * thresholded_kl(kl, free_bits).mean() if beta > 0 else reconstruction
-        n_tokens = (ids != self.config.pad_id).sum().clamp(min=1)
-        return {"loss": loss, "reconstruction": reconstruction, "kl": kl.sum(dim=1).mean(),
-                "token_nll": token_nll.sum() / n_tokens}
+        return vae_objective(mean, logvar, noise, self.decode_logits, ids, self.config.pad_id, beta, free_bits)
 
     @torch.no_grad()
     def greedy_decode(self, z: torch.Tensor, max_tokens: int | None = None) -> list[list[int]]:

@@ -156,6 +156,22 @@ def thresholded_kl(kl: torch.Tensor, free_bits: float) -> torch.Tensor:
     return (kl * (kl > free_bits).to(kl.dtype)).sum(dim=1)
 
 
+def vae_objective(mean: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor, decode_logits, ids: torch.Tensor,
+                  pad_id: int, beta: float, free_bits: float) -> dict[str, torch.Tensor]:
+    """The report VAE's loss for either backend: z = μ + σ·``noise``; reconstruction = summed token cross-entropy of
+    ``decode_logits(z, ids)`` per report, mean over the batch (Optimus); ``loss`` = reconstruction + ``beta`` ·
+    thresholded KL (free bits). Also the plain KL and the per-token NLL."""
+    z = mean + (0.5 * logvar).exp() * noise
+    logits = decode_logits(z, ids)
+    token_nll = F.cross_entropy(logits.transpose(1, 2), ids, ignore_index=pad_id, reduction="none")
+    reconstruction = token_nll.sum(dim=1).mean()
+    kl = gaussian_kl(mean, logvar)
+    loss = reconstruction + beta * thresholded_kl(kl, free_bits).mean() if beta > 0 else reconstruction
+    n_tokens = (ids != pad_id).sum().clamp(min=1)
+    return {"loss": loss, "reconstruction": reconstruction, "kl": kl.sum(dim=1).mean(),
+            "token_nll": token_nll.sum() / n_tokens}
+
+
 class TextVAE(ModelMixin, ConfigMixin):
     """GRU encoder → diagonal Gaussian of ``latent_dim`` → autoregressive GRU decoder (see the module docstring)."""
 
@@ -205,15 +221,7 @@ class TextVAE(ModelMixin, ConfigMixin):
         ranks can use the global batch's draws); reconstruction = summed token cross-entropy per report, mean over
         the batch (Optimus); ``loss`` = reconstruction + ``beta`` · thresholded KL. Also returns the plain KL."""
         mean, logvar = self.encode(ids, lengths)
-        z = mean + (0.5 * logvar).exp() * noise
-        logits = self.decode_logits(z, ids)
-        token_nll = F.cross_entropy(logits.transpose(1, 2), ids, ignore_index=self.config.pad_id, reduction="none")
-        reconstruction = token_nll.sum(dim=1).mean()
-        kl = gaussian_kl(mean, logvar)
-        loss = reconstruction + beta * thresholded_kl(kl, free_bits).mean() if beta > 0 else reconstruction
-        n_tokens = (ids != self.config.pad_id).sum().clamp(min=1)
-        return {"loss": loss, "reconstruction": reconstruction, "kl": kl.sum(dim=1).mean(),
-                "token_nll": token_nll.sum() / n_tokens}
+        return vae_objective(mean, logvar, noise, self.decode_logits, ids, self.config.pad_id, beta, free_bits)
 
     @torch.no_grad()
     def greedy_decode(self, z: torch.Tensor, max_tokens: int | None = None) -> list[list[int]]:
