@@ -76,3 +76,29 @@ def test_finished_run_does_nothing_on_rerun(tmp_path):
     assert result.resumed_from == 4 and result.history == []
     for p, q in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_best_on_validation_keeps_the_best_weights_and_survives_in_extra_state():
+    from cxrgen.train.loop import BestOnValidation
+
+    model = torch.nn.Linear(2, 1)
+    extra: dict = {}
+    seen = []
+    tracker = BestOnValidation(model, extra, on_eval=lambda metrics, step: seen.append(step))
+    assert BestOnValidation.due(50, 50, 120) and BestOnValidation.due(120, 50, 120)
+    assert not BestOnValidation.due(60, 50, 120) and not BestOnValidation.due(60, 0, 120)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    tracker.record(50, {"val/auc": 0.7}, 0.7)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    tracker.record(100, {"val/auc": float("nan")}, float("nan"))  # a NaN score never wins
+    tracker.record(120, {"val/auc": 0.6}, 0.6)
+    tracker.log_hook({"loss": 0.5}, 10)
+    assert seen == [50, 100, 120] and [e["step"] for e in extra["evals"]] == [50, 100, 120]
+    # a resumed trainer gets the same dict back: the record continues
+    resumed = BestOnValidation(model, extra)
+    assert resumed.history == [{"step": 10, "loss": 0.5}]
+    assert resumed.restore_best(120) == 50
+    assert torch.all(model.weight == 1.0)
+    assert BestOnValidation(model, None).restore_best(7) == 7  # nothing validated: the last weights stay

@@ -346,7 +346,7 @@ def train_classifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, se
     calls ``on_log``/``on_eval``: its result holds the selected weights; the other ranks' the last ones.
     """
     from cxrgen.train.collectives import global_batch_norm, sum_over_ranks
-    from cxrgen.train.loop import LoopConfig, StepBatchSampler, run_training, seed_everything
+    from cxrgen.train.loop import BestOnValidation, LoopConfig, StepBatchSampler, run_training, seed_everything
 
     mask = finding_mask(task_findings)
     train_set = LabelledImages(train_rows, resolution, label_mask=mask)
@@ -375,10 +375,7 @@ def train_classifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, se
     pos_weight = None
     if cfg["pos_weight"] == "balanced":
         pos_weight = torch.from_numpy(positive_weights(train_set.labels.numpy(), float(cfg["pos_weight_max"])))
-    extra = extra_state if extra_state is not None else {}
-    extra.setdefault("history", [])
-    extra.setdefault("evals", [])
-    extra.setdefault("best", None)
+    tracker = BestOnValidation(model, extra_state, on_log=on_log, on_eval=on_eval)
     evaluator = Evaluator(model, cfg["model"], resolution)
 
     def validate(step: int) -> dict[str, float]:
@@ -392,14 +389,7 @@ def train_classifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, se
         out.update({f"val/auroc/{name}": _nan(v["auroc"]) for name, v in found["per_finding"].items() if mask[
             CHEXPERT_LABELS.index(name)]})
         model.train()
-        score = out["val/auroc_macro"]
-        best = extra["best"]
-        if not math.isnan(score) and (best is None or score > best["score"]):
-            extra["best"] = {"step": step, "score": score,
-                             "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        extra["evals"].append({"step": step, **out})
-        if on_eval:
-            on_eval(out, step)
+        tracker.record(step, out, out["val/auroc_macro"])
         return out
 
     def loader_for(start: int):
@@ -420,29 +410,20 @@ def train_classifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, se
             loss = masked_bce(logits.float(), targets, weight, known_count)
         grad_norm = ctx.backward_step(loss, model, optimizer)
         done = ctx.step + 1
-        if ctx.is_main_process and val_set is not None and ((cfg["eval_every"] and done % int(cfg["eval_every"]) == 0)
-                                                            or done == loop_cfg.max_steps):
+        if ctx.is_main_process and val_set is not None and tracker.due(done, cfg["eval_every"], loop_cfg.max_steps):
             validate(done)
         return {"loss": loss.item(), "grad_norm": grad_norm}
-
-    def log_hook(metrics: dict[str, float], step: int) -> None:
-        extra["history"].append({"step": step, **metrics})
-        if on_log:
-            on_log(metrics, step)
 
     started = time.perf_counter()
     result = run_training(loop_cfg, modules={"classifier": model}, optimizers={"classifier": optimizer},
                           loader_for=loader_for, train_step=train_step, state_dir=Path(state_dir),
-                          on_log=log_hook, extra_state=extra, desc=desc, distributed_ready=True)
+                          on_log=tracker.log_hook, extra_state=tracker.extra, desc=desc, distributed_ready=True)
     seconds = time.perf_counter() - started
-    selected = result.steps_done
-    if cfg["selection"] == "best_val_auroc" and extra["best"] is not None:
-        model.load_state_dict(extra["best"]["state"], strict=True)
-        selected = int(extra["best"]["step"])
+    selected = tracker.restore_best(result.steps_done) if cfg["selection"] == "best_val_auroc" else result.steps_done
     model.cpu().eval()
     return TrainedClassifier(evaluator=evaluator, steps=result.steps_done, resumed_from=result.resumed_from,
                              selected_step=selected, selection=cfg["selection"], n_train=len(train_set),
-                             seconds=seconds, history=list(extra["history"]), evals=list(extra["evals"]),
+                             seconds=seconds, history=tracker.history, evals=tracker.evals,
                              pos_weight=pos_weight.tolist() if pos_weight is not None else None)
 
 

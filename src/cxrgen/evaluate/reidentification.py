@@ -15,7 +15,6 @@ on pairs within the held-out val / test splits (patients the network never saw; 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +240,7 @@ def train_verifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, seed
     ``cfg["eval_pairs"]`` fixed val pairs (AUC); the weights of the best val AUC are returned (else the last)."""
     from cxrgen.evaluate.classifier import augment
     from cxrgen.train.collectives import global_batch_norm
-    from cxrgen.train.loop import run_training, seed_everything
+    from cxrgen.train.loop import BestOnValidation, run_training, seed_everything
     from cxrgen.train.sections import loop_config
 
     train_images = PairImages(train_rows, resolution)
@@ -261,9 +260,7 @@ def train_verifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, seed
         global_batch_norm(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]), betas=tuple(cfg["adam_betas"]),
                                  weight_decay=float(cfg["weight_decay"]))
-    extra = extra_state if extra_state is not None else {}
-    for key, empty in (("history", []), ("evals", []), ("best", None)):
-        extra.setdefault(key, empty)
+    tracker = BestOnValidation(model, extra_state, on_log=on_log, on_eval=on_eval)
 
     def loader_for(start: int):
         local = batch // world.world_size
@@ -277,14 +274,7 @@ def train_verifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, seed
         value = auroc(val_pairs[:, 2], scores)
         value = float("nan") if value is None else value
         model.train()
-        metrics = {"val/auc": value}
-        best = extra["best"]
-        if not math.isnan(value) and (best is None or value > best["score"]):
-            extra["best"] = {"step": step, "score": value,
-                             "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        extra["evals"].append({"step": step, **metrics})
-        if on_eval:
-            on_eval(metrics, step)
+        tracker.record(step, {"val/auc": value}, value)
 
     def train_step(data: dict, ctx) -> dict[str, float]:
         left = augment(data["left"], cfg["augment"], ctx.generator, ctx)
@@ -294,29 +284,20 @@ def train_verifier(train_rows: pd.DataFrame, *, cfg: dict, resolution: int, seed
             loss = F.binary_cross_entropy_with_logits(logits.float(), data["same"].to(ctx.device))
         grad_norm = ctx.backward_step(loss, model, optimizer)
         done = ctx.step + 1
-        if ctx.is_main_process and val_pairs is not None and (
-                (cfg["eval_every"] and done % int(cfg["eval_every"]) == 0) or done == loop.max_steps):
+        if ctx.is_main_process and val_pairs is not None and tracker.due(done, cfg["eval_every"], loop.max_steps):
             validate(done)
         return {"loss": loss.item(), "grad_norm": grad_norm}
 
-    def log_hook(metrics: dict[str, float], step: int) -> None:
-        extra["history"].append({"step": step, **metrics})
-        if on_log:
-            on_log(metrics, step)
-
     started = time.perf_counter()
     result = run_training(loop, modules={"verifier": model}, optimizers={"verifier": optimizer},
-                          loader_for=loader_for, train_step=train_step, state_dir=Path(state_dir), on_log=log_hook,
-                          extra_state=extra, desc="reid", distributed_ready=True)
+                          loader_for=loader_for, train_step=train_step, state_dir=Path(state_dir),
+                          on_log=tracker.log_hook, extra_state=tracker.extra, desc="reid", distributed_ready=True)
     seconds = time.perf_counter() - started
-    selected = result.steps_done
-    if extra["best"] is not None:
-        model.load_state_dict(extra["best"]["state"], strict=True)
-        selected = int(extra["best"]["step"])
+    selected = tracker.restore_best(result.steps_done)
     model.cpu().eval()
     trained = TrainedVerifier(model=model, steps=result.steps_done, resumed_from=result.resumed_from,
-                              selected_step=selected, seconds=seconds, history=list(extra["history"]),
-                              evals=list(extra["evals"]))
+                              selected_step=selected, seconds=seconds, history=tracker.history,
+                              evals=tracker.evals)
     return trained, result
 
 

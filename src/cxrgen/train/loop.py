@@ -36,6 +36,7 @@ same W.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import re
@@ -529,3 +530,53 @@ def clip_and_step(loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.
     loss scaler of ``optimizer`` and the gradient synchronisation over ranks apply (the loop is found through a context
     variable, so trainers written before ``ctx.backward_step`` get both). Outside the loop: a plain fp32 step."""
     return _backward_step(_ACTIVE_LOOP.get(), loss, module, optimizer, grad_clip)
+
+
+class BestOnValidation:
+    """A trainer's training-loss history, validation records and best-scoring weights, kept in the loop's
+    ``extra_state`` dict so that all three survive a resume. The trainer calls :meth:`record` after each validation,
+    passes :meth:`log_hook` to :func:`run_training` as ``on_log``, and :meth:`restore_best` at the end (the published
+    evaluators and verifiers stop early on validation)."""
+
+    def __init__(self, model: nn.Module, extra_state: dict | None = None, on_log=None, on_eval=None):
+        self.model = model
+        self.extra = extra_state if extra_state is not None else {}
+        for key, empty in (("history", []), ("evals", []), ("best", None)):
+            self.extra.setdefault(key, empty)
+        self._on_log, self._on_eval = on_log, on_eval
+
+    @staticmethod
+    def due(done: int, eval_every: int | None, max_steps: int) -> bool:
+        """Validate every ``eval_every`` steps (0/None: never in between) and after the last step."""
+        return bool(eval_every and done % int(eval_every) == 0) or done == max_steps
+
+    def record(self, step: int, metrics: dict[str, float], score: float) -> None:
+        """Keep the validation metrics; the weights are kept when ``score`` (higher = better) beats the best so far."""
+        best = self.extra["best"]
+        if not math.isnan(score) and (best is None or score > best["score"]):
+            self.extra["best"] = {"step": step, "score": score,
+                                  "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
+        self.extra["evals"].append({"step": step, **metrics})
+        if self._on_eval:
+            self._on_eval(metrics, step)
+
+    def log_hook(self, metrics: dict[str, float], step: int) -> None:
+        self.extra["history"].append({"step": step, **metrics})
+        if self._on_log:
+            self._on_log(metrics, step)
+
+    def restore_best(self, steps_done: int) -> int:
+        """Load the best validated weights into the model; returns the step they come from (``steps_done`` when
+        nothing was validated)."""
+        if self.extra["best"] is None:
+            return steps_done
+        self.model.load_state_dict(self.extra["best"]["state"], strict=True)
+        return int(self.extra["best"]["step"])
+
+    @property
+    def history(self) -> list[dict]:
+        return list(self.extra["history"])
+
+    @property
+    def evals(self) -> list[dict]:
+        return list(self.extra["evals"])
