@@ -206,6 +206,8 @@ def eval_targets():
 
 
 REID_ENABLED = config["reid"]["enabled"]
+# the metric harness' per-variant evaluations (results/eval/<variant>/<kind>.json, summary fragments, model cards)
+VARIANT_EVAL_KINDS = ("distribution", "fidelity", "memorisation", *(["reidentification"] if REID_ENABLED else []))
 
 
 def summary_fragments(wildcards=None):
@@ -215,7 +217,7 @@ def summary_fragments(wildcards=None):
         "results/reports/data/data_report.md",
         "results/reports/eval/reconstruction.md",
         *[f"results/reports/eval/{kind}_{v}.md" for v in eval_variants()
-          for kind in ("distribution", "fidelity", "memorisation", *(["reidentification"] if REID_ENABLED else []))],
+          for kind in VARIANT_EVAL_KINDS],
         "results/reports/downstream/downstream.md",
         "results/reports/lnfs/lnfs.md",
         "results/reports/diffcxr/avatls.md",
@@ -334,7 +336,7 @@ def model_card_evaluations(wildcards=None):
     for variant in eval_variants():
         ldm_variant = ldm_variant_of(variant)
         files = {f"{kind} ({variant})": f"results/eval/{variant}/{kind}.json"
-                 for kind in ("distribution", "fidelity", "memorisation", *(["reidentification"] if REID_ENABLED else []))}
+                 for kind in VARIANT_EVAL_KINDS}
         evaluations[f"ldm/{ldm_variant}"].update(files)
         if config["variants"][variant]["dkim"]:
             evaluations[f"dkim/{ldm_variant}"].update(files)
