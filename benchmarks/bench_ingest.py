@@ -8,8 +8,10 @@ in alternating rounds and the fastest round of each counts, which damps the nois
     python benchmarks/bench_ingest.py --n 24 --size-scale 1.0 --repeats 2
 
 (a) pipeline  ``cxrgen.stages.index_source.build_manifest`` + ``cxrgen.stages.ingest_shard.decode_shard``: DICOM
-              validity checks, modality/VOI LUT, spacing, pad-to-square, Lanczos to 1024 px and 256 px from it,
-              lossless 16-bit CXRZ blobs in shard files + sha256 + index row.
+              validity checks, JPEG 2000 at the coarsest resolution level the outputs allow, modality/VOI LUT,
+              spacing, pad-to-square, Lanczos to 1024 px and 256 px from it, lossless 16-bit CXRZ blobs in shard
+              files + sha256 + index row.
+(a-) pipeline, full decode: the same with ``reduced_decode=False`` (every film decoded in full).
 (b) baseline  MaCheX ``machex.py`` as documented in the project notes on the seeds' public code (seed-implementations) §1 (re-written from
               those facts): pydicom ``pixel_array``, per-image min-max to uint8, invert MONOCHROME1, PNG mode I >> 8;
               Resize(1024) on the short edge + CenterCrop(1024), 3-channel RGB, one JPEG (quality 95) per image,
@@ -21,8 +23,9 @@ in alternating rounds and the fastest round of each counts, which damps the nois
 
 Then a per-image budget (CPU seconds per image, one pass over the files, each step timed on its own) of the steps
 (decode, checks + LUT, resample, encode, hash) as the pipeline runs them now and as it ran them before issue 16
-(intensity steps on every pixel, Lanczos from the film per resolution, 16-bit PNG), and the max abs difference of the
-stored pixels between the two resampling paths.
+(full decode with pydicom's plugin choice, intensity steps on every pixel, Lanczos from the film per resolution,
+16-bit PNG), and the max abs differences of the stored pixels between the resampling paths and between a reduced and a
+full JPEG 2000 decode.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from PIL import Image
 
 import cxrgen.imaging.decode as decode_module
 from cxrgen.imaging.decode import decode_image
-from cxrgen.imaging.geometry import _placement, preprocess, to_uint16
+from cxrgen.imaging.geometry import _placement, film_reduction_room, preprocess, to_uint16
 from cxrgen.privacy import DEMO_SALT
 from cxrgen.stages.build_demo_sources import build_demo_sources
 from cxrgen.stages.index_source import build_manifest
@@ -92,7 +95,8 @@ def warm_cache(paths: list[Path]) -> int:
 # --------------------------------------------------------------------------------------------------- methods
 
 
-def run_pipeline(roots: dict[str, Path], store_root: Path, size_scale: float, index_seconds: list[float]) -> int:
+def run_pipeline(roots: dict[str, Path], store_root: Path, size_scale: float, index_seconds: list[float],
+                 reduced_decode: bool = True) -> int:
     """Appends the (wall, CPU) time of the metadata indexing (a fixed cost per source, amortised on real datasets). The
     index parts go to ``<store_root>_index/`` (``bench_codecs.py`` reads the store through them)."""
     shutil.rmtree(store_root, ignore_errors=True)
@@ -108,7 +112,7 @@ def run_pipeline(roots: dict[str, Path], store_root: Path, size_scale: float, in
         index, _, _ = decode_shard(manifest, source=source, source_root=root, shard=0, store_root=store_root,
                                    resolutions=RESOLUTIONS, geometry="pad", intensity="voi",
                                    target_spacing_mm=None if target is None else target / size_scale,
-                                   progress=False)
+                                   progress=False, reduced_decode=reduced_decode)
         index.to_parquet(index_dir / f"{source}.parquet", index=False)
         ingested += len(index)
     index_seconds.append(indexing)
@@ -168,6 +172,28 @@ def decode_only(path: Path, file_format: str, fastest: bool = False) -> np.ndarr
 
         ds = pydicom.dcmread(path)
         return decode_module._pixel_array(ds, ds.file_meta.TransferSyntaxUID) if fastest else ds.pixel_array
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+def reduction_room(target: float | None):
+    """The pipeline's ``reduction_room`` for ``preprocess(target_spacing_mm=target, policy="pad", RESOLUTIONS)``."""
+    def room(rows: int, cols: int, spacing) -> float:
+        return film_reduction_room((rows, cols), spacing, target_spacing_mm=target, policy="pad", canvas_mm=None,
+                                   resolutions=RESOLUTIONS)
+    return room
+
+
+def decode_stored(path: Path, file_format: str, room) -> np.ndarray:
+    """The pipeline's decode step alone: JPEG 2000 at the reduced level ``decode_image`` would use, everything else
+    as (d*)."""
+    if file_format == "dicom":
+        import pydicom
+
+        ds = pydicom.dcmread(path)
+        ts = ds.file_meta.TransferSyntaxUID
+        reduced = decode_module._reduced_j2k(ds, ts, decode_module._dicom_spacing(ds, None)[0], room)
+        return reduced[0] if reduced is not None else decode_module._pixel_array(ds, ts)
     with Image.open(path) as img:
         return np.asarray(img)
 
@@ -238,15 +264,19 @@ def budget(files: list[tuple[Path, str]], spacing_targets: list[float | None]) -
     before = dict(now)
     diff = {res: [0, 0.0] for res in RESOLUTIONS}  # max abs, sum of mean abs (levels of 65535)
     alt = {res: [0, 0.0] for res in RESOLUTIONS}
+    reduced_diff = {res: [0, 0.0] for res in RESOLUTIONS}
+    n_reduced = 0
     alt_seconds = 0.0
     preferred = decode_module.PREFERRED_PLUGIN
     for (path, file_format), target in zip(files, spacing_targets, strict=True):
-        _, seconds = _cpu(decode_only, path, file_format, True)
+        room = reduction_room(target)
+        _, seconds = _cpu(decode_stored, path, file_format, room)
         now["decode"] += seconds
         _, seconds = _cpu(decode_only, path, file_format, False)
         before["decode"] += seconds
-        decoded, seconds = _cpu(decode_image, path, file_format=file_format)
+        reduced, seconds = _cpu(decode_image, path, file_format=file_format, reduction_room=room)
         now["checks + LUT"] += seconds  # decode + checks + LUT; the decode is subtracted at the end
+        decoded = decode_image(path, file_format=file_format)  # the full film
         decode_module.PREFERRED_PLUGIN = ""  # before issue 16: pydicom's own plugin choice
         try:
             old, seconds_old = _cpu(decode_image, path, file_format=file_format, lookup=False)
@@ -256,10 +286,17 @@ def budget(files: list[tuple[Path, str]], spacing_targets: list[float | None]) -
         if not np.array_equal(old.pixels, decoded.pixels):
             raise AssertionError(f"{path.name}: lookup decoding differs from per-pixel decoding")
         kwargs = dict(target_spacing_mm=target, policy="pad", resolutions=RESOLUTIONS)
-        images, seconds = _cpu(preprocess, decoded, **kwargs)
+        stored, seconds = _cpu(preprocess, reduced, **kwargs)
         now["resample"] += seconds
+        images = preprocess(decoded, **kwargs)
         reference, seconds = _cpu(preprocess, decoded, chain=False, **kwargs)
         before["resample"] += seconds
+        if reduced.reduction > 1:
+            n_reduced += 1
+            for res in RESOLUTIONS:
+                delta = np.abs(stored[res].astype(np.int64) - images[res].astype(np.int64))
+                reduced_diff[res][0] = max(reduced_diff[res][0], int(delta.max()))
+                reduced_diff[res][1] += float(delta.mean())
         for res in RESOLUTIONS:
             delta = np.abs(images[res].astype(np.int64) - reference[res].astype(np.int64))
             diff[res][0] = max(diff[res][0], int(delta.max()))
@@ -270,11 +307,11 @@ def budget(files: list[tuple[Path, str]], spacing_targets: list[float | None]) -
             delta = np.abs(fast[res].astype(np.int64) - reference[res].astype(np.int64))
             alt[res][0] = max(alt[res][0], int(delta.max()))
             alt[res][1] += float(delta.mean())
-        blobs, seconds = _cpu(_encode_all, images, "cxrz")
+        blobs, seconds = _cpu(_encode_all, stored, "cxrz")
         now["encode"] += seconds
         png_blobs, seconds = _cpu(_encode_all, reference, "png")
         before["encode"] += seconds
-        _, seconds = _cpu(_hash_all, decoded, blobs)
+        _, seconds = _cpu(_hash_all, reduced, blobs)
         now["hash"] += seconds
         _, seconds = _cpu(_hash_all, old, png_blobs)
         before["hash"] += seconds
@@ -284,7 +321,8 @@ def budget(files: list[tuple[Path, str]], spacing_targets: list[float | None]) -
     before["resample, integer reduce first (not used)"] = alt_seconds
     return ({k: v / n for k, v in now.items()}, {k: v / n for k, v in before.items()},
             {res: (mx, total / n) for res, (mx, total) in diff.items()},
-            {res: (mx, total / n) for res, (mx, total) in alt.items()})
+            {res: (mx, total / n) for res, (mx, total) in alt.items()},
+            (n_reduced, {res: (mx, total / max(n_reduced, 1)) for res, (mx, total) in reduced_diff.items()}))
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -332,6 +370,7 @@ def main() -> None:
     for round_ in range(args.repeats):
         for name, fn, fn_args in (
                 ("pipeline", run_pipeline, (roots, workdir / "store", args.size_scale, index_seconds)),
+                ("pipeline-", run_pipeline, (roots, workdir / "store_full", args.size_scale, [], False)),
                 ("baseline", run_baseline, (files, workdir / "machex_jpeg")),
                 ("decode", run_decode, (files,)),
                 ("decode*", run_decode, (files, True)),
@@ -355,6 +394,7 @@ def main() -> None:
     print(f"pipeline without the metadata indexing ({index_wall:.2f} s wall, {index_cpu:.2f} s CPU, fixed per "
           f"source): {rate['pipeline w/o index'][0]:.2f} img/s (wall), {rate['pipeline w/o index'][1]:.2f} (cpu)")
     for a, b in (("pipeline", "baseline"), ("pipeline", "decode"), ("pipeline", "decode*"), ("pipeline", "limit"),
+                 ("pipeline", "pipeline-"), ("pipeline-", "baseline"), ("pipeline-", "decode"),
                  ("pipeline w/o index", "baseline"), ("pipeline w/o index", "decode"),
                  ("pipeline w/o index", "decode*"), ("decode*", "decode"), ("decode", "baseline")):
         print(f"ratio {a}/{b}: {rate[a][0] / rate[b][0]:.2f} (wall), {rate[a][1] / rate[b][1]:.2f} (cpu)")
@@ -368,7 +408,7 @@ def main() -> None:
     print(f"  source files                       : {source_bytes / len(files):12.0f}")
 
     if not args.skip_budget:
-        now, before, diff, alt = budget(files, targets)
+        now, before, diff, alt, (n_reduced, reduced_diff) = budget(files, targets)
         alternative = before.pop("resample, integer reduce first (not used)")
         pipeline_cpu = best_cpu["pipeline"][1] / best_cpu["pipeline"][0]
         print(f"\nper-image budget (CPU ms per image, {len(files)} images, load {os.getloadavg()[0]:.1f})")
@@ -380,6 +420,8 @@ def main() -> None:
               f"manifest, writes): {(pipeline_cpu - sum(now.values())) * 1e3:.1f} ms")
         print("stored pixels, now vs before (levels of 65535): "
               + ", ".join(f"{res}px max abs {mx}, mean abs {mean:.2f}" for res, (mx, mean) in diff.items()))
+        print(f"reduced vs full JPEG 2000 decode ({n_reduced} films decoded at a reduced level), stored pixels: "
+              + ", ".join(f"{res}px max abs {mx}, mean abs {mean:.2f}" for res, (mx, mean) in reduced_diff.items()))
         print(f"not used: integer box reduce first (Pillow reducing_gap=1) + Lanczos: {alternative * 1e3:.1f} ms per "
               "image; vs before: "
               + ", ".join(f"{res}px max abs {mx}, mean abs {mean:.2f}" for res, (mx, mean) in alt.items()))

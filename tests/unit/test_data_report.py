@@ -133,7 +133,9 @@ def test_storage_section_names_blob_formats_and_the_resampling_check(tmp_path):
         for i in range(3):
             row = {"image_id": f"{source}-{i}", "source": source, "shard": 0, "split": "train",
                    "patient_pid": f"{source}-p{i}",
-                   "resample_check_max_abs": 17.0 if (source, i) == ("gamma", 0) else np.nan}
+                   "resample_check_max_abs": 17.0 if (source, i) == ("gamma", 0) else np.nan,
+                   "decode_reduction": 2 if source == "gamma" and i > 0 else 1,
+                   "reduced_decode_check_max_abs": 410.0 if (source, i) == ("gamma", 1) else np.nan}
             for res, writer in writers.items():
                 row[f"offset_{res}"], row[f"nbytes_{res}"], row[f"sha256_{res}"] = writer.append(
                     rng.integers(0, 65535, (res, res), dtype=np.uint16))
@@ -148,6 +150,8 @@ def test_storage_section_names_blob_formats_and_the_resampling_check(tmp_path):
     markdown = paths["markdown_path"].read_text()
     assert "| 32 px | cxrz-1: 3, png: 3 |" in markdown and "| 64 px | cxrz-1: 3, png: 3 |" in markdown
     assert "(1 images): max abs difference 17 of 65535 levels" in markdown
+    assert "JPEG 2000: 2 of 6 films were decoded at a reduced wavelet resolution level" in markdown
+    assert "2× (2)" in markdown and "(1 images): max abs difference 410 of 65535 levels (0.63% of" in markdown
 
     before = index.drop(columns="resample_check_max_abs")
     write_data_report(before, rejections, summary, tmp_path, 64, **paths)

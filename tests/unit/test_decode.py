@@ -20,7 +20,7 @@ META_WHITELIST = {
     "file_format", "modality", "photometric", "bits_stored", "bits_allocated", "pixel_representation",
     "transfer_syntax", "rows", "cols", "view_position", "body_part", "manufacturer", "presentation_lut_shape",
     "inverted", "rescale_slope", "rescale_intercept", "modality_lut_sequence", "window", "voi_lut_function",
-    "voi_source", "intensity_mode_used", "pil_mode",
+    "voi_source", "intensity_mode_used", "pil_mode", "decode_reduction",
 }
 
 

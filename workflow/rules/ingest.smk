@@ -34,6 +34,7 @@ rule ingest_shard:
         geometry=config["ingest"]["geometry"],
         canvas_mm=config["ingest"]["canvas_mm"],
         intensity=config["ingest"]["intensity"],
+        reduced_decode=config["ingest"]["reduced_decode"],
         target_spacing_mm=target_spacing_param,
     log:
         "results/logs/ingest_shard/{source}-{shard}.log",

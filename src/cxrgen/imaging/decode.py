@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,16 @@ class DecodedImage:
     spacing_mm: tuple[float, float] | None  # (row, col)
     spacing_source: str | None  # one of _SPACING_SOURCES or None
     meta: dict[str, Any] = field(default_factory=dict)  # whitelisted technical fields only, never PHI
+    #: film pixels per pixel of ``pixels`` on each axis (2^level of a JPEG 2000 film decoded at a reduced resolution
+    #: level, :mod:`cxrgen.imaging.j2k`); ``spacing_mm`` and ``film_shape`` stay those of the film
+    reduction: int = 1
+
+    @property
+    def film_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the film itself."""
+        if self.reduction == 1:
+            return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+        return int(self.meta["rows"]), int(self.meta["cols"])
 
 
 def decode_image(
@@ -56,9 +67,15 @@ def decode_image(
     intensity: str = "voi",
     check_body_part: bool = True,
     lookup: bool = True,
+    reduction_room: Callable[[int, int, tuple[float, float] | None], float] | None = None,
 ) -> DecodedImage:
     """Decode ``path``; ``file_format`` is 'dicom', 'png' or 'jpg' (sniffed from the bytes when None). ``lookup=False``
     runs the intensity steps on every pixel instead of on a table of codes (same pixels, slower; for tests).
+
+    ``reduction_room(rows, cols, spacing_mm)``: how many film pixels per output pixel the caller's outputs leave
+    (:func:`cxrgen.imaging.geometry.film_reduction_room`); with it a JPEG 2000 film is decoded at the coarsest
+    resolution level that keeps at least :data:`REDUCED_DECODE_MIN_FACTOR` pixels per output pixel
+    (:mod:`cxrgen.imaging.j2k`; ``DecodedImage.reduction``). None = always the full film.
 
     Raises RejectedImage for any file that cannot or must not be used, ValueError for bad arguments and
     FileNotFoundError when ``path`` does not exist (an ingestion bug, not a bad file)."""
@@ -72,7 +89,7 @@ def decode_image(
     fmt = _normalise_format(file_format) if file_format is not None else _sniff_format(path)
     try:
         if fmt == "dicom":
-            return _decode_dicom(path, intensity, spacing_hint, check_body_part, lookup)
+            return _decode_dicom(path, intensity, spacing_hint, check_body_part, lookup, reduction_room)
         return _decode_raster(path, bits_hint, spacing_hint, lookup)
     except (RejectedImage, MemoryError):
         raise
@@ -192,7 +209,7 @@ def body_part_is_chest(value: str) -> bool:
 
 
 def _decode_dicom(path: Path, intensity: str, spacing_hint: float | None, check_body_part: bool,
-                  lookup: bool = True) -> DecodedImage:
+                  lookup: bool = True, reduction_room=None) -> DecodedImage:
     import pydicom
     from pydicom.pixels.decoders.base import get_decoder
 
@@ -228,9 +245,15 @@ def _decode_dicom(path: Path, intensity: str, spacing_hint: float | None, check_
 
     rows, cols = int(ds.Rows), int(ds.Columns)
     _check_geometry(rows, cols)
-    stored = _pixel_array(ds, ts_uid)  # sign-extended by pydicom when PixelRepresentation == 1
-    if stored.shape != (rows, cols):
-        raise RejectedImage(RejectReason.UNREADABLE, f"decoded shape {stored.shape} != header {rows}x{cols}")
+    spacing, spacing_source = _dicom_spacing(ds, spacing_hint)
+    reduced = _reduced_j2k(ds, ts_uid, spacing, reduction_room)
+    if reduced is not None:
+        stored, reduction = reduced
+    else:
+        reduction = 1
+        stored = _pixel_array(ds, ts_uid)  # sign-extended by pydicom when PixelRepresentation == 1
+        if stored.shape != (rows, cols):
+            raise RejectedImage(RejectReason.UNREADABLE, f"decoded shape {stored.shape} != header {rows}x{cols}")
     _check_not_constant(stored, "stored pixel data")
 
     domain = _Domain(stored, lookup)
@@ -243,7 +266,6 @@ def _decode_dicom(path: Path, intensity: str, spacing_hint: float | None, check_
         table = 1.0 - table
     pixels = domain.image(table)
 
-    spacing, spacing_source = _dicom_spacing(ds, spacing_hint)
     meta = {
         "file_format": "dicom",
         "modality": modality or None,
@@ -259,9 +281,50 @@ def _decode_dicom(path: Path, intensity: str, spacing_hint: float | None, check_
         "manufacturer": str(ds.get("Manufacturer") or "").strip() or None,
         "presentation_lut_shape": lut_shape or None,
         "inverted": inverted,
+        "decode_reduction": reduction,
         **voi_meta,
     }
-    return DecodedImage(pixels=pixels, spacing_mm=spacing, spacing_source=spacing_source, meta=meta)
+    return DecodedImage(pixels=pixels, spacing_mm=spacing, spacing_source=spacing_source, meta=meta,
+                        reduction=reduction)
+
+
+#: JPEG 2000 transfer syntaxes (lossless only, and lossy) that may be decoded at a reduced resolution level
+J2K_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
+#: a reduced level is used only when it keeps at least this many of its pixels per output pixel on both axes, so the
+#: outputs are still reductions (Lanczos) of it and nothing is upsampled (issue 16; error in benchmarks/README.md)
+REDUCED_DECODE_MIN_FACTOR = 1.0
+
+
+def _reduced_j2k(ds, ts_uid, spacing, reduction_room) -> tuple[np.ndarray, int] | None:
+    """(stored values at the coarsest usable JPEG 2000 resolution level, film pixels per pixel), or None when the
+    film is to be decoded in full (not JPEG 2000, signed, no room, an unusual codestream or any decoding problem:
+    the full decode then decides whether the file is readable)."""
+    if reduction_room is None or str(ts_uid) not in J2K_TRANSFER_SYNTAXES:
+        return None
+    if int(ds.get("PixelRepresentation") or 0) != 0:
+        return None
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    room = float(reduction_room(rows, cols, spacing))
+    level = int(math.floor(math.log2(room / REDUCED_DECODE_MIN_FACTOR))) if room >= 2 * REDUCED_DECODE_MIN_FACTOR \
+        else 0
+    if level < 1:
+        return None
+    from pydicom.encaps import generate_frames
+
+    from cxrgen.imaging import j2k
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        header = j2k.read_header(frame)
+        level = min(level, j2k.usable_levels(header))
+        if level < 1 or (header.height, header.width) != (rows, cols):
+            return None
+        stored = j2k.decode_level(frame, level)
+    except Exception:  # noqa: BLE001 (any problem: the full decode path decides)
+        return None
+    if int(ds.get("BitsAllocated") or 16) > 8:
+        stored = stored.astype(np.uint16, copy=False)
+    return stored, 1 << level
 
 
 #: decoder plugin tried first where pydicom has several for a transfer syntax: on the benchmark films pylibjpeg decodes

@@ -113,16 +113,16 @@ def fixed_canvas(img: np.ndarray, spacing_mm: tuple[float, float], canvas_mm: fl
 CHAIN_MIN_FACTOR = 2
 
 
-def _placement(decoded: DecodedImage, *, target_spacing_mm: float | None, policy: str, canvas_mm: float | None,
-               size: int) -> tuple[tuple[float, float, float, float], int, int, int, int]:
+def _film_placement(shape: tuple[int, int], spacing_mm: tuple[float, float] | None, *,
+                    target_spacing_mm: float | None, policy: str, canvas_mm: float | None, size: int
+                    ) -> tuple[tuple[float, float, float, float], int, int, int, int]:
     """Source box (left, top, right, bottom) in film pixels and where its resampled content goes on the ``size``
     square: (top, left, height, width). The rest of the square is black."""
-    img = decoded.pixels
-    if canvas_mm is not None and decoded.spacing_mm is not None:
-        return _canvas_placement(img.shape, decoded.spacing_mm, canvas_mm, size)
-    h, w = img.shape
-    if decoded.spacing_mm is not None and target_spacing_mm is not None:
-        rh, rw = _resampled_shape(img.shape, decoded.spacing_mm, target_spacing_mm)
+    if canvas_mm is not None and spacing_mm is not None:
+        return _canvas_placement(shape, spacing_mm, canvas_mm, size)
+    h, w = shape
+    if spacing_mm is not None and target_spacing_mm is not None:
+        rh, rw = _resampled_shape(shape, spacing_mm, target_spacing_mm)
     else:
         rh, rw = h, w
     sy, sx = h / rh, w / rw  # source pixels per resampled pixel
@@ -134,6 +134,42 @@ def _placement(decoded: DecodedImage, *, target_spacing_mm: float | None, policy
     # content keeps its aspect ratio: scale the resampled extent by size / side
     ch, cw = max(1, round(rh * size / side)), max(1, round(rw * size / side))
     return (0.0, 0.0, float(w), float(h)), (size - ch) // 2, (size - cw) // 2, ch, cw
+
+
+def film_reduction_room(shape: tuple[int, int], spacing_mm: tuple[float, float] | None, *,
+                        target_spacing_mm: float | None, policy: str, canvas_mm: float | None,
+                        resolutions: list[int]) -> float:
+    """Film pixels per output pixel of the largest resolution (the smaller of the two axes): how far the film could
+    be reduced before :func:`preprocess` without any output being upsampled from it (issue 16, JPEG 2000 decoded at
+    a reduced resolution level; :func:`cxrgen.imaging.decode.decode_image`'s ``reduction_room``)."""
+    box, _, _, height, width = _film_placement(shape, spacing_mm, target_spacing_mm=target_spacing_mm, policy=policy,
+                                               canvas_mm=canvas_mm, size=max(resolutions))
+    return min((box[3] - box[1]) / height, (box[2] - box[0]) / width)
+
+
+def _placement(decoded: DecodedImage, *, target_spacing_mm: float | None, policy: str, canvas_mm: float | None,
+               size: int) -> tuple[tuple[float, float, float, float], int, int, int, int]:
+    """:func:`_film_placement` of the decoded film with the box in the coordinates of ``_pixels_of(decoded)``: the
+    film's own pixels, or those of a reduced decode with one pixel of edge padding (:mod:`cxrgen.imaging.j2k`)."""
+    box, top, left, height, width = _film_placement(decoded.film_shape, decoded.spacing_mm,
+                                                    target_spacing_mm=target_spacing_mm, policy=policy,
+                                                    canvas_mm=canvas_mm, size=size)
+    if decoded.reduction != 1:
+        from cxrgen.imaging.j2k import film_to_level
+
+        box = tuple(film_to_level(v, decoded.reduction) + _REDUCED_PAD for v in box)
+    return box, top, left, height, width
+
+
+#: edge pixels added around a reduced decode: its samples sit half a film pixel in from the box edges of the film
+#: (:func:`cxrgen.imaging.j2k.film_to_level`), so the film's box reaches up to a quarter pixel past the reduced image
+_REDUCED_PAD = 1
+
+
+def _pixels_of(decoded: DecodedImage) -> np.ndarray:
+    if decoded.reduction == 1:
+        return decoded.pixels
+    return np.pad(decoded.pixels, _REDUCED_PAD, mode="edge")
 
 
 def _with_margin(img: np.ndarray, box: tuple[float, float, float, float], height: int, width: int, margin: int
@@ -170,7 +206,7 @@ def preprocess(decoded: DecodedImage, *, target_spacing_mm: float | None, policy
     Lanczos pass over the full film instead of one per resolution. ``chain=False`` resamples every resolution from
     the film (the behaviour before issue 16)."""
     _check_policy(policy)
-    img = decoded.pixels
+    img = _pixels_of(decoded)
     smallest = min(resolutions)
     parents: list[tuple[np.ndarray, tuple, tuple[int, int], tuple[int, int]]] = []  # (array, box, origin, shape)
     out: dict[int, np.ndarray] = {}

@@ -347,6 +347,7 @@ def _section_storage(doc: _Document, index: pd.DataFrame, store_root: Path) -> N
              "more than 256² pixels) in one Zstandard frame (written since issue 16); `png`: 16-bit PNG (stores "
              f"written before). Formats read from the first bytes of up to {STORAGE_SAMPLE} blobs per resolution.")
     doc.table(pd.DataFrame(rows).T.rename_axis("resolution"))
+    _para_reduced_decode(doc, index)
     checks = pd.to_numeric(_col(index, "resample_check_max_abs"), errors="coerce").dropna()
     if len(resolutions) < 2:
         return
@@ -359,6 +360,27 @@ def _section_storage(doc: _Document, index: pd.DataFrame, store_root: Path) -> N
              f"pixels slightly). Checked against resampling from the film on the first image of every shard "
              f"({len(checks)} images): max abs difference {int(checks.max())} of 65535 levels "
              f"({checks.max() / 65535:.3%} of the range), median of the per-image maxima {checks.median():.0f}.")
+
+
+def _para_reduced_decode(doc: _Document, index: pd.DataFrame) -> None:
+    """How many JPEG 2000 films were decoded at a reduced resolution level, and their check against a full decode."""
+    factors = pd.to_numeric(_col(index, "decode_reduction"), errors="coerce")
+    reduced = factors[factors > 1]
+    if not len(reduced):
+        return
+    counts = ", ".join(f"{int(k)}× ({v})" for k, v in reduced.value_counts().sort_index().items())
+    checks = pd.to_numeric(_col(index, "reduced_decode_check_max_abs"), errors="coerce").dropna()
+    text = (f"JPEG 2000: {len(reduced)} of {len(index)} films were decoded at a reduced wavelet resolution level "
+            f"(film pixels per decoded pixel: {counts}; issue 16, `ingest.reduced_decode`), which still has at least "
+            "as many pixels as the largest resolution and costs ~4× less CPU per level. This changes the stored "
+            "pixels slightly. ")
+    if len(checks):
+        text += (f"Checked against decoding the full film on the first such image of every shard ({len(checks)} "
+                 f"images): max abs difference {int(checks.max())} of 65535 levels ({checks.max() / 65535:.2%} of "
+                 f"the range), median of the per-image maxima {checks.median():.0f}.")
+    else:
+        text += "No check against a full decode is in the index."
+    doc.para(text)
 
 
 def _section_duplicates(doc: _Document, summary: dict) -> None:

@@ -16,7 +16,7 @@ def main(smk) -> None:
         store_root=smk.params.store_root, resolutions=list(smk.params.resolutions), geometry=smk.params.geometry,
         intensity=smk.params.intensity, target_spacing_mm=smk.params.target_spacing_mm,
         canvas_mm=smk.params.canvas_mm, index_path=smk.output.index, rejections_path=smk.output.rejections,
-        stats_path=smk.output.stats, workers=smk.threads)
+        stats_path=smk.output.stats, workers=smk.threads, reduced_decode=smk.params.reduced_decode)
     print(stats)
 
 
