@@ -69,14 +69,15 @@ def _rejection(row, reason: str, detail: str = "") -> dict:
 def decode_shard(manifest: pd.DataFrame, *, source: str, source_root: Path, shard: int, store_root: Path,
                  resolutions: list[int], geometry: str, intensity: str, target_spacing_mm: float | None,
                  canvas_mm: float | None = None, progress: bool = True, workers: int = 1,
-                 reduced_decode: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+                 reduced_decode: bool = True, checks: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Decode and preprocess the manifest rows of one shard; write one container per resolution.
 
     ``workers`` > 1 decodes, resamples and encodes in that many worker processes (the job's threads); the outputs are
     byte-identical to ``workers=1`` (rows are written in the same order by this process). ``reduced_decode``
     decodes JPEG 2000 films at the coarsest resolution level that still has at least as many pixels as the largest
     output (issue 16, :mod:`cxrgen.imaging.j2k`); the first such image of the shard is compared with a full decode
-    (index column ``reduced_decode_check_max_abs``).
+    (index column ``reduced_decode_check_max_abs``). ``checks=False`` skips these first-image checks (a fixed cost
+    per shard: ``benchmarks/bench_ingest.py`` uses it to measure the per-image cost of shards of thousands of films).
     Returns (index part, rejections, stats); :func:`ingest_shard` writes them.
     """
     rows = manifest[manifest["shard"] == shard].sort_values("image_id").reset_index(drop=True)
@@ -84,7 +85,8 @@ def decode_shard(manifest: pd.DataFrame, *, source: str, source_root: Path, shar
     settings = _Settings(Path(source_root), tuple(resolutions), geometry, intensity, target_spacing_mm, canvas_mm,
                          reduced_decode)
     # the chained-resampling check runs on the first row the adapter did not reject (whatever happens to it)
-    first = next((i for i, r in enumerate(records) if not isinstance(r["reject_reason"], str)), None)
+    first = next((i for i, r in enumerate(records) if not isinstance(r["reject_reason"], str)), None) if checks \
+        else None
     tasks = [(record, settings, i == first) for i, record in enumerate(records)]
     index_rows: list[dict] = []
     rejections: list[dict] = []
@@ -111,7 +113,8 @@ def decode_shard(manifest: pd.DataFrame, *, source: str, source_root: Path, shar
                 fields[f"offset_{res}"], fields[f"nbytes_{res}"], fields[f"sha256_{res}"] = \
                     writers[res].append_blob(blob, digest)
             index_rows.append(fields)
-        _check_first_reduced(index_rows, records, settings)
+        if checks:
+            _check_first_reduced(index_rows, records, settings)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
