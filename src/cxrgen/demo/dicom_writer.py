@@ -274,8 +274,10 @@ def _encode(ds: Dataset, ts: str, name: str) -> None:
     kwargs: dict[str, Any] = {}
     if name == "jpeg2000":
         kwargs["j2k_cr"] = [J2K_LOSSY_RATIO]
-    # a fixed plugin keeps the bytes identical across machines; our SOP Instance UID is kept (the instance is new)
-    plugin = "pylibjpeg" if name.startswith("jpeg2000") else "pydicom"
+    # a fixed plugin keeps the bytes identical across machines; our SOP Instance UID is kept (the instance is new).
+    # RLE through pylibjpeg-rle: pydicom's own RLE encoder is pure Python, ~16x slower (0.089 vs 0.0055 CPU-s for a
+    # 500x420 film), and was ~40 % of the MIMIC demo build
+    plugin = "pylibjpeg" if name.startswith("jpeg2000") or name == "rle" else "pydicom"
     ds.compress(ts, encoding_plugin=plugin, generate_instance_uid=False, **kwargs)
     if name == "jpeg2000":
         ds.LossyImageCompression = "01"
