@@ -88,7 +88,7 @@ def build_prompt_sets(index: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     if frames:
         frames = [pd.concat(frames, ignore_index=True)]
         frames[0]["seed"] = [prompt_seed(seed, pid) for pid in frames[0]["prompt_id"]]
-    if probe is not None:
+    if probe is not None and (len(probe) or not frames):
         frames.append(probe)
     prompts = pd.concat(frames, ignore_index=True)
     for column in LABEL_COLUMNS:
@@ -148,8 +148,9 @@ def _prompted_images(index: pd.DataFrame, splits, views) -> pd.DataFrame:
     rows = rows.sort_values("image_id")
     texts = _texts(rows).to_numpy()
     labels = rows[list(LABEL_COLUMNS)].to_dict("records")
-    rows["prompt"] = [text or label_template_report(lbl, image_id)
-                      for text, lbl, image_id in zip(texts, labels, rows["image_id"], strict=True)]
+    rows["prompt"] = pd.Series([text or label_template_report(lbl, image_id)
+                                for text, lbl, image_id in zip(texts, labels, rows["image_id"], strict=True)],
+                               index=rows.index, dtype=object)
     return rows[rows["prompt"].str.len() > 0]
 
 
