@@ -165,8 +165,18 @@ def _split_images(cfg: dict, split: str) -> int:
     return int(total * fractions[f"{split}_fraction"])
 
 
+def probe_images(cfg: dict) -> int:
+    """Images of the re-identification probe set (``reid_probe``, sampled without SR) generate samples per variant:
+    prompts x seeds while ``reid.enabled``."""
+    gen = cfg["generate"]
+    if not (cfg["reid"]["enabled"] and "reid_probe" in gen["sets"]):
+        return 0
+    train = int(DATA_SIZES["mimic_studies"] * (1 - sum(cfg["unify"]["splits"].values())))
+    return min(train, int(gen["reid_probe"]["n"])) * int(gen["reid_probe"]["seeds"])
+
+
 def generated_images(cfg: dict, variant: str) -> tuple[int, str]:
-    """Images generate samples for one variant, from the config and DATA_SIZES."""
+    """Images generate samples for one variant, from the config and DATA_SIZES (the probe set included)."""
     gen = cfg["generate"]
     counts = {"class_balanced": N_FINDINGS * int(gen["n_per_finding"]),
               "test_reports": int(DATA_SIZES["mimic_studies"] * cfg["unify"]["splits"]["test_fraction"])}
@@ -176,6 +186,8 @@ def generated_images(cfg: dict, variant: str) -> tuple[int, str]:
         twins = int(DATA_SIZES["mimic_studies"] * (1 - sum(cfg["unify"]["splits"].values())))
         counts["train_twins"] = min(twins, int(gen["train_twins"]["n"] or twins))
     counts = {k: v for k, v in counts.items() if k in gen["sets"]}
+    if probe_images(cfg):
+        counts["reid_probe"] = probe_images(cfg)
     return sum(counts.values()), ", ".join(f"{k} {v:,}" for k, v in counts.items())
 
 
@@ -204,10 +216,13 @@ def _generate(w: dict, cfg: dict) -> Estimate:
     flags = cfg["variants"][w["variant"]]
     gen = cfg["generate"]
     n, sets = generated_images(cfg, w["variant"])
-    per = (_sampling_gflops(cfg, int(gen["steps"]), float(gen["guidance_scale"]), flags["conditioning"])
-           * (1.5 if flags["dkim"] else 1.0) + int(gen["sr_steps"]) * sr_gflops(cfg))
-    return Estimate(_gpu_hours(n * per), f"{n:,} images ({sets}) x {per / 1e3:,.1f} TF (LDM {gen['steps']} + SR "
-                                         f"{gen['sr_steps']} DDIM steps)")
+    ldm = (_sampling_gflops(cfg, int(gen["steps"]), float(gen["guidance_scale"]), flags["conditioning"])
+           * (1.5 if flags["dkim"] else 1.0))
+    per = ldm + int(gen["sr_steps"]) * sr_gflops(cfg)
+    probe = probe_images(cfg)  # sampled without SR
+    return Estimate(_gpu_hours((n - probe) * per + probe * ldm),
+                    f"{n:,} images ({sets}) x {per / 1e3:,.1f} TF (LDM {gen['steps']} + SR {gen['sr_steps']} DDIM "
+                    f"steps; reid_probe without SR: {ldm / 1e3:,.1f} TF)")
 
 
 def _inpaint(cfg: dict) -> Estimate:
@@ -335,7 +350,8 @@ _RULES = {
                                           f"{DATA_SIZES['downstream_arms']} arms x images"),
     "extract_real_features": lambda w, c: _features(3 * int(c["evaluation"]["n"]), c, "real train/val/test sets"),
     "extract_generated_features": lambda w, c: _features(min(int(c["evaluation"]["n"]),
-                                                             generated_images(c, w["variant"])[0]), c, "generated"),
+                                                             generated_images(c, w["variant"])[0] - probe_images(c)),
+                                                         c, "generated"),
     "evaluate_reconstruction": lambda w, c: _reconstruction(c),
     # MedCoDi-M / XGeM
     "train_prompt_encoders": lambda w, c: _train(

@@ -128,13 +128,15 @@ class CxrPipeline:
         return cls(unet, scheduler_config, load_autoencoder(ae_dir), text_encoder, sr, info, adapter=adapter)
 
     def __call__(self, prompts: Sequence[str], seeds: Sequence[int], settings: SamplerSettings, *,
-                 sr_steps: int = 100, sr_eta: float = 0.0, labels=None) -> dict[str, torch.Tensor | None]:
-        """``low``: decoded images (B,1,h,w) in [-1,1]; ``high``: SR outputs or None. Each image depends only on its
-        (prompt, seed), not on the other items of the batch. ``labels``: the prompts' labels (DKIM adapter only)."""
+                 sr_steps: int = 100, sr_eta: float = 0.0, labels=None,
+                 use_sr: bool = True) -> dict[str, torch.Tensor | None]:
+        """``low``: decoded images (B,1,h,w) in [-1,1]; ``high``: SR outputs or None (no SR model, or ``use_sr``
+        False). Each image depends only on its (prompt, seed), not on the other items of the batch. ``labels``: the
+        prompts' labels (DKIM adapter only)."""
         latents = self.sampler.sample(prompts, seeds, settings, labels=labels)
         low = decode_latents(self.autoencoder, latents.cpu())
         high = None
-        if self.sr is not None:
+        if self.sr is not None and use_sr:
             from cxrgen.models.sr import super_resolve
 
             if low.shape[-1] != self.sr.low_res:

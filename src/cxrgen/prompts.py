@@ -14,6 +14,10 @@ import numpy as np
 
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
 
+# the prompt set of the re-identification audit (K seeds per sampled training image, rule build_prompts): sampled at
+# the low resolution only (no SR) and read by the audit alone, never by the metric harness or the downstream pools
+PROBE_SET = "reid_probe"
+
 # rows of the models' sample grids (rules sample_ldm_grid, sample_dkim_grid): one template report per finding
 GRID_FINDINGS = ("No Finding", "Cardiomegaly", "Pleural Effusion", "Pneumothorax")
 

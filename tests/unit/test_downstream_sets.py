@@ -195,3 +195,22 @@ def test_unknown_experiment_names_the_allowed_ones(pools):
     with pytest.raises(ValueError, match="allowed"):
         build_arms("pretraining", real, pool, {}, seed=0)
     assert label_column("Pleural Effusion") in real.columns
+
+
+def test_the_reid_probe_set_never_enters_a_downstream_pool():
+    """The re-identification probe (K seeds of labelled train-split prompts, low resolution only) is audit material:
+    no pool setting can select it, and the pools of every experiment leave its rows out."""
+    index = fake_index()
+    synthetic = fake_synthetic(index)
+    twins = synthetic[synthetic["set"] == "train_twins"].head(20)
+    probe = pd.concat([twins.assign(set="reid_probe", seed=s, image_id="syn-probe-" + twins["source_image_id"]
+                                    + f"-s{s}") for s in range(3)], ignore_index=True)
+    synthetic = pd.concat([synthetic, probe], ignore_index=True)
+    cfg = downstream_cfg()
+    for sets in (cfg["pool_sets"], cfg["imbalance"]["pool_sets"], ["train_twins", "class_balanced"]):
+        pool, _ = synthetic_pool(synthetic, index, "syn", sets)
+        assert len(pool) and not (pool["set"] == "reid_probe").any()
+        assert not pool["image_id"].str.startswith("syn-probe-").any()
+    for key in ({"pool_sets": ["reid_probe"]}, {"imbalance": {"pool_sets": ["train_twins", "reid_probe"]}}):
+        with pytest.raises(ValueError, match="reid_probe"):
+            downstream_cfg(**key)

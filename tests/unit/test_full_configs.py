@@ -113,3 +113,20 @@ localrule all:
     resources: tmpdir=<TBD>
 """
     assert parse_dry_run(text) == [("train_ldm", {"ldm_variant": "cheff-uncond"}, 2), ("all", {}, 0)]
+
+
+def test_reid_probe_images_are_planned_without_sr_and_only_with_the_audit():
+    from cxrgen.compute import generated_images, probe_images
+
+    full = load_config(*full_config_files("cheff"))
+    assert probe_images(full) == 2000 * 10  # CheXGenBench 2025: 2,000 training prompts x 10 seeds
+    with_probe, sets = generated_images(full, "cheff")
+    assert "reid_probe 20,000" in sets
+    hours = estimate_job("generate", {"variant": "cheff"}, full).gpu_hours
+    features = estimate_job("extract_generated_features", {"variant": "cheff"}, full).gpu_hours
+    full["reid"]["enabled"] = False
+    assert probe_images(full) == 0 and generated_images(full, "cheff")[0] == with_probe - 20_000
+    without = estimate_job("generate", {"variant": "cheff"}, full).gpu_hours
+    per_sr_image = without / (with_probe - 20_000)
+    assert 0 < hours - without < 20_000 * per_sr_image  # probe images cost the LDM only, no SR
+    assert estimate_job("extract_generated_features", {"variant": "cheff"}, full).gpu_hours == features

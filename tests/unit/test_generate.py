@@ -180,3 +180,82 @@ def test_label_template_report_states_only_positive_labels():
     assert both.startswith(text) and "pneumothorax" in both.lower()
     assert label_template_report({label_column("No Finding"): 1.0}, "y") in side_free_variants("No Finding")
     assert label_template_report({label_column("Edema"): -1.0}, "z") == ""  # uncertain is not stated
+
+
+def patient_index(n: int = 30) -> pd.DataFrame:
+    """Images of 10 patients: every 3rd train image lateral, every 5th in val/test, every 7th without a patient id,
+    every 4th without a report (a label-derived prompt)."""
+    rows = []
+    for i in range(n):
+        row = {"image_id": f"img{i:02d}", "patient_pid": None if i % 7 == 3 else f"pid{i % 10}",
+               "split": ("val" if i % 2 else "test") if i % 5 == 4 else "train",
+               "view": "LATERAL" if i % 3 == 2 else ("AP" if i % 2 else "PA"),
+               "report_findings": "" if i % 4 == 1 else f"Report {i}.", "report_impression": None}
+        row.update({c: float(j == i % 14) for j, c in enumerate(LABEL_COLUMNS)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_reid_probe_has_k_distinct_seeds_per_sampled_frontal_train_image_of_a_patient():
+    index = patient_index()
+    eligible = index[(index["split"] == "train") & index["view"].isin(["PA", "AP"]) & index["patient_pid"].notna()]
+    cfg = gen_cfg(sets=["train_twins", "reid_probe"], train_twins={"splits": ["train"], "n": 4},
+                  reid_probe={"n": 5, "seeds": 3})
+    prompts = build_prompt_sets(index, cfg)
+    probe = prompts[prompts["set"] == "reid_probe"]
+    assert len(probe) == 15 and probe["prompt_id"].nunique() == 5
+    assert (probe.groupby("prompt_id")["seed"].nunique() == 3).all()  # K rows, K distinct seeds per prompt
+    assert (probe["prompt_id"] == "probe-" + probe["source_image_id"]).all()
+    assert set(probe["source_image_id"]) <= set(eligible["image_id"])
+    image_ids = "syn-" + prompts["prompt_id"] + "-s" + prompts["seed"].astype(str)  # as rule generate names them
+    assert image_ids.is_unique
+    by_id = index.set_index("image_id")
+    for _, row in probe.iterrows():  # the image's report (or its label-derived report) and its labels
+        source = by_id.loc[row["source_image_id"]]
+        expected = source["report_findings"] or label_template_report(source.to_dict(), row["source_image_id"])
+        assert row["prompt"] == expected and row[LABEL_COLUMNS[int(row["source_image_id"][3:]) % 14]] == 1.0
+    assert prompts.equals(build_prompt_sets(index, cfg))  # deterministic
+    # its own random stream: another twin sample leaves the probe (prompts and seeds) unchanged
+    other = build_prompt_sets(index, gen_cfg(sets=["train_twins", "reid_probe"], train_twins={"splits": ["train"],
+                                                                                              "n": 2},
+                                            reid_probe={"n": 5, "seeds": 3}))
+    assert other[other["set"] == "reid_probe"].reset_index(drop=True).equals(probe.reset_index(drop=True))
+    everything = build_prompt_sets(index, gen_cfg(sets=["reid_probe"], reid_probe={"n": 1000, "seeds": 2}))
+    assert set(everything["source_image_id"]) == set(eligible["image_id"]) and len(everything) == 2 * len(eligible)
+
+
+def test_generate_samples_the_probe_set_without_sr_and_the_store_stays_readable(pipeline_dirs, tmp_path):
+    from cxrgen.evaluate.classifier import LabelledImages, with_store_root
+    from cxrgen.stages.draw_sample_sheet import draw_sample_sheet
+
+    index_path = tmp_path / "index.parquet"
+    patient_index().to_parquet(index_path)
+    cfg = gen_cfg(sets=["class_balanced", "reid_probe"], findings=["No Finding"], reid_probe={"n": 2, "seeds": 2})
+    build_prompts(index_path=index_path, cfg=cfg, out_path=tmp_path / "prompts.parquet")
+    metrics = generate(ldm_dir=pipeline_dirs / "ldm", ae_dir=None, clip_dir=None, sr_dir=pipeline_dirs / "sr",
+                       prompts_path=tmp_path / "prompts.parquet", cfg=cfg, out_root=tmp_path / "syn",
+                       tracking_json=None)
+    assert metrics["sets"] == {"class_balanced": 2, "reid_probe": 4} and metrics["resolutions"] == [32, 64]
+    assert metrics["sr_skipped_sets"] == ["reid_probe"] and set(metrics["seconds_by_set"]) == set(metrics["sets"])
+    index = pd.read_parquet(tmp_path / "syn" / "index.parquet")
+    probe = (index["set"] == "reid_probe").to_numpy()
+    assert index["image_id"].is_unique and index.loc[probe, "prompt_id"].nunique() == 2
+    assert index.loc[probe, "offset_64"].isna().all() and index.loc[~probe, "offset_64"].notna().all()
+    assert index["offset_32"].notna().all()
+    store = ShardStore(tmp_path / "syn", index, verify=True)
+    for position in range(len(index)):
+        assert store.read(position, 32).shape == (32, 32)
+        if probe[position]:
+            with pytest.raises(KeyError, match="no 64px blob"):
+                store.read(position, 64)
+        else:
+            assert store.read(position, 64).shape == (64, 64)
+    # readers of the whole store fall back to the resolution every row has; without the probe rows, x_HR again
+    whole = LabelledImages(with_store_root(index, tmp_path / "syn"), 64)
+    assert whole.image(int(np.flatnonzero(probe)[0])).shape == (1, 64, 64)
+    assert whole._stores[0][1] == 32
+    assert LabelledImages(with_store_root(index[~probe], tmp_path / "syn"), 64)._stores[0][1] == 64
+    sheet = draw_sample_sheet(stores={"cheff": tmp_path / "syn"}, columns=4, out_png=tmp_path / "sheet.png",
+                              out_json=tmp_path / "sheet.json")
+    shown = {row["image_id"] for row in sheet["rows"]["cheff"]}
+    assert sheet["resolution"] == 64 and shown and shown <= set(index.loc[~probe, "image_id"])

@@ -227,3 +227,46 @@ def test_evaluate_reidentification_stage_writes_outputs(tmp_path, monkeypatch):
     table = pd.read_parquet(out / "reid.parquet")
     assert len(table) == 4 and table["score"].notna().all()
     assert payload["generated"]["n_scored"] == 4 and "Re-identification audit" in (out / "md/reid.md").read_text()
+
+
+def audit_table(with_probe: bool = True) -> pd.DataFrame:
+    """A hand-made audit table: 3 reid_probe prompts x 4 seeds, 5 train twins (one seed each), 2 template images
+    (no source image, NaN score)."""
+    probe_scores = {"a": [0.1, 0.2, 0.3, 0.9], "b": [0.2, 0.2, 0.4, 0.3], "c": [0.6, 0.1, 0.1, 0.1]}
+    rows = [{"image_id": f"syn-probe-{p}-s{s}", "set": "reid_probe", "source_image_id": p, "seed": s, "score": v}
+            for p, values in probe_scores.items() for s, v in enumerate(values)] if with_probe else []
+    rows += [{"image_id": f"syn-twin-{k}", "set": "train_twins", "source_image_id": f"t{k}", "seed": 7,
+              "score": [0.8, 0.1, 0.2, 0.3, 0.1][k]} for k in range(5)]
+    rows += [{"image_id": f"syn-tpl-{k}", "set": "class_balanced", "source_image_id": "", "seed": k,
+              "score": np.nan} for k in range(2)]
+    table = pd.DataFrame(rows)
+    for space in ("pixel", "feature"):
+        table[f"nn_{space}"] = np.linspace(0.1, 0.5, len(table))
+        table[f"nn_{space}_same_patient"] = False
+    return table
+
+
+def test_per_prompt_summary_uses_the_probe_set_over_its_seeds_and_shares_are_reported_per_set():
+    from cxrgen.stages.evaluate_reidentification import _per_prompt_protocol, summarise_audit
+
+    summary = summarise_audit(audit_table(), threshold=0.5, resamples=20, confidence=0.9, seed=0)
+    prompts = summary["prompts"]
+    assert prompts["set"] == "reid_probe" and prompts["n"] == 3 and prompts["seeds_per_prompt"] == 4
+    assert prompts["mean_of_mean"] == pytest.approx(np.mean([0.375, 0.275, 0.225]))
+    assert prompts["mean_of_max"] == pytest.approx(np.mean([0.9, 0.4, 0.6]))
+    assert prompts["mean_of_mean"] < prompts["mean_of_max"]  # several seeds: the worst seed is not the average one
+    assert prompts["max_of_max"] == pytest.approx(0.9)
+    assert prompts["share_any_seed_above"] == pytest.approx(2 / 3)  # a and c have a seed >= 0.5, b none
+    # per image: every scored image, and per set
+    assert summary["generated"]["n_scored"] == 17 and summary["generated"]["count_above_threshold"] == 3
+    assert set(summary["by_set"]) == {"reid_probe", "train_twins"}
+    assert summary["by_set"]["reid_probe"]["n_scored"] == 12
+    assert summary["by_set"]["reid_probe"]["share_above_threshold"]["value"] == pytest.approx(2 / 12)
+    assert summary["by_set"]["train_twins"]["share_above_threshold"]["value"] == pytest.approx(1 / 5)
+    assert "3 training prompts x 4 seeds" in _per_prompt_protocol(prompts)
+
+    without = summarise_audit(audit_table(with_probe=False), threshold=0.5, resamples=20, confidence=0.9, seed=0)
+    assert without["prompts"]["set"] == "all" and without["prompts"]["n"] == 5
+    assert without["prompts"]["seeds_per_prompt"] == 1
+    assert without["prompts"]["mean_of_mean"] == pytest.approx(without["prompts"]["mean_of_max"])
+    assert "no reid_probe set" in _per_prompt_protocol(without["prompts"])

@@ -109,6 +109,7 @@ def test_every_rule_with_config_params_is_narrowed_by_the_table(base_params):
     ({"variants": {"diffcxr-lnfs": {"lnfs": True}, "diffcxr-dkim": {"dkim": True}}},
      {"write_summary", "report_training", "write_model_cards", "draw_sample_sheet"}),
     ({"generate": {"n_per_finding": 2}}, {"write_summary", "build_prompts"}),
+    ({"generate": {"reid_probe": {"seeds": 2}}}, {"write_summary", "build_prompts"}),
     ({"generate": {"steps": 3}}, {"write_summary", "generate"}),
     # MedCoDi-M any-to-any images: the sampler settings regenerate the images; no LDM retrains
     ({"medcodi": {"generation": {"steps": 3}}}, {"write_summary", "generate_medcodi_images"}),

@@ -245,6 +245,9 @@ def test_generative_chain_outputs(tiny_run):
     assert image.shape == (64, 64)
     diffcxr = pd.read_parquet(tiny_run / "results/synthetic/diffcxr/store/index.parquet")
     assert not (diffcxr["set"] == "train_twins").any()  # twins only for the downstream experiments' variant
+    for store in (synthetic, diffcxr):  # the re-identification probe: every audited variant, no SR
+        probe = store["set"] == "reid_probe"
+        assert probe.any() and store.loc[probe, "offset_64"].isna().all() and store["offset_32"].notna().all()
     assert (diffcxr["dkim_sha"].str.len() > 0).all() and (synthetic["dkim_sha"] == "").all()
 
     info = json.loads((tiny_run / "results/tracking/run.json").read_text())
@@ -399,6 +402,8 @@ def test_evaluation_and_summary_outputs(tiny_run):
         distribution = json.loads((tiny_run / f"results/eval/{variant}/distribution.json").read_text())
         assert "evaluator" in json.dumps(distribution)
         assert (tiny_run / f"results/eval/{variant}/memorisation_pairs.png").stat().st_size > 0
+        reid = json.loads((tiny_run / f"results/eval/{variant}/reidentification.json").read_text())
+        assert reid["prompts"]["set"] == "reid_probe" and reid["prompts"]["seeds_per_prompt"] > 1
     summary = (tiny_run / "results/summary.md").read_text()
     for heading in ("Reconstruction", "Distribution metrics — cheff", "Conditional fidelity — diffcxr",
                     "Downstream augmentation experiments", "LNFS", "AVA-TLS", "labeler"):

@@ -273,10 +273,13 @@ def generate_inputs(wildcards):
 
 def generate_cfg(wildcards):
     """Section generate for one variant: the synthetic train twins (the downstream experiments' pool) are only
-    generated for the variant the experiments use (downstream.variant)."""
+    generated for the variant the experiments use (downstream.variant), the re-identification probe set only while
+    the audit runs (reid.enabled; every evaluated variant)."""
     cfg = rule_section(config, "generate")
     if wildcards.variant != config["downstream"]["variant"]:
         cfg["sets"] = [s for s in cfg["sets"] if s != "train_twins"]
+    if not REID_ENABLED:
+        cfg["sets"] = [s for s in cfg["sets"] if s != "reid_probe"]
     return cfg
 
 

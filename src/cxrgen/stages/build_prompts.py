@@ -6,7 +6,10 @@ Prompt sets (:func:`build_prompt_sets`):
 * ``class_balanced``: template report sentences per CheXpert finding (a few templates each, with laterality variants
   where a finding has a side; "No Finding" uses normal-study templates), ``n_per_finding`` prompts per finding;
 * ``train_twins``: one prompt per sampled training image (its report, else a label-derived report; labels = the
-  image's), the synthetic training pool of the downstream augmentation experiments (MedCoDi-M §4.5).
+  image's), the synthetic training pool of the downstream augmentation experiments (MedCoDi-M §4.5);
+* ``reid_probe``: K rows (distinct seeds, one shared ``prompt_id``) per sampled frontal training image of a known
+  patient, prompted like the twins: the re-identification audit's per-prompt statistics over seeds (CheXGenBench
+  2025: 2,000 training prompts x 10 seeds). Sampled with its own random stream, independent of the twins' sample.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
-from cxrgen.prompts import label_template_report, template_variants
+from cxrgen.prompts import PROBE_SET, label_template_report, template_variants
 
-PROMPT_SETS = ("test_reports", "class_balanced", "train_twins")
+PROMPT_SETS = ("test_reports", "class_balanced", "train_twins", PROBE_SET)
 
 def prompt_seed(base_seed: int, prompt_id: str) -> int:
     """A stable per-prompt seed (independent of set sizes and row order)."""
@@ -40,6 +43,7 @@ def build_prompt_sets(index: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     """Prompts of the sets in ``cfg["sets"]`` from the unified (or latent-cache) index and section ``generate``.
 
     Columns: prompt_id, set, prompt, laterality, source_image_id, lbl_* (NaN = not stated), seed. Deterministic.
+    ``prompt_id`` is unique except in the ``reid_probe`` set, whose K rows per image share it (distinct seeds).
     """
     seed = int(cfg["seed"])
     frames = []
@@ -78,12 +82,18 @@ def build_prompt_sets(index: pd.DataFrame, cfg: dict) -> pd.DataFrame:
                                                                   "source_image_id", *LABEL_COLUMNS]))
     if "train_twins" in cfg["sets"]:
         frames.append(_train_twins(index, cfg))
-    if not frames:
+    probe = _reid_probe(index, cfg) if PROBE_SET in cfg["sets"] else None
+    if not frames and probe is None:
         raise ValueError(f"generate.sets is empty; choose from {PROMPT_SETS}")
+    if frames:
+        frames = [pd.concat(frames, ignore_index=True)]
+        frames[0]["seed"] = [prompt_seed(seed, pid) for pid in frames[0]["prompt_id"]]
+    if probe is not None and (len(probe) or not frames):
+        frames.append(probe)
     prompts = pd.concat(frames, ignore_index=True)
     for column in LABEL_COLUMNS:
         prompts[column] = prompts[column].astype(np.float32)
-    prompts["seed"] = [prompt_seed(seed, pid) for pid in prompts["prompt_id"]]
+    prompts["seed"] = prompts["seed"].astype(np.int64)
     return prompts.reset_index(drop=True)
 
 
@@ -91,22 +101,65 @@ def _train_twins(index: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     """One prompt per sampled training-split image (a synthetic twin for the downstream experiments): its report, or
     a label-derived report when it has none; labels = that image's labels. Rows without any text are skipped."""
     twins = cfg["train_twins"]
-    rows = index[index["split"].isin(twins["splits"])].copy()
-    if cfg["views"]:
-        rows = rows[rows["view"].isin(cfg["views"])]
+    rows = _prompted_images(index, twins["splits"], cfg["views"])
+    if twins["n"] is not None and len(rows) > int(twins["n"]):
+        rows = rows.sample(n=int(twins["n"]), random_state=int(cfg["seed"])).sort_values("image_id")
+    return _image_prompts(rows, "twin-", "train_twins")
+
+
+def _reid_probe(index: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """``generate.reid_probe.seeds`` rows per sampled train-split image of the views ``generate.views`` with a
+    pseudonymous patient (``patient_pid``; the audit compares each generated image with that patient's film),
+    prompted like the twins. The sample uses its own random stream (a hash of (seed, "reid_probe")), so it does not
+    follow the twins' sample; the K rows of an image share ``prompt_id`` ``probe-<image_id>`` and get distinct seeds
+    (a hash of (seed, prompt_id, k)), so the generated image ids ``syn-<prompt_id>-s<seed>`` stay unique."""
+    probe = cfg[PROBE_SET]
+    if "patient_pid" not in index.columns:
+        rows = index.iloc[:0]
+    else:
+        rows = index[index["patient_pid"].notna() & (index["patient_pid"].astype(str) != "")]
+    rows = _prompted_images(rows, ["train"], cfg["views"])
+    if len(rows) > int(probe["n"]):
+        rows = rows.sample(n=int(probe["n"]), random_state=prompt_seed(int(cfg["seed"]), PROBE_SET))
+        rows = rows.sort_values("image_id")
+    once = _image_prompts(rows, "probe-", PROBE_SET)
+    k = int(probe["seeds"])
+    out = once.loc[once.index.repeat(k)].reset_index(drop=True)
+    seeds = []
+    for prompt_id in once["prompt_id"]:
+        mine: list[int] = []
+        for j in range(k):
+            value, bump = prompt_seed(int(cfg["seed"]), f"{prompt_id}/{j}"), 0
+            while value in mine:  # a 31-bit hash collision inside one prompt: take the next stream
+                bump += 1
+                value = prompt_seed(int(cfg["seed"]), f"{prompt_id}/{j}/{bump}")
+            mine.append(value)
+        seeds += mine
+    out["seed"] = np.asarray(seeds, dtype=np.int64)
+    return out
+
+
+def _prompted_images(index: pd.DataFrame, splits, views) -> pd.DataFrame:
+    """Images of ``splits`` and ``views`` (empty = all) sorted by id with a ``prompt``: the report, else a
+    label-derived report; images without either are dropped."""
+    rows = index[index["split"].isin(splits)].copy()
+    if views:
+        rows = rows[rows["view"].isin(views)]
     rows = rows.sort_values("image_id")
     texts = _texts(rows).to_numpy()
     labels = rows[list(LABEL_COLUMNS)].to_dict("records")
-    rows["prompt"] = [text or label_template_report(lbl, image_id)
-                      for text, lbl, image_id in zip(texts, labels, rows["image_id"], strict=True)]
-    rows = rows[rows["prompt"].str.len() > 0]
-    if twins["n"] is not None and len(rows) > int(twins["n"]):
-        rows = rows.sample(n=int(twins["n"]), random_state=int(cfg["seed"])).sort_values("image_id")
-    out = pd.DataFrame({"prompt_id": "twin-" + rows["image_id"].astype(str), "set": "train_twins",
-                        "prompt": rows["prompt"], "laterality": "", "source_image_id": rows["image_id"].astype(str)})
+    rows["prompt"] = pd.Series([text or label_template_report(lbl, image_id)
+                                for text, lbl, image_id in zip(texts, labels, rows["image_id"], strict=True)],
+                               index=rows.index, dtype=object)
+    return rows[rows["prompt"].str.len() > 0]
+
+
+def _image_prompts(rows: pd.DataFrame, prefix: str, name: str) -> pd.DataFrame:
+    out = pd.DataFrame({"prompt_id": prefix + rows["image_id"].astype(str), "set": name, "prompt": rows["prompt"],
+                        "laterality": "", "source_image_id": rows["image_id"].astype(str)})
     for column in LABEL_COLUMNS:
         out[column] = rows[column].to_numpy(dtype=np.float32)
-    return out
+    return out.reset_index(drop=True)
 
 
 def build_prompts(*, index_path: Path | str, cfg: dict, out_path: Path | str) -> dict:

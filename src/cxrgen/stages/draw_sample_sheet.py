@@ -41,6 +41,7 @@ def draw_sample_sheet(*, stores: dict[str, Path | str], columns: int, out_png: P
         if meta["resolution"] not in (None, resolution):
             raise ValueError(f"store {root} holds {resolution} px, the other rows {meta['resolution']} px")
         meta["resolution"] = resolution
+        index = index[index[f"offset_{resolution}"].notna()].reset_index(drop=True)  # reid_probe rows: no SR
         store = ShardStore(root, index)
         positions = sheet_rows(index, columns)
         row = [torch.from_numpy(store.read_float(p, resolution) * 2 - 1)[None, None] for p in positions]

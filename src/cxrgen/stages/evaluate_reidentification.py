@@ -1,7 +1,8 @@
 """Rule ``evaluate_reidentification``: the re-identification audit of one generated variant with the patient
-verifier of rule train_reid: every generated image against the training image of its prompt (per prompt: mean and
-max over seeds; the share of generated images at or above the verifier's threshold), and every generated image's own
-nearest training image in pixel and verifier-feature space."""
+verifier of rule train_reid: every generated image against the training image of its prompt (the share of generated
+images at or above the verifier's threshold, over all scored images and per prompt set; per prompt: mean and max over
+seeds, from the ``reid_probe`` set of K seeds per training prompt when the store has it), and every generated image's
+own nearest training image in pixel and verifier-feature space."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from cxrgen.evaluate import reidentification as reid  # noqa: E402
 from cxrgen.evaluate.classifier import with_store_root  # noqa: E402
 from cxrgen.evaluate.outputs import StagedFiles  # noqa: E402
 from cxrgen.evaluate.tables import Fragment, fmt, with_ci  # noqa: E402
+from cxrgen.prompts import PROBE_SET  # noqa: E402
 from cxrgen.report.figures import title_room  # noqa: E402
 from cxrgen.train.data import select_rows  # noqa: E402
 from cxrgen.train.job import tracked_job, write_json  # noqa: E402
@@ -68,7 +70,7 @@ def evaluate_reidentification(*, index_path: Path | str, store_root: Path | str,
                    "protocol": {
                        "score": "verifier same-patient probability of each generated image and the training image "
                                 "of its prompt (source_image_id)",
-                       "per prompt": "mean and max of the score over the prompt's seeds",
+                       "per prompt": _per_prompt_protocol(summary["prompts"]),
                        "threshold": f"{threshold:.4g} ({verifier_metrics['threshold']['point']} on val pairs of "
                                     "held-out patients, rule train_reid)",
                        "nearest neighbour": f"per generated image (each seed its own), 1 − cosine similarity to the "
@@ -84,7 +86,8 @@ def evaluate_reidentification(*, index_path: Path | str, store_root: Path | str,
         fragment.figure(out_histogram, Path(out_markdown).parent, f"re-identification scores ({variant})")
         fragment.write(files["html"], files["markdown"])
         job.log_metrics({"reid/share_above_threshold": _nan(summary["generated"]["share_above_threshold"]["value"]),
-                         "reid/mean_score": _nan(summary["generated"]["mean_score"])})
+                         "reid/mean_score": _nan(summary["generated"]["mean_score"]),
+                         "reid/prompts_share_any_seed_above": _nan(summary["prompts"]["share_any_seed_above"])})
         payload["mlflow_run_id"] = job.run_id
         write_json(files["json"], payload)
         files.publish(artifacts=["json", "histogram"])
@@ -95,17 +98,35 @@ def _nan(value) -> float:
     return float("nan") if value is None else float(value)
 
 
+def _per_prompt_protocol(prompts: dict) -> str:
+    what = "mean and max of the score over the prompt's seeds"
+    if prompts["set"] == PROBE_SET:
+        return (f"{what}, on the {PROBE_SET} set: {prompts['n']} training prompts x "
+                f"{prompts['seeds_per_prompt']:g} seeds (CheXGenBench 2025: 2,000 x 10)")
+    return f"{what}, over every scored prompt (no {PROBE_SET} set in the store: typically one seed per prompt)"
+
+
 def summarise_audit(per_image: pd.DataFrame, threshold: float, *, resamples: int, confidence: float,
                     seed: int) -> dict:
     """Headline numbers of :func:`~cxrgen.evaluate.reidentification.audit_generated`'s table: over generated images
     with a source training image, the mean score and the share at or above ``threshold`` (bootstrap CI over
-    images); per prompt, the mean of the per-prompt mean / max scores and the share of prompts with at least one seed
-    above the threshold; the nearest-neighbour distances and how often the nearest training image is the prompt's
-    patient."""
+    images), for all of them (``generated``) and per prompt set (``by_set``); per prompt, the mean of the per-prompt
+    mean / max scores and the share of prompts with at least one seed above the threshold, on the ``reid_probe`` set
+    (K seeds per prompt) when it was scored, else on every scored prompt (``prompts.set`` says which); the
+    nearest-neighbour distances and how often the nearest training image is the prompt's patient."""
     scored = per_image[per_image["score"].notna()]
     above = (scored["score"].to_numpy() >= threshold).astype(np.float64)
-    prompts = reid.prompt_summary(scored, threshold) if len(scored) else pd.DataFrame(columns=["n", "mean", "max",
-                                                                                                "above_threshold"])
+    probe = scored[scored["set"] == PROBE_SET]
+    per_prompt_rows = probe if len(probe) else scored
+    prompts = reid.prompt_summary(per_prompt_rows, threshold) if len(per_prompt_rows) else \
+        pd.DataFrame(columns=["n", "mean", "max", "above_threshold"])
+    by_set = {}
+    for name, group in scored.groupby("set", sort=True):
+        hits = (group["score"].to_numpy() >= threshold).astype(np.float64)
+        by_set[str(name)] = {"n_scored": len(group), "mean_score": float(group["score"].mean()),
+                             "share_above_threshold": M.mean_interval(hits, resamples=resamples,
+                                                                      confidence=confidence, seed=seed).as_dict(),
+                             "count_above_threshold": int(hits.sum())}
     nn = {}
     for space in ("pixel", "feature"):
         d = per_image[f"nn_{space}"].to_numpy(dtype=np.float64)
@@ -121,7 +142,8 @@ def summarise_audit(per_image: pd.DataFrame, threshold: float, *, resamples: int
                           "share_above_threshold": M.mean_interval(above, resamples=resamples, confidence=confidence,
                                                                    seed=seed).as_dict(),
                           "count_above_threshold": int(above.sum())},
-            "prompts": {"n": len(prompts), "seeds_per_prompt": float(prompts["n"].mean()) if len(prompts) else None,
+            "by_set": by_set,
+            "prompts": {"set": PROBE_SET if len(probe) else "all", "n": len(prompts), "seeds_per_prompt": float(prompts["n"].mean()) if len(prompts) else None,
                         "mean_of_mean": float(prompts["mean"].mean()) if len(prompts) else None,
                         "mean_of_max": float(prompts["max"].mean()) if len(prompts) else None,
                         "max_of_max": float(prompts["max"].max()) if len(prompts) else None,
@@ -137,12 +159,18 @@ def _fragment(payload: dict, variant: str) -> Fragment:
                   "threshold estimates how often a generated image would be matched to its source patient. The "
                   "verifier's own rates on held-out patients are the reference: the different-patient false-positive "
                   "rate is the share expected from images of other patients, the same-patient true-positive rate the "
-                  "share expected from another film of the same patient.")
+                  "share expected from another film of the same patient. Per prompt, the mean and the worst (max) "
+                  f"score over seeds come from the {PROBE_SET} set, training prompts generated with several seeds "
+                  "for this audit alone.")
     fragment.protocol(payload["protocol"])
     ver = payload["verifier"]["verification"]
     rows = [{"images": "generated vs its prompt's training image", "n": payload["generated"]["n_scored"],
              "mean score": payload["generated"]["mean_score"],
              "share ≥ threshold [CI]": with_ci(payload["generated"]["share_above_threshold"])}]
+    if len(payload["by_set"]) > 1:
+        rows += [{"images": f"— of them set {name}", "n": s["n_scored"], "mean score": s["mean_score"],
+                  "share ≥ threshold [CI]": with_ci(s["share_above_threshold"])}
+                 for name, s in payload["by_set"].items()]
     for split in ("val", "test"):
         if ver.get(split):
             rates = ver[split]["at_threshold"]
@@ -152,7 +180,7 @@ def _fragment(payload: dict, variant: str) -> Fragment:
                          "mean score": None, "share ≥ threshold [CI]": fmt(rates["tpr"])})
     fragment.table(pd.DataFrame(rows), caption=f"Verifier scores against the source patient — {variant}")
     p = payload["prompts"]
-    fragment.table(pd.DataFrame([{"prompts": p["n"], "seeds per prompt": p["seeds_per_prompt"],
+    fragment.table(pd.DataFrame([{"prompt set": p["set"], "prompts": p["n"], "seeds per prompt": p["seeds_per_prompt"],
                                   "mean of per-prompt mean": p["mean_of_mean"],
                                   "mean of per-prompt max": p["mean_of_max"], "largest max": p["max_of_max"],
                                   "share of prompts with a seed ≥ threshold": p["share_any_seed_above"]}]),

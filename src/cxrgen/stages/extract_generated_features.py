@@ -10,6 +10,7 @@ import pandas as pd
 
 from cxrgen.evaluate.backbones import load_backbones
 from cxrgen.evaluate.features import META, extract, save_feature_sets, with_root
+from cxrgen.prompts import PROBE_SET
 from cxrgen.train.job import tracked_job
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,8 @@ def extract_generated_features(*, synthetic_root: Path | str, evaluator_dir: Pat
                                out_dir: Path | str, tracking_json: Path | str | None = None,
                                job_name: str = "extract_generated_features", clip_dir: Path | str | None = None
                                ) -> dict:
-    """Every image of a synthetic store (``generated`` set): features of every usable backbone, evaluator
+    """Every image of a synthetic store (``generated`` set) but the re-identification probe set (``reid_probe``,
+    read by the audit alone): features of every usable backbone, evaluator
     probabilities and (with ``clip_dir``) the CLIP score of each image with its prompt into the feature-set directory
     ``out_dir``, as one tracked job."""
     from cxrgen.evaluate.classifier import load_evaluator
@@ -32,8 +34,8 @@ def extract_generated_features(*, synthetic_root: Path | str, evaluator_dir: Pat
         backbones, skipped = load_backbones(cfg["backbones"]["use"], cfg["backbones"], evaluator=evaluator)
         for s in skipped:
             log.warning("backbone %s", s.line())
-        rows = with_root(pd.read_parquet(Path(synthetic_root) / "index.parquet").sort_values("image_id"),
-                         synthetic_root)
+        rows = pd.read_parquet(Path(synthetic_root) / "index.parquet").sort_values("image_id")
+        rows = with_root(rows[rows["set"] != PROBE_SET], synthetic_root)
         clip = load_clip(clip_dir) if clip_dir else None
         generated = extract(rows, backbones=backbones, evaluator=evaluator, resolution=resolution,
                             batch_size=int(cfg["batch_size"]), name="generated", clip=clip,

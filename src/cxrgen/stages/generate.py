@@ -2,7 +2,9 @@
 
 Generated images go into the store format of the unified store (:mod:`cxrgen.store`): lossless 16-bit blobs in shard
 files ``<out_root>/<res>px/synthetic/shard-XXXX.bin`` and ``<out_root>/index.parquet`` with one row per image, readable by
-:class:`cxrgen.train.data.StoreImages` (the prompt is in ``report_findings``; ``split`` = "synthetic").
+:class:`cxrgen.train.data.StoreImages` (the prompt is in ``report_findings``; ``split`` = "synthetic"). The
+re-identification probe set (``reid_probe``) is sampled last, in its own batches, without SR: its rows hold only the
+decoded (low) resolution, their blob columns of the SR resolution are null.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tqdm import tqdm
 
 from cxrgen.labels import CHEXPERT_LABELS, LABEL_COLUMNS, label_column
 from cxrgen.pipeline import to_uint16
+from cxrgen.prompts import PROBE_SET
 from cxrgen.report.figures import save_grid
 from cxrgen.store import ShardWriter
 from cxrgen.train.job import tracked_job, write_json
@@ -50,7 +53,7 @@ def generate(*, ldm_dir: Path | str, ae_dir: Path | str | None, clip_dir: Path |
     LDM (rule train_dkim; Diff-CXR), fed each prompt's labels. Settings from section ``generate``.
 
     Writes ``out_root`` atomically: shards ``<res>px/synthetic/shard-XXXX.bin`` at the decoded resolution and (with SR)
-    the SR resolution, ``index.parquet`` (image_id, prompt_id, set, prompt, report_findings, laterality, lbl_*, seed,
+    the SR resolution (never for the ``reid_probe`` rows, sampled last), ``index.parquet`` (image_id, prompt_id, set, prompt, report_findings, laterality, lbl_*, seed,
     split="synthetic", source, view, shard, offset/nbytes/sha256 per resolution, model run ids and content hashes),
     ``grid.png`` (rows = findings of the template set, columns = samples), ``metrics.json``. Returns the metrics.
     """
@@ -59,7 +62,8 @@ def generate(*, ldm_dir: Path | str, ae_dir: Path | str | None, clip_dir: Path |
 
     out_root = Path(out_root)
     prompts = pd.read_parquet(prompts_path)
-    prompts = prompts[prompts["set"].isin(cfg["sets"])].reset_index(drop=True)
+    prompts = prompts[prompts["set"].isin(cfg["sets"])]
+    prompts = prompts.iloc[np.argsort((prompts["set"] == PROBE_SET).to_numpy(), kind="stable")].reset_index(drop=True)
     if prompts.empty:
         raise ValueError(f"no prompts of sets {cfg['sets']} in {prompts_path}")
     torch.manual_seed(int(cfg["seed"]))
@@ -77,14 +81,19 @@ def generate(*, ldm_dir: Path | str, ae_dir: Path | str | None, clip_dir: Path |
 
         index = pd.DataFrame.from_records(rows)
         index[list(LABEL_COLUMNS)] = index[list(LABEL_COLUMNS)].astype(np.float32)
+        for column in index.columns:  # probe rows lack the SR resolution: nullable integers, not floats
+            if column.startswith(("offset_", "nbytes_")) and index[column].isna().any():
+                index[column] = index[column].astype("Int64")
         index.to_parquet(tmp / "index.parquet", index=False)
-        if not grid_images:  # no template set: one row of the first images
-            columns = min(len(index), int(cfg["grid_columns"]))
+        resolutions = sorted(int(c.removeprefix("offset_")) for c in index.columns if c.startswith("offset_"))
+        if not grid_images:  # no template set: one row of the first images (of the final resolution)
+            columns = min(int(index[f"offset_{resolutions[-1]}"].notna().sum()), int(cfg["grid_columns"]))
             grid_images = {"samples": [_read_back(tmp, index, i) for i in range(columns)]}
         _write_grid(grid_images, int(cfg["grid_columns"]), tmp / "grid.png")
-        resolutions = sorted(int(c.removeprefix("offset_")) for c in index.columns if c.startswith("offset_"))
         metrics = {"n_images": len(index), "sets": {k: int(v) for k, v in index["set"].value_counts().items()},
-                   "resolutions": resolutions, "seconds": seconds, "seconds_per_image": seconds / len(index),
+                   "resolutions": resolutions, "seconds": seconds["all"], "seconds_per_image": seconds["all"] / len(index),
+                   "sr_skipped_sets": [PROBE_SET] if (index["set"] == PROBE_SET).any() else [],
+                   "seconds_by_set": seconds["by_set"],
                    "steps": settings.steps, "eta": settings.eta, "guidance_scale": settings.guidance_scale,
                    "super_resolution": pipe.sr is not None, **provenance,
                    "mlflow_run_id": job.run_id}
@@ -94,22 +103,35 @@ def generate(*, ldm_dir: Path | str, ae_dir: Path | str | None, clip_dir: Path |
     return metrics
 
 
+def _batches(prompts: pd.DataFrame, batch_size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the sampling batches: the probe set (last, see :func:`generate`) in batches of its own."""
+    n_main = int((prompts["set"] != PROBE_SET).sum())
+    return [(start, min(start + batch_size, stop)) for begin, stop in ((0, n_main), (n_main, len(prompts)))
+            for start in range(begin, stop, batch_size)]
+
+
 def _sample_shards(pipe, prompts: pd.DataFrame, settings, cfg: dict, tmp: Path, provenance: dict,
-                   with_labels: bool) -> tuple[list[dict], dict[str, list[torch.Tensor]], float]:
+                   with_labels: bool) -> tuple[list[dict], dict[str, list[torch.Tensor]], dict]:
     """Sample every prompt into shards under ``tmp``; returns the index rows, the grid's images per finding and the
-    seconds spent."""
+    seconds spent (``all``, and ``by_set``: per prompt set)."""
     per_shard, batch_size = int(cfg["images_per_shard"]), int(cfg["batch_size"])
     writers: dict[int, ShardWriter] = {}
     shard_of_writers = -1
     rows: list[dict] = []
     grid_images: dict[str, list[torch.Tensor]] = {}
+    by_set: dict[str, float] = {}
     started = time.perf_counter()
     try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc="generate", mininterval=5.0):
-            batch = prompts.iloc[start : start + batch_size]
+        for start, stop in tqdm(_batches(prompts, batch_size), desc="generate", mininterval=5.0):
+            batch = prompts.iloc[start:stop]
+            batch_started = time.perf_counter()
             out = pipe(batch["prompt"].tolist(), batch["seed"].tolist(), settings,
                        sr_steps=int(cfg["sr_steps"]), sr_eta=float(cfg["sr_eta"]),
-                       labels=batch[list(LABEL_COLUMNS)] if with_labels else None)
+                       labels=batch[list(LABEL_COLUMNS)] if with_labels else None,
+                       use_sr=not (batch["set"] == PROBE_SET).all())
+            batch_seconds = time.perf_counter() - batch_started
+            for name, count in batch["set"].value_counts().items():
+                by_set[name] = by_set.get(name, 0.0) + batch_seconds * int(count) / len(batch)
             outputs = {int(out["low"].shape[-1]): to_uint16(out["low"])}
             if out["high"] is not None:
                 outputs[int(out["high"].shape[-1])] = to_uint16(out["high"])
@@ -120,8 +142,10 @@ def _sample_shards(pipe, prompts: pd.DataFrame, settings, cfg: dict, tmp: Path, 
                 if shard != shard_of_writers:
                     for writer in writers.values():
                         writer.close()
-                    writers = {res: ShardWriter(_shard_file(tmp, res, shard)) for res in outputs}
-                    shard_of_writers = shard
+                    writers, shard_of_writers = {}, shard
+                for res in outputs:  # a shard's file of a resolution opens with its first image of that resolution
+                    if res not in writers:
+                        writers[res] = ShardWriter(_shard_file(tmp, res, shard))
                 row = {"image_id": f"syn-{prompt['prompt_id']}-s{int(prompt['seed'])}", "prompt_id": prompt["prompt_id"],
                        "set": prompt["set"], "prompt": prompt["prompt"], "report_findings": prompt["prompt"],
                        "report_impression": "", "laterality": prompt.get("laterality", ""),
@@ -144,7 +168,7 @@ def _sample_shards(pipe, prompts: pd.DataFrame, settings, cfg: dict, tmp: Path, 
         for writer in writers.values():
             writer.__exit__(RuntimeError, None, None)
         raise
-    return rows, grid_images, time.perf_counter() - started
+    return rows, grid_images, {"all": time.perf_counter() - started, "by_set": by_set}
 
 
 def _shard_file(root: Path, resolution: int, shard: int) -> Path:
@@ -164,7 +188,8 @@ def _read_back(root: Path, index: pd.DataFrame, position: int) -> torch.Tensor:
     from cxrgen.store import ShardStore
 
     resolution = max(int(c.removeprefix("offset_")) for c in index.columns if c.startswith("offset_"))
-    store = ShardStore(root, index)
+    stored = index[index[f"offset_{resolution}"].notna()].reset_index(drop=True)  # not the probe rows (no SR)
+    store = ShardStore(root, stored)
     pixels = store.read_float(position, resolution)
     store.close()
     return torch.from_numpy(pixels * 2 - 1)[None, None]

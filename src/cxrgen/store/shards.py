@@ -83,9 +83,10 @@ class ShardStore:
     def _columns(self, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cols = self._blob_columns.get(resolution)
         if cols is None:
+            # rows without this resolution (a generated store's reid_probe rows lack the SR one) get offset -1
             cols = self._blob_columns[resolution] = (
-                self.index[f"offset_{resolution}"].to_numpy(np.int64),
-                self.index[f"nbytes_{resolution}"].to_numpy(np.int64),
+                self.index[f"offset_{resolution}"].fillna(-1).to_numpy(np.int64),
+                self.index[f"nbytes_{resolution}"].fillna(0).to_numpy(np.int64),
                 self.index[f"sha256_{resolution}"].to_numpy())
         return cols
 
@@ -100,6 +101,8 @@ class ShardStore:
 
     def read_blob(self, position: int, resolution: int) -> bytes:
         offsets, sizes, digests = self._columns(resolution)
+        if offsets[position] < 0:
+            raise KeyError(f"image {self.index.at[position, 'image_id']} has no {resolution}px blob in {self.root}")
         path = shard_path(self.root, resolution, self._source[position], int(self._shard[position]))
         blob = os.pread(self._fd(path), int(sizes[position]), int(offsets[position]))
         if self.verify and hashlib.sha256(blob).hexdigest() != digests[position]:
