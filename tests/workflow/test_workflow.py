@@ -301,7 +301,9 @@ def test_evaluator_and_downstream_outputs(tiny_run):
         metrics = json.loads((tiny_run / f"results/downstream/{experiment}/0/metrics.json").read_text())
         assert metrics["arms"] and all(a["test"]["n_images"] == metrics["n_test"] for a in metrics["arms"].values())
     markdown = (tiny_run / "results/reports/downstream/downstream.md").read_text()
-    assert "### Scarcity" in markdown and "n=1, no CI" in markdown
+    assert "### Scarcity" in markdown and "n=1, no CI" not in markdown and "fewer than 2 seeds" not in markdown
+    assert "± " in markdown and "Macro AUROC against `real`: " in markdown  # intervals over the 2 seeds
+    assert ("overlap it (no difference shown)" in markdown) or ("do not." in markdown)
 
 
 def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:
