@@ -492,3 +492,21 @@ def test_ssim_in_chunks_equals_one_call(synthetic_radiograph, monkeypatch):
     chunked = M.ssim(a, b)
     assert chunked.shape == (7,) and np.allclose(chunked, whole, rtol=0, atol=1e-12)
     assert M.ssim(a[:0], b[:0]).shape == (0,)
+
+
+def test_clustered_interval_draws_a_clusters_items_together():
+    """Four identical seeds per prompt are one observation, not four: the clustered interval is as wide as the
+    interval over one value per prompt, and wider than the naive interval over items."""
+    per_prompt = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+    items = np.repeat(per_prompt, 4)
+    prompts = np.repeat(np.arange(len(per_prompt)), 4)
+    kwargs = dict(resamples=400, confidence=0.95, seed=3)
+    clustered = M.clustered_mean_interval(items, prompts, **kwargs)
+    naive = M.mean_interval(items, **kwargs)
+    one_per_prompt = M.mean_interval(per_prompt, **kwargs)
+    assert clustered.value == naive.value == pytest.approx(0.5)
+    assert (clustered.low, clustered.high) == (one_per_prompt.low, one_per_prompt.high)
+    assert clustered.high - clustered.low > 1.5 * (naive.high - naive.low)
+    singletons = M.clustered_mean_interval(per_prompt, np.arange(len(per_prompt)), **kwargs)
+    assert (singletons.low, singletons.high) == (one_per_prompt.low, one_per_prompt.high)
+    assert M.clustered_mean_interval(np.array([np.nan]), ["a"], **kwargs).value is None

@@ -229,6 +229,23 @@ def mean_interval(values: np.ndarray, *, resamples: int, confidence: float, seed
                               confidence=confidence, seed=seed)
 
 
+def clustered_mean_interval(values: np.ndarray, clusters: Sequence, *, resamples: int, confidence: float,
+                            seed: int) -> Interval:
+    """Mean of per-item values (NaN/inf dropped) with a percentile bootstrap over clusters: the items of one cluster
+    (e.g. the seeds of one prompt, which are not independent) are drawn together. Singleton clusters give
+    :func:`mean_interval`'s interval."""
+    values = np.asarray(values, dtype=np.float64)
+    clusters = np.asarray(clusters)
+    keep = np.isfinite(values)
+    values, clusters = values[keep], clusters[keep]
+    if len(values) == 0:
+        return Interval(None, None, None, describe_bootstrap(resamples, confidence))
+    _, inverse = np.unique(clusters, return_inverse=True)
+    sums, counts = np.bincount(inverse, weights=values), np.bincount(inverse)
+    return bootstrap_interval(lambda idx: float(sums[idx].sum() / counts[idx].sum()), [len(sums)],
+                              resamples=resamples, confidence=confidence, seed=seed)
+
+
 def describe_bootstrap(resamples: int, confidence: float) -> str:
     return f"percentile bootstrap, {int(resamples)} resamples, {confidence:.0%}"
 

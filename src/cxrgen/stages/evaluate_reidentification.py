@@ -77,7 +77,8 @@ def evaluate_reidentification(*, index_path: Path | str, store_root: Path | str,
                                             f"nearest of {len(train)} train images: pixels at "
                                             f"{acfg['pixel_resolution']} px mean-centred (1 − Pearson r), verifier "
                                             "embedding",
-                       "ci": M.describe_bootstrap(resamples, confidence) + " over images"}}
+                       "ci": M.describe_bootstrap(resamples, confidence) + " over prompts (the seeds of a prompt "
+                             "are drawn together; one image per prompt outside the probe set)"}}
         files = StagedFiles(job, {"json": out_json, "table": out_table, "html": out_html,
                                   "histogram": out_histogram, "markdown": out_markdown})
         per_image.to_parquet(files["table"], index=False)
@@ -106,16 +107,23 @@ def _per_prompt_protocol(prompts: dict) -> str:
     return f"{what}, over every scored prompt (no {PROBE_SET} set in the store: typically one seed per prompt)"
 
 
+def _prompt_keys(scored: pd.DataFrame) -> pd.Series:
+    """One key per prompt (set + source training image, as :func:`~cxrgen.evaluate.reidentification.prompt_summary`):
+    the bootstrap draws a prompt's seeds together."""
+    return scored["set"].astype(str) + "|" + scored["source_image_id"].astype(str)
+
+
 def summarise_audit(per_image: pd.DataFrame, threshold: float, *, resamples: int, confidence: float,
                     seed: int) -> dict:
     """Headline numbers of :func:`~cxrgen.evaluate.reidentification.audit_generated`'s table: over generated images
-    with a source training image, the mean score and the share at or above ``threshold`` (bootstrap CI over
-    images), for all of them (``generated``) and per prompt set (``by_set``); per prompt, the mean of the per-prompt
+    with a source training image, the mean score and the share at or above ``threshold`` (bootstrap CI over prompts,
+    a prompt's seeds drawn together), for all of them (``generated``) and per prompt set (``by_set``); per prompt, the mean of the per-prompt
     mean / max scores and the share of prompts with at least one seed above the threshold, on the ``reid_probe`` set
     (K seeds per prompt) when it was scored, else on every scored prompt (``prompts.set`` says which); the
     nearest-neighbour distances and how often the nearest training image is the prompt's patient."""
     scored = per_image[per_image["score"].notna()]
     above = (scored["score"].to_numpy() >= threshold).astype(np.float64)
+    prompt_of = _prompt_keys(scored)
     probe = scored[scored["set"] == PROBE_SET]
     per_prompt_rows = probe if len(probe) else scored
     prompts = reid.prompt_summary(per_prompt_rows, threshold) if len(per_prompt_rows) else \
@@ -124,8 +132,9 @@ def summarise_audit(per_image: pd.DataFrame, threshold: float, *, resamples: int
     for name, group in scored.groupby("set", sort=True):
         hits = (group["score"].to_numpy() >= threshold).astype(np.float64)
         by_set[str(name)] = {"n_scored": len(group), "mean_score": float(group["score"].mean()),
-                             "share_above_threshold": M.mean_interval(hits, resamples=resamples,
-                                                                      confidence=confidence, seed=seed).as_dict(),
+                             "share_above_threshold": M.clustered_mean_interval(
+                                 hits, prompt_of[group.index], resamples=resamples, confidence=confidence,
+                                 seed=seed).as_dict(),
                              "count_above_threshold": int(hits.sum())}
     nn = {}
     for space in ("pixel", "feature"):
@@ -139,8 +148,9 @@ def summarise_audit(per_image: pd.DataFrame, threshold: float, *, resamples: int
                      if len(scored) else None}
     return {"generated": {"n_images": len(per_image), "n_scored": len(scored),
                           "mean_score": float(scored["score"].mean()) if len(scored) else None,
-                          "share_above_threshold": M.mean_interval(above, resamples=resamples, confidence=confidence,
-                                                                   seed=seed).as_dict(),
+                          "share_above_threshold": M.clustered_mean_interval(
+                              above, prompt_of[scored.index], resamples=resamples, confidence=confidence,
+                              seed=seed).as_dict(),
                           "count_above_threshold": int(above.sum())},
             "by_set": by_set,
             "prompts": {"set": PROBE_SET if len(probe) else "all", "n": len(prompts), "seeds_per_prompt": float(prompts["n"].mean()) if len(prompts) else None,
