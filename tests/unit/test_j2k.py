@@ -97,7 +97,9 @@ def test_decode_image_reduces_only_with_room(tmp_path):
     full = decode_image(path)
     assert full.reduction == 1 and full.film_shape == (300, 260)
     assert decode_image(path, reduction_room=_room([160])).reduction == 1  # level 1 (150 px) would upsample
-    reduced = decode_image(path, reduction_room=_room([64]))  # 300/64 = 4.7 film pixels per output pixel
+    # 300/64 = 4.7 film pixels per output pixel: level 1 (2.3 left for Lanczos), not level 2 (1.17 < 1.25 left)
+    assert decode_image(path, reduction_room=_room([64])).reduction == 2
+    reduced = decode_image(path, reduction_room=_room([32]))  # 9.4 per output pixel: level 2
     assert reduced.reduction == 4 and reduced.pixels.shape == (75, 65)
     assert reduced.film_shape == (300, 260) and reduced.meta["decode_reduction"] == 4
     assert reduced.spacing_mm == full.spacing_mm == (0.2, 0.2)
@@ -145,7 +147,7 @@ def test_decode_shard_records_the_reduction_and_checks_one_image(tmp_path):
         report_findings=None, report_impression=None, official_split=None, spacing_hint_mm=float("nan"),
         bits_stored_hint=float("nan"), file_format="dicom", reject_reason=None, shard=0,
         **{col: float("nan") for col in LABEL_COLUMNS})
-    kwargs = dict(source="mimic", source_root=src, shard=0, resolutions=[32, 64], geometry="pad", intensity="voi",
+    kwargs = dict(source="mimic", source_root=src, shard=0, resolutions=[16, 32], geometry="pad", intensity="voi",
                   target_spacing_mm=None, progress=False)
     index, _, _ = decode_shard(manifest, store_root=tmp_path / "reduced", **kwargs)
     assert list(index[REDUCTION_COLUMN]) == [1, 4, 4]
@@ -155,4 +157,4 @@ def test_decode_shard_records_the_reduction_and_checks_one_image(tmp_path):
     assert check.isna().tolist() == [True, False, True] and 0 <= check.iloc[1] <= 0.01 * 65535
     full, _, _ = decode_shard(manifest, store_root=tmp_path / "full", reduced_decode=False, **kwargs)
     assert list(full[REDUCTION_COLUMN]) == [1, 1, 1] and full[REDUCED_CHECK_COLUMN].isna().all()
-    assert full.loc[0, "sha256_64"] == index.loc[0, "sha256_64"]  # films without reduction: identical blobs
+    assert full.loc[0, "sha256_32"] == index.loc[0, "sha256_32"]  # films without reduction: identical blobs

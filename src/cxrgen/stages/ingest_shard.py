@@ -74,8 +74,8 @@ def decode_shard(manifest: pd.DataFrame, *, source: str, source_root: Path, shar
 
     ``workers`` > 1 decodes, resamples and encodes in that many worker processes (the job's threads); the outputs are
     byte-identical to ``workers=1`` (rows are written in the same order by this process). ``reduced_decode``
-    decodes JPEG 2000 films at the coarsest resolution level that still has at least as many pixels as the largest
-    output (issue 16, :mod:`cxrgen.imaging.j2k`); the first such image of the shard is compared with a full decode
+    decodes JPEG 2000 films at the coarsest resolution level that still has at least 1.25x the pixels of the
+    largest output per axis (issue 16, :mod:`cxrgen.imaging.j2k`); the first such image of the shard is compared with a full decode
     (index column ``reduced_decode_check_max_abs``). ``checks=False`` skips these first-image checks (a fixed cost
     per shard: ``benchmarks/bench_ingest.py`` uses it to measure the per-image cost of shards of thousands of films).
     Returns (index part, rejections, stats); :func:`ingest_shard` writes them.

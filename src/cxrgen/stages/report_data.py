@@ -372,7 +372,7 @@ def _para_reduced_decode(doc: _Document, index: pd.DataFrame) -> None:
     checks = pd.to_numeric(_col(index, "reduced_decode_check_max_abs"), errors="coerce").dropna()
     text = (f"JPEG 2000: {len(reduced)} of {len(index)} films were decoded at a reduced wavelet resolution level "
             f"(film pixels per decoded pixel: {counts}; issue 16, `ingest.reduced_decode`), which still has at least "
-            "as many pixels as the largest resolution and costs ~4× less CPU per level. This changes the stored "
+            "1.25× the pixels of the largest resolution per axis and costs ~4× less CPU per level. This changes the stored "
             "pixels slightly. ")
     if len(checks):
         text += (f"Checked against decoding the full film on the first such image of every shard ({len(checks)} "
