@@ -13,6 +13,7 @@ from pydicom.encaps import generate_frames
 from cxrgen.demo.dicom_writer import write_dicom
 from cxrgen.imaging import j2k
 from cxrgen.imaging.decode import decode_image
+from cxrgen.imaging.errors import RejectedImage
 from cxrgen.imaging.geometry import film_reduction_room, preprocess
 from cxrgen.labels import LABEL_COLUMNS
 from cxrgen.stages.ingest_shard import REDUCED_CHECK_COLUMN, REDUCTION_COLUMN, decode_shard
@@ -158,3 +159,23 @@ def test_decode_shard_records_the_reduction_and_checks_one_image(tmp_path):
     full, _, _ = decode_shard(manifest, store_root=tmp_path / "full", reduced_decode=False, **kwargs)
     assert list(full[REDUCTION_COLUMN]) == [1, 1, 1] and full[REDUCED_CHECK_COLUMN].isna().all()
     assert full.loc[0, "sha256_32"] == index.loc[0, "sha256_32"]  # films without reduction: identical blobs
+
+
+def test_a_codestream_without_its_end_marker_is_left_to_the_full_decoder(tmp_path, pydicom_data_dir, monkeypatch):
+    frame = _frame(pydicom_data_dir / "RG1_J2KR.dcm")
+    assert j2k.ends_complete(frame) and j2k.ends_complete(frame + b"\0")
+    assert not j2k.ends_complete(frame[: len(frame) // 2])
+    path = tmp_path / "ramp.dcm"
+    _ramp_film(path)
+    ds = pydicom.dcmread(path)
+    cut = _frame(path)
+    cut = cut[: len(cut) * 3 // 4]
+    ds.PixelData = pydicom.encaps.encapsulate([cut + b"\0" * (len(cut) % 2)])
+    ds.save_as(tmp_path / "cut.dcm")
+    # a decoder that would happily return the reduced level of the cut stream (OpenJPEG may, for some progressions)
+    monkeypatch.setattr(j2k, "decode_level", lambda codestream, level: np.arange(75 * 65, dtype=np.uint16).reshape(75, 65))
+    try:
+        decoded = decode_image(tmp_path / "cut.dcm", reduction_room=_room([32]))
+    except RejectedImage:
+        return  # the full decoder rejected it: fine, the reduced path did not accept it
+    assert decoded.reduction == 1

@@ -318,6 +318,8 @@ def _reduced_j2k(ds, ts_uid, spacing, reduction_room) -> tuple[np.ndarray, int] 
 
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        if not j2k.ends_complete(frame):
+            return None
         header = j2k.read_header(frame)
         level = min(level, j2k.usable_levels(header))
         if level < 1 or (header.height, header.width) != (rows, cols):

@@ -59,6 +59,13 @@ def read_header(codestream: bytes) -> CodestreamHeader | None:
     return CodestreamHeader(*size, levels=levels)
 
 
+def ends_complete(codestream: bytes) -> bool:
+    """True when the codestream ends with its EOC marker (DICOM pads an odd-length frame with one zero byte). A
+    reduced level skips the data of the finer levels, so a codestream cut short may still decode at one; without its
+    end marker the full decoder decides whether the file is readable."""
+    return codestream.rstrip(b"\0")[-2:] == b"\xff\xd9"
+
+
 def usable_levels(header: CodestreamHeader | None) -> int:
     """Resolution levels this module can decode exactly as described above: 0 unless the codestream is one unsigned
     grey component of at most 16 bits with its image origin at 0."""

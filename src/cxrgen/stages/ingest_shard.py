@@ -75,8 +75,8 @@ def decode_shard(manifest: pd.DataFrame, *, source: str, source_root: Path, shar
     ``workers`` > 1 decodes, resamples and encodes in that many worker processes (the job's threads); the outputs are
     byte-identical to ``workers=1`` (rows are written in the same order by this process). ``reduced_decode``
     decodes JPEG 2000 films at the coarsest resolution level that still has at least 1.25x the pixels of the
-    largest output per axis (issue 16, :mod:`cxrgen.imaging.j2k`); the first such image of the shard is compared with a full decode
-    (index column ``reduced_decode_check_max_abs``). ``checks=False`` skips these first-image checks (a fixed cost
+    largest output per axis (issue 16, :mod:`cxrgen.imaging.j2k`); the first such image of the shard is compared
+    with a full decode (index column ``reduced_decode_check_max_abs``). ``checks=False`` skips these first-image checks (a fixed cost
     per shard: ``benchmarks/bench_ingest.py`` uses it to measure the per-image cost of shards of thousands of films).
     Returns (index part, rejections, stats); :func:`ingest_shard` writes them.
     """
@@ -154,10 +154,15 @@ class _Settings:
 
 
 def _reduced_difference(row: dict, settings: _Settings, images: dict[int, np.ndarray]) -> float:
-    """Max abs difference of ``images`` (from a reduced decode of ``row``'s film) against decoding the full film."""
+    """Max abs difference of ``images`` (from a reduced decode of ``row``'s film) against decoding the full film;
+    NaN (and a warning) when the full decode fails: the check never rejects an image that was stored."""
     from cxrgen.imaging.geometry import preprocess
 
-    reference = preprocess(settings.decode(row, reduced=False), **settings.preprocess_kwargs())
+    try:
+        reference = preprocess(settings.decode(row, reduced=False), **settings.preprocess_kwargs())
+    except Exception as exc:  # noqa: BLE001
+        log.warning("reduced-decode check of %s: the full decode failed (%s)", row["image_id"], exc)
+        return float("nan")
     return float(max(np.abs(images[r].astype(np.int32) - reference[r]).max() for r in images))
 
 
