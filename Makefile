@@ -34,7 +34,7 @@ demo: setup
 report: setup
 	$(BIN)/snakemake --report results/report.html
 
-# The whole suite: lint, library/workflow tests (~10 min on 2 cores), then the cluster tests (~18 min): a real
+# The whole suite: lint, library/workflow tests (~23 min on 2 cores), then the cluster tests (~24 min): a real
 # single-node SLURM on localhost (root + Debian packages; scripts/slurm-local.sh) runs the tiny DAG through the SLURM
 # executor. Without root/apt they are skipped locally and fail on CI (CI=true).
 test: setup
