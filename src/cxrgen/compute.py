@@ -165,14 +165,18 @@ def _split_images(cfg: dict, split: str) -> int:
     return int(total * fractions[f"{split}_fraction"])
 
 
+def _train_studies(cfg: dict) -> int:
+    """MIMIC-CXR studies in the train split (the pool of train twins and probe prompts)."""
+    return int(DATA_SIZES["mimic_studies"] * (1 - sum(cfg["unify"]["splits"].values())))
+
+
 def probe_images(cfg: dict) -> int:
     """Images of the re-identification probe set (``reid_probe``, sampled without SR) generate samples per variant:
     prompts x seeds while ``reid.enabled``."""
     gen = cfg["generate"]
     if not (cfg["reid"]["enabled"] and "reid_probe" in gen["sets"]):
         return 0
-    train = int(DATA_SIZES["mimic_studies"] * (1 - sum(cfg["unify"]["splits"].values())))
-    return min(train, int(gen["reid_probe"]["n"])) * int(gen["reid_probe"]["seeds"])
+    return min(_train_studies(cfg), int(gen["reid_probe"]["n"])) * int(gen["reid_probe"]["seeds"])
 
 
 def generated_images(cfg: dict, variant: str) -> tuple[int, str]:
@@ -183,11 +187,11 @@ def generated_images(cfg: dict, variant: str) -> tuple[int, str]:
     if gen["max_reports"] is not None:
         counts["test_reports"] = min(counts["test_reports"], int(gen["max_reports"]))
     if variant == cfg["downstream"]["variant"]:
-        twins = int(DATA_SIZES["mimic_studies"] * (1 - sum(cfg["unify"]["splits"].values())))
+        twins = _train_studies(cfg)
         counts["train_twins"] = min(twins, int(gen["train_twins"]["n"] or twins))
     counts = {k: v for k, v in counts.items() if k in gen["sets"]}
-    if probe_images(cfg):
-        counts["reid_probe"] = probe_images(cfg)
+    if probe := probe_images(cfg):
+        counts["reid_probe"] = probe
     return sum(counts.values()), ", ".join(f"{k} {v:,}" for k, v in counts.items())
 
 

@@ -117,25 +117,25 @@ def summarise_audit(per_image: pd.DataFrame, threshold: float, *, resamples: int
                     seed: int) -> dict:
     """Headline numbers of :func:`~cxrgen.evaluate.reidentification.audit_generated`'s table: over generated images
     with a source training image, the mean score and the share at or above ``threshold`` (bootstrap CI over prompts,
-    a prompt's seeds drawn together), for all of them (``generated``) and per prompt set (``by_set``); per prompt, the mean of the per-prompt
-    mean / max scores and the share of prompts with at least one seed above the threshold, on the ``reid_probe`` set
+    a prompt's seeds drawn together), for all of them (``generated``) and per prompt set (``by_set``); per prompt,
+    the mean of the per-prompt mean / max scores and the share of prompts with at least one seed above the threshold, on the ``reid_probe`` set
     (K seeds per prompt) when it was scored, else on every scored prompt (``prompts.set`` says which); the
     nearest-neighbour distances and how often the nearest training image is the prompt's patient."""
     scored = per_image[per_image["score"].notna()]
-    above = (scored["score"].to_numpy() >= threshold).astype(np.float64)
     prompt_of = _prompt_keys(scored)
+
+    def share(rows: pd.DataFrame) -> dict:
+        hits = (rows["score"].to_numpy() >= threshold).astype(np.float64)
+        return {"n_scored": len(rows), "mean_score": float(rows["score"].mean()) if len(rows) else None,
+                "share_above_threshold": M.clustered_mean_interval(
+                    hits, prompt_of[rows.index], resamples=resamples, confidence=confidence, seed=seed).as_dict(),
+                "count_above_threshold": int(hits.sum())}
+
     probe = scored[scored["set"] == PROBE_SET]
     per_prompt_rows = probe if len(probe) else scored
     prompts = reid.prompt_summary(per_prompt_rows, threshold) if len(per_prompt_rows) else \
         pd.DataFrame(columns=["n", "mean", "max", "above_threshold"])
-    by_set = {}
-    for name, group in scored.groupby("set", sort=True):
-        hits = (group["score"].to_numpy() >= threshold).astype(np.float64)
-        by_set[str(name)] = {"n_scored": len(group), "mean_score": float(group["score"].mean()),
-                             "share_above_threshold": M.clustered_mean_interval(
-                                 hits, prompt_of[group.index], resamples=resamples, confidence=confidence,
-                                 seed=seed).as_dict(),
-                             "count_above_threshold": int(hits.sum())}
+    by_set = {str(name): share(group) for name, group in scored.groupby("set", sort=True)}
     nn = {}
     for space in ("pixel", "feature"):
         d = per_image[f"nn_{space}"].to_numpy(dtype=np.float64)
@@ -146,14 +146,10 @@ def summarise_audit(per_image: pd.DataFrame, threshold: float, *, resamples: int
                      "share_nn_is_prompt_patient": float(per_image.loc[per_image["score"].notna(),
                                                                       f"nn_{space}_same_patient"].mean())
                      if len(scored) else None}
-    return {"generated": {"n_images": len(per_image), "n_scored": len(scored),
-                          "mean_score": float(scored["score"].mean()) if len(scored) else None,
-                          "share_above_threshold": M.clustered_mean_interval(
-                              above, prompt_of[scored.index], resamples=resamples, confidence=confidence,
-                              seed=seed).as_dict(),
-                          "count_above_threshold": int(above.sum())},
+    return {"generated": {"n_images": len(per_image), **share(scored)},
             "by_set": by_set,
-            "prompts": {"set": PROBE_SET if len(probe) else "all", "n": len(prompts), "seeds_per_prompt": float(prompts["n"].mean()) if len(prompts) else None,
+            "prompts": {"set": PROBE_SET if len(probe) else "all", "n": len(prompts),
+                        "seeds_per_prompt": float(prompts["n"].mean()) if len(prompts) else None,
                         "mean_of_mean": float(prompts["mean"].mean()) if len(prompts) else None,
                         "mean_of_max": float(prompts["max"].mean()) if len(prompts) else None,
                         "max_of_max": float(prompts["max"].max()) if len(prompts) else None,
